@@ -1,0 +1,43 @@
+// xattn/core/error.hpp — the one exception type of the library and the helpers that build it.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace xattn {
+
+using index = std::ptrdiff_t;
+
+/// Thrown for bad input, before anything is written. The message names the function, the
+/// argument and the shapes involved: "xattn::softmax_attention: k: head_dim 64 != q head_dim 128".
+class error : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+namespace detail {
+
+template <std::size_t R>
+std::string shape_str(const std::array<index, R>& d) {
+  std::ostringstream s;
+  s << '[';
+  for (std::size_t i = 0; i < R; ++i) s << (i ? ", " : "") << d[i];
+  s << ']';
+  return s.str();
+}
+
+/// Throws xattn::error("<fn>: <arg>: <what>") when `ok` is false.
+template <class... Parts>
+void require(bool ok, const char* fn, const char* arg, const Parts&... what) {
+  if (ok) return;
+  std::ostringstream s;
+  s << fn << ": " << arg << ": ";
+  (s << ... << what);
+  throw error(s.str());
+}
+
+}  // namespace detail
+}  // namespace xattn

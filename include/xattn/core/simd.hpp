@@ -1,0 +1,132 @@
+// xattn/core/simd.hpp — the few vector operations the engines use, over xsimd 8.x batches or plain
+// scalars. Kernels are templated on an architecture tag: an xsimd arch (avx512bw, fma3<avx2>, neon64,
+// ...) or `simd::scalar` where xsimd has none (or when XATTN_SCALAR is defined). Differences
+// between xsimd versions (hadd in 8.x, reduce_add later) are hidden here and nowhere else.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <xsimd/xsimd.hpp>
+
+namespace xattn::simd {
+
+/// The architecture tag of the scalar path.
+struct scalar {};
+
+#if defined(XATTN_SCALAR)
+using default_arch = scalar;
+#else
+using default_arch = std::conditional_t<std::is_same_v<xsimd::default_arch, xsimd::unavailable>, scalar,
+                                        xsimd::default_arch>;
+#endif
+
+template <class T, class Arch>
+struct traits {
+  using vec = xsimd::batch<T, Arch>;
+  static constexpr int lanes = static_cast<int>(vec::size);
+  static constexpr int registers = sizeof(vec) >= 64 ? 32 : 16;  // AVX-512 has 32 vector registers
+};
+template <class T>
+struct traits<T, scalar> {
+  using vec = T;
+  static constexpr int lanes = 1;
+  static constexpr int registers = 16;
+};
+
+template <class T, class Arch>
+using vec_t = typename traits<T, Arch>::vec;
+template <class T, class Arch>
+inline constexpr int lanes_v = traits<T, Arch>::lanes;
+
+/// Alignment of packed panels: one cache line, which covers every vector width.
+inline constexpr std::size_t kAlign = 64;
+
+template <class T> inline constexpr bool is_scalar_v = std::is_floating_point_v<T>;
+template <class V> struct elem { using type = typename V::value_type; };
+template <> struct elem<float> { using type = float; };
+template <> struct elem<double> { using type = double; };
+template <class V> using elem_t = typename elem<V>::type;
+
+template <class V> inline V load(const elem_t<V>* p) {  // aligned
+  if constexpr (is_scalar_v<V>) return *p; else return V::load_aligned(p);
+}
+template <class V> inline V loadu(const elem_t<V>* p) {
+  if constexpr (is_scalar_v<V>) return *p; else return V::load_unaligned(p);
+}
+template <class V> inline void store(elem_t<V>* p, const V& v) {  // aligned
+  if constexpr (is_scalar_v<V>) *p = v; else v.store_aligned(p);
+}
+template <class V> inline V bcast(elem_t<V> x) {
+  if constexpr (is_scalar_v<V>) return x; else return V(x);
+}
+template <class V> inline V fma(const V& a, const V& b, const V& c) {
+  if constexpr (is_scalar_v<V>) return std::fma(a, b, c); else return xsimd::fma(a, b, c);
+}
+template <class V> inline V max(const V& a, const V& b) {
+  if constexpr (is_scalar_v<V>) return a > b ? a : b; else return xsimd::max(a, b);
+}
+template <class V> inline V abs(const V& a) {
+  if constexpr (is_scalar_v<V>) return std::abs(a); else return xsimd::abs(a);
+}
+template <class V> inline V tanh(const V& a) {
+  if constexpr (is_scalar_v<V>) return std::tanh(a); else return xsimd::tanh(a);
+}
+/// lanes where lo <= x <= hi keep `v`, the others get `fill`.
+template <class V> inline V keep_between(const V& x, const V& lo, const V& hi, const V& v, const V& fill) {
+  if constexpr (is_scalar_v<V>) return (x >= lo && x <= hi) ? v : fill;
+  else return xsimd::select((x >= lo) && (x <= hi), v, fill);
+}
+/// lanes where x == -inf get `fill`, the others keep x.
+template <class V> inline V replace_neg_inf(const V& x, const V& fill) {
+  const auto ninf = -std::numeric_limits<elem_t<V>>::infinity();
+  if constexpr (is_scalar_v<V>) return x == ninf ? fill : x;
+  else return xsimd::select(x == V(ninf), fill, x);
+}
+template <class V> inline elem_t<V> hsum(const V& v) {
+  if constexpr (is_scalar_v<V>) return v; else return xsimd::hadd(v);  // xsimd ≥ 11: reduce_add
+}
+template <class V> inline elem_t<V> hmax(const V& v) {
+  if constexpr (is_scalar_v<V>) {
+    return v;
+  } else {
+    alignas(kAlign) elem_t<V> t[V::size];
+    v.store_aligned(t);
+    return *std::max_element(t, t + V::size);
+  }
+}
+
+/// 2^x for x <= 0 (softmax exponents after subtracting the running max), exactly 0 below 2^-126
+/// and at -inf. Float: n = round(x), f = x − n ∈ [−½, ½], 2^f by its degree-6 Taylor polynomial
+/// (relative error 1.2e-7, below float's 6e-8·2 ulp), 2^n by adding n to the exponent bits: eight
+/// FMA-port instructions per vector where xsimd::exp costs about twice that. Double: xsimd::exp2.
+template <class V> inline V exp2(const V& x) {
+  using T = elem_t<V>;
+  if constexpr (is_scalar_v<V>) {
+    return x < T(-126) ? T(0) : std::exp2(x);
+  } else if constexpr (std::is_same_v<T, double>) {
+    return xsimd::select(x < V(-1022.0), V(0.0), xsimd::exp2(x));
+  } else {
+    constexpr float kLn2 = 0.693147180559945309f;
+    constexpr float c6 = kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 720.f;
+    constexpr float c5 = kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 120.f;
+    constexpr float c4 = kLn2 * kLn2 * kLn2 * kLn2 / 24.f;
+    constexpr float c3 = kLn2 * kLn2 * kLn2 / 6.f;
+    constexpr float c2 = kLn2 * kLn2 / 2.f;
+    const V xc = xsimd::max(x, V(-127.f));  // keeps the exponent arithmetic in range; -inf → -127
+    const V n = xsimd::nearbyint(xc);
+    const V f = xc - n;
+    V p = xsimd::fma(V(c6), f, V(c5));
+    p = xsimd::fma(p, f, V(c4));
+    p = xsimd::fma(p, f, V(c3));
+    p = xsimd::fma(p, f, V(c2));
+    p = xsimd::fma(p, f, V(kLn2));
+    p = xsimd::fma(p, f, V(1.f));
+    using I = xsimd::batch<std::int32_t, typename V::arch_type>;
+    const I bits = xsimd::bitwise_cast<I>(p) + (xsimd::to_int(n) << 23);  // p·2^n
+    return xsimd::select(x < V(-126.f), V(0.f), xsimd::bitwise_cast<V>(bits));
+  }
+}
+
+}  // namespace xattn::simd

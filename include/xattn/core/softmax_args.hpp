@@ -1,0 +1,182 @@
+// xattn/core/softmax_args.hpp — validation of a softmax-attention call, once, at the front door,
+// and the small internal description of the problem that both the tile engine and the fp64
+// reference consume. Everything is checked before anything is written.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "options.hpp"
+
+namespace xattn::detail {
+
+/// A validated softmax-attention problem: views over the caller's memory plus resolved options.
+template <class T>
+struct softmax_problem {
+  bshd_view<const T> q, k, v;
+  bshd_view<T> o;
+  T* lse = nullptr;               // [batch, q heads, Nq], natural log; may be null
+  index batch = 0, nq = 0, nk = 0, hq = 0, hkv = 0, d = 0, dv = 0, group = 1;
+  double scale = 1;
+  bool causal = false;
+  index window_left = -1, window_right = -1;  // resolved: causal folded into window_right
+  double softcap = 0;
+  const float* alibi = nullptr;   // [hq]
+  const float* sinks = nullptr;   // [hq]
+  const int* seqlens_q = nullptr; // [batch]
+  const int* seqlens_k = nullptr; // [batch]
+  const float* bias = nullptr;    // [bias_b, bias_h, nq, nk]
+  index bias_sb = 0, bias_sh = 0; // 0 where broadcast
+  const bool* mask = nullptr;
+  index mask_sb = 0, mask_sh = 0;
+
+  index nq_of(index b) const { return seqlens_q ? seqlens_q[b] : nq; }
+  index nk_of(index b) const { return seqlens_k ? seqlens_k[b] : nk; }
+  /// Is key j visible to query i of batch b by the band (causal/window/lengths) alone?
+  bool band_visible(index b, index i, index j) const {
+    const index off = nk_of(b) - nq_of(b);
+    if (j < 0 || j >= nk_of(b)) return false;
+    if (window_right >= 0 && j > i + off + window_right) return false;
+    if (window_left >= 0 && j < i + off - window_left) return false;
+    return true;
+  }
+};
+
+inline bool overlaps(const void* a, std::size_t abytes, const void* b, std::size_t bbytes) {
+  const auto pa = reinterpret_cast<std::uintptr_t>(a), pb = reinterpret_cast<std::uintptr_t>(b);
+  return pa < pb + bbytes && pb < pa + abytes;
+}
+
+/// Checks a per-batch or per-head span: empty, or exactly n entries (each in [0, hi] for lengths).
+template <class S>
+void check_span(const char* fn, const char* arg, std::span<const S> s, index n, const char* per,
+                index hi = -1) {
+  if (s.empty()) return;
+  require(static_cast<index>(s.size()) == n, fn, arg, "has ", s.size(), " entries, expected one per ",
+          per, " (", n, ")");
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (hi >= 0)
+      require(s[i] >= 0 && s[i] <= hi, fn, arg, "[", i, "] = ", s[i], " outside [0, ", hi, "]");
+    else
+      require(std::isfinite(static_cast<double>(s[i])), fn, arg, "[", i, "] is not finite");
+  }
+}
+
+template <class M>
+void check_mask_shape(const char* fn, const char* arg, const tensor_cref<M>& m, index b, index h,
+                      index nq, index nk, index& sb, index& sh) {
+  if (!m) return;
+  const auto& d = m.dims;
+  require((d[0] == b || d[0] == 1) && (d[1] == h || d[1] == 1) && d[2] == nq && d[3] == nk, fn, arg,
+          "shape ", shape_str(d), " does not broadcast to [batch, q heads, Nq, Nk] = ",
+          shape_str(std::array<index, 4>{b, h, nq, nk}));
+  sh = d[1] == 1 ? 0 : d[2] * d[3];
+  sb = d[0] == 1 ? 0 : d[1] * d[2] * d[3];
+}
+
+/// Validates q, k, v, out (and lse when given) against the options; throws xattn::error naming
+/// `fn`, the argument and the shapes. `kv_lengths` is the decode call's per-batch cache length.
+template <class T>
+softmax_problem<T> make_softmax_problem(const char* fn, const T* q, std::array<index, 4> qd,
+                                        const T* k, std::array<index, 4> kd, const T* v,
+                                        std::array<index, 4> vd, T* o, std::array<index, 4> od,
+                                        T* lse, const std::array<index, 3>* lsed,
+                                        const softmax_options& opt) {
+  const layout l = opt.layout;
+  const char* order = l == layout::bshd ? "[batch, seq, heads, head_dim]" : "[batch, heads, seq, head_dim]";
+  require(q != nullptr, fn, "q", "null data");
+  require(k != nullptr, fn, "k", "null data");
+  require(v != nullptr, fn, "v", "null data");
+  require(o != nullptr, fn, "out", "null data");
+  for (auto [name, d] : {std::pair{"q", qd}, std::pair{"k", kd}, std::pair{"v", vd}, std::pair{"out", od}})
+    for (index x : d) require(x > 0, fn, name, "shape ", shape_str(d), " ", order, " has an empty axis");
+
+  softmax_problem<T> p;
+  p.q = make_view(q, qd, l);
+  p.k = make_view(k, kd, l);
+  p.v = make_view(v, vd, l);
+  p.o = make_view(o, od, l);
+  p.batch = p.q.batch, p.nq = p.q.seq, p.nk = p.k.seq, p.hq = p.q.heads, p.hkv = p.k.heads;
+  p.d = p.q.dim, p.dv = p.v.dim;
+  const auto qs = shape_str(qd), ks = shape_str(kd), vs = shape_str(vd);
+  require(p.k.batch == p.batch, fn, "k", "batch ", p.k.batch, " != q batch ", p.batch, " (q ", qs, ", k ", ks, ")");
+  require(p.v.batch == p.batch, fn, "v", "batch ", p.v.batch, " != q batch ", p.batch, " (q ", qs, ", v ", vs, ")");
+  require(p.k.dim == p.d, fn, "k", "head_dim ", p.k.dim, " != q head_dim ", p.d, " (q ", qs, ", k ", ks, ")");
+  require(p.v.seq == p.nk, fn, "v", "seq ", p.v.seq, " != k seq ", p.nk, " (k ", ks, ", v ", vs, ")");
+  require(p.v.heads == p.hkv, fn, "v", "heads ", p.v.heads, " != k heads ", p.hkv, " (k ", ks, ", v ", vs, ")");
+  require(p.hq % p.hkv == 0, fn, "k", "q heads ", p.hq, " not divisible by k/v heads ", p.hkv,
+          " (q ", qs, ", k ", ks, ")");
+  p.group = p.hq / p.hkv;
+  const std::array<index, 4> want = l == layout::bshd ? std::array<index, 4>{p.batch, p.nq, p.hq, p.dv}
+                                                     : std::array<index, 4>{p.batch, p.hq, p.nq, p.dv};
+  require(od == want, fn, "out", "shape ", shape_str(od), " != expected ", shape_str(want), " ", order,
+          " (q ", qs, ", v ", vs, ")");
+  if (lsed) {
+    require(lse != nullptr, fn, "lse", "null data");
+    const std::array<index, 3> lw{p.batch, p.hq, p.nq};
+    require(*lsed == lw, fn, "lse", "shape ", shape_str(*lsed), " != expected [batch, q heads, Nq] = ",
+            shape_str(lw));
+  }
+
+  const std::size_t ob = static_cast<std::size_t>(od[0] * od[1] * od[2] * od[3]) * sizeof(T);
+  for (auto [name, ptr, d] : {std::tuple{"q", q, qd}, std::tuple{"k", k, kd}, std::tuple{"v", v, vd}}) {
+    const std::size_t ib = static_cast<std::size_t>(d[0] * d[1] * d[2] * d[3]) * sizeof(T);
+    require(!overlaps(o, ob, ptr, ib), fn, "out", "overlaps ", name, " in memory (in-place attention is not supported)");
+  }
+
+  if (opt.scale) {
+    require(std::isfinite(*opt.scale) && *opt.scale > 0, fn, "scale", "must be finite and > 0, got ", *opt.scale);
+    p.scale = *opt.scale;
+  } else {
+    p.scale = 1.0 / std::sqrt(static_cast<double>(p.d));
+  }
+  require(opt.window_left >= -1, fn, "window_left", "must be >= -1 (-1 = unbounded), got ", opt.window_left);
+  require(opt.window_right >= -1, fn, "window_right", "must be >= -1 (-1 = unbounded), got ", opt.window_right);
+  require(std::isfinite(opt.softcap) && opt.softcap >= 0, fn, "softcap", "must be finite and >= 0, got ", opt.softcap);
+  p.causal = opt.causal;
+  p.window_left = opt.window_left;
+  p.window_right = opt.causal ? 0 : opt.window_right;
+  p.softcap = opt.softcap;
+
+  check_span<float>(fn, "alibi_slopes", opt.alibi_slopes, p.hq, "q head");
+  check_span<float>(fn, "sink_logits", opt.sink_logits, p.hq, "q head");
+  check_span<int>(fn, "seqlens_q", opt.seqlens_q, p.batch, "batch", p.nq);
+  check_span<int>(fn, "seqlens_k", opt.seqlens_k, p.batch, "batch", p.nk);
+  p.alibi = opt.alibi_slopes.empty() ? nullptr : opt.alibi_slopes.data();
+  p.sinks = opt.sink_logits.empty() ? nullptr : opt.sink_logits.data();
+  p.seqlens_q = opt.seqlens_q.empty() ? nullptr : opt.seqlens_q.data();
+  p.seqlens_k = opt.seqlens_k.empty() ? nullptr : opt.seqlens_k.data();
+  check_mask_shape(fn, "bias", opt.bias, p.batch, p.hq, p.nq, p.nk, p.bias_sb, p.bias_sh);
+  check_mask_shape(fn, "mask", opt.mask, p.batch, p.hq, p.nq, p.nk, p.mask_sb, p.mask_sh);
+  p.bias = opt.bias.data;
+  p.mask = opt.mask.data;
+  p.lse = lse;
+  return p;
+}
+
+/// The same from Eigen tensors (Q, K, V, O rank 4; L rank 3 or nullptr_t).
+template <class Q, class K, class V, class O, class L>
+auto make_softmax_problem(const char* fn, const Q& q, const K& k, const V& v, O& o, L* lse,
+                          const softmax_options& opt) {
+  using T = scalar_of<Q>;
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "xattn: tensors must hold float or double");
+  static_assert(std::is_same_v<scalar_of<K>, T> && std::is_same_v<scalar_of<V>, T> &&
+                    std::is_same_v<scalar_of<O>, T>,
+                "xattn: q, k, v and out must have the same element type");
+  static_assert(!std::is_const_v<typename std::remove_cvref_t<O>::Scalar>, "xattn: out must be writable");
+  if constexpr (std::is_same_v<L, std::nullptr_t>) {
+    return make_softmax_problem<T>(fn, q.data(), dims_of(q), k.data(), dims_of(k), v.data(), dims_of(v),
+                                   o.data(), dims_of(o), nullptr, nullptr, opt);
+  } else {
+    static_assert(std::is_same_v<typename std::remove_cvref_t<L>::Scalar, T>,
+                  "xattn: lse must have the element type of q");
+    const std::array<index, 3> ld = dims_of(*lse);
+    return make_softmax_problem<T>(fn, q.data(), dims_of(q), k.data(), dims_of(k), v.data(), dims_of(v),
+                                   o.data(), dims_of(o), lse->data(), &ld, opt);
+  }
+}
+
+}  // namespace xattn::detail

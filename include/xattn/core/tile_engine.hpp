@@ -1,0 +1,289 @@
+// xattn/core/tile_engine.hpp — the engine of softmax, sliding-window and sparse attention.
+//
+// For each work item — (batch, K/V head, block of query rows) — it visits the key tiles its
+// schedule lists and, per tile,
+//     Sᵀ = K_tile · Qᵀ              (mma_ab; scores already in log2 units: Q carries scale·log2 e)
+//     Sᵀ ← modifiers, mask          (softcap, ALiBi, bias, band and boolean masks; partial tiles only)
+//     P = 2^(Sᵀ − m), m, l updated  (online_softmax)
+//     Oᵀ = Oᵀ ⊙ alpha + Vᵀ · P       (mma_ab with the rescale folded into the accumulator load)
+// and writes O = Oᵀ / l at the end.
+//
+// Everything is transposed: queries are the vector lanes. K and V are the broadcast operand of the
+// micro-kernel and need no transposition: each tile is only copied into a contiguous buffer (its rows
+// sit H·d apart in the caller's tensor — 4 KiB at H·d = 1024 floats — so an uncopied tile would fall
+// into a handful of L1 sets and miss on every broadcast). Q is transposed once per query block
+// (d × 64 scalars, against 64·Nk·(d + dv) FMAs). The online
+// softmax becomes vertical max/add over the tile's rows. The query rows of one block are
+// (query, head) pairs of one K/V head group, query-major, so grouped-query heads share every K/V
+// load and a decode step of G heads is one block of G rows.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "microkernel.hpp"
+#include "online_softmax.hpp"
+#include "parallel.hpp"
+#include "schedule.hpp"
+#include "simd.hpp"
+#include "softmax_args.hpp"
+#include "workspace.hpp"
+
+namespace xattn::detail {
+
+inline constexpr double kLog2e = 1.4426950408889634074;
+inline constexpr double kLn2 = 0.6931471805599453094;
+
+/// Block shapes of one (element type, architecture). Narrow blocks (one vector of query rows) serve
+/// decode, where a block holds the few rows of one K/V head group.
+template <class T, class Arch, bool Narrow>
+struct tile_shape {
+  static constexpr int L = simd::lanes_v<T, Arch>;
+  static constexpr int NV = Narrow ? 1 : 2;  // vectors of query lanes per micro-tile
+  // MR·NV accumulators: 16 of AVX-512's 32 registers, 8 of AVX2's 16 (2 FMA pipes × 4-cycle latency).
+  static constexpr int MR = (simd::traits<T, Arch>::registers >= 32 ? 16 : 8) / NV;
+  // Query rows (lanes) per block, at most. Each block streams its head's K and V once, so wider
+  // blocks mean fewer passes over K/V (and fewer TLB misses: at H·d = 1024 floats every key row
+  // is on its own 4 KiB page); 256 float lanes keep Qᵀ, Sᵀ and Oᵀ (~320 KiB at d = 128) in L2.
+  static constexpr index BrMax = Narrow ? L : (sizeof(T) == 4 ? 256 : 128);
+  static constexpr index BrStep = NV * L;              // block widths are whole micro-tiles
+  static constexpr index Bc = 64;                      // keys per tile
+  static constexpr index round_up(index x, index m) { return (x + m - 1) / m * m; }
+};
+
+/// Key splits per (batch, K/V head, query block) when those are too few to keep threads busy
+/// (flash-decoding). Depends on the shapes only, never on the thread count, so results are
+/// bitwise identical for any thread count.
+inline index key_splits(index units, index key_blocks) {
+  constexpr index kTargetItems = 32;      // enough items to balance a few threads
+  constexpr index kMinBlocksPerSplit = 8; // keep each split long enough to amortise its merge
+  if (units >= kTargetItems) return 1;
+  return std::clamp<index>((kTargetItems + units - 1) / units, 1, std::max<index>(1, key_blocks / kMinBlocksPerSplit));
+}
+
+template <class T, class Arch, bool Narrow>
+class tile_engine {
+  using S = tile_shape<T, Arch, Narrow>;
+  using V = simd::vec_t<T, Arch>;
+  static constexpr index BrMax = S::BrMax, Bc = S::Bc, L = S::L;
+  static constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+
+ public:
+  explicit tile_engine(const softmax_problem<T>& p)
+      : p_(p), rows_(p.nq * p.group), br_(std::min(BrMax, S::round_up(rows_, S::BrStep))),
+        qblocks_((rows_ + br_ - 1) / br_), units_(p.batch * p.hkv * qblocks_),
+        splits_(key_splits(units_, (p.nk + Bc - 1) / Bc)), dv_pad_(S::round_up(p.dv, S::MR)),
+        ldk_(tile_stride(p.d)), ldv_(tile_stride(p.dv)) {}
+
+  template <class Device>
+  void run(const Device& dev) {
+    T* partials = nullptr;  // [units × splits] × (Oᵀ, m, l) when keys are split
+    if (splits_ > 1)
+      partials = static_cast<T*>(workspace::of_this_thread(1).get(sizeof(T) * units_ * splits_ * partial_size()));
+    parallel_for(dev, units_ * splits_, [&](index item) {
+      const index u = item / splits_, s = item % splits_;
+      work(u, s, partials ? partials + item * partial_size() : nullptr);
+    });
+    if (splits_ > 1)
+      for (index u = 0; u < units_; ++u) merge(u, partials + u * splits_ * partial_size());
+  }
+
+ private:
+  /// Per-block scratch, carved from the thread's workspace: Qᵀ [d][br], Sᵀ [Bc][br], Oᵀ [dv_pad][br],
+  /// and the current K and V tiles [Bc][ldk], [Bc][ldv].
+  struct block {
+    T *qt, *st, *ot, *kt, *vt;
+    alignas(simd::kAlign) T qpos[BrMax];   // query index of each lane
+    alignas(simd::kAlign) T slope[BrMax];  // −ALiBi slope · log2 e of each lane's head
+    alignas(simd::kAlign) T sink[BrMax];   // sink logit · log2 e of each lane's head
+    index qi[BrMax], qh[BrMax];            // query index and head of each lane
+    index valid = 0;                       // lanes [0, valid) are rows of the problem
+    online_softmax<Arch, T, BrMax> sm;
+  };
+
+  index partial_size() const { return dv_pad_ * br_ + 2 * br_; }
+
+  /// Row stride of a copied K or V tile: whole cache lines, and not a multiple of 4 KiB, so that
+  /// the rows of a tile spread over the L1 sets.
+  static index tile_stride(index dim) {
+    constexpr index kLine = 64 / sizeof(T);
+    const index ld = S::round_up(dim, kLine);
+    return (ld * index(sizeof(T))) % 4096 == 0 ? ld + kLine : ld;
+  }
+
+  /// Unit u → (batch, K/V head, query block), head-major — consecutive items share one head's K and
+  /// V (a few MiB, which stay in L3) instead of cycling through all heads — and within a head the
+  /// costliest query blocks (most keys under a causal mask) first.
+  void unit_coords(index u, index& b, index& hk, index& qb) const {
+    const index bh = u / qblocks_;
+    qb = qblocks_ - 1 - u % qblocks_;
+    b = bh / p_.hkv, hk = bh % p_.hkv;
+  }
+
+  void work(index u, index split, T* partial) const {
+    index b, hk, qb;
+    unit_coords(u, b, hk, qb);
+    const index d = p_.d, nq = p_.nq_of(b), nk = p_.nk_of(b), G = p_.group;
+    auto* blk = static_cast<block*>(workspace::of_this_thread(0).get(
+        sizeof(block) + sizeof(T) * (br_ * (d + S::round_up(Bc, S::MR) + dv_pad_) + Bc * (ldk_ + ldv_))));
+    blk->qt = reinterpret_cast<T*>(blk + 1);
+    blk->st = blk->qt + d * br_;
+    blk->ot = blk->st + S::round_up(Bc, S::MR) * br_;
+    blk->kt = blk->ot + dv_pad_ * br_;
+    blk->vt = blk->kt + Bc * ldk_;
+
+    // Lanes: row ρ = qb·br_ + r of this K/V head group is query ρ / G of head hk·G + ρ % G.
+    const index row0 = qb * br_;
+    blk->valid = std::min(br_, rows_ - row0);
+    const double qscale = p_.softcap > 0 ? p_.scale / p_.softcap : p_.scale * kLog2e;
+    for (index r = 0; r < br_; ++r) {
+      const index rho = row0 + std::min(r, blk->valid - 1);
+      blk->qi[r] = rho / G, blk->qh[r] = hk * G + rho % G;
+      blk->qpos[r] = T(blk->qi[r]);
+      blk->slope[r] = p_.alibi ? T(-double(p_.alibi[blk->qh[r]]) * kLog2e) : T(0);
+      blk->sink[r] = p_.sinks ? T(double(p_.sinks[blk->qh[r]]) * kLog2e) : T(0);
+      const T* q = p_.q.row(b, blk->qi[r], blk->qh[r]);
+      const bool live = r < blk->valid && blk->qi[r] < nq;
+      for (index c = 0; c < d; ++c) blk->qt[c * br_ + r] = live ? T(q[c] * qscale) : T(0);
+    }
+    blk->sm.init(p_.sinks && split == 0 ? blk->sink : nullptr, br_);  // the sink joins one split only
+    std::fill(blk->ot, blk->ot + dv_pad_ * br_, T(0));
+
+    const band_schedule sched = band_schedule::make(blk->qi[0], blk->qi[blk->valid - 1], nq, nk,
+                                                    p_.window_left, p_.window_right, Bc);
+    const index t0 = sched.first + sched.blocks() * split / splits_;
+    const index t1 = sched.first + sched.blocks() * (split + 1) / splits_;
+    for (index t = t0; t < t1; ++t) tile(*blk, b, hk, sched, t);
+
+    if (partial) {
+      std::memcpy(partial, blk->ot, sizeof(T) * dv_pad_ * br_);
+      std::memcpy(partial + dv_pad_ * br_, blk->sm.m, sizeof(T) * br_);
+      std::memcpy(partial + dv_pad_ * br_ + br_, blk->sm.l, sizeof(T) * br_);
+    } else {
+      write(*blk, b, nq, blk->ot, blk->sm.m, blk->sm.l);
+    }
+  }
+
+  void tile(block& blk, index b, index hk, const band_schedule& sched, index t) const {
+    const index j0 = sched.key_begin(t), nc = sched.key_end(t) - j0;
+    for (index c = 0; c < nc; ++c) {
+      std::memcpy(blk.kt + c * ldk_, p_.k.row(b, j0 + c, hk), sizeof(T) * p_.d);
+      std::memcpy(blk.vt + c * ldv_, p_.v.row(b, j0 + c, hk), sizeof(T) * p_.dv);
+    }
+    // Sᵀ[c][r] = Σ_k K[j0 + c][k] · Qᵀ[k][r]
+    mma_ab<Arch, T, S::MR, S::NV, false>(blk.st, br_, blk.kt, ldk_, 1, nc, blk.qt, br_, br_, p_.d);
+    modify(blk, b, sched, t, j0, nc);
+    blk.sm.update(blk.st, br_, nc, br_);
+    // Oᵀ[e][r] = alpha[r]·Oᵀ[e][r] + Σ_c V[j0 + c][e] · P[c][r]
+    mma_ab<Arch, T, S::MR, S::NV, true>(blk.ot, br_, blk.vt, 1, ldv_, p_.dv, blk.st, br_, br_, nc,
+                                        blk.sm.alpha);
+  }
+
+  /// Score modifiers and masks on the tile, in the order of softmax_options: softcap, ALiBi, bias,
+  /// then the band mask (partial tiles only) and the boolean mask. Each is one pass over the tile
+  /// and costs nothing when off.
+  void modify(block& blk, index b, const band_schedule& sched, index t, index j0, index nc) const {
+    T* st = blk.st;
+    if (p_.softcap > 0) {  // Q carried scale/cap: s ← cap·tanh(s)·log2 e
+      const V cap = simd::bcast<V>(T(p_.softcap * kLog2e));
+      for (index i = 0; i < nc * br_; i += L) simd::store(st + i, simd::tanh(simd::load<V>(st + i)) * cap);
+    }
+    if (p_.alibi) {  // s += −slope·|i + off − j|
+      for (index c = 0; c < nc; ++c) {
+        const V shift = simd::bcast<V>(T(sched.off - (j0 + c)));
+        for (index r = 0; r < br_; r += L) {
+          const V dist = simd::abs(simd::load<V>(blk.qpos + r) + shift);
+          simd::store(st + c * br_ + r, simd::fma(simd::load<V>(blk.slope + r), dist, simd::load<V>(st + c * br_ + r)));
+        }
+      }
+    }
+    if (p_.bias) {
+      for (index r = 0; r < blk.valid; ++r) {
+        const float* row = p_.bias + b * p_.bias_sb + blk.qh[r] * p_.bias_sh + blk.qi[r] * p_.nk + j0;
+        for (index c = 0; c < nc; ++c) st[c * br_ + r] += T(double(row[c]) * kLog2e);
+      }
+    }
+    if (sched.partial(t)) {  // keep lanes with j − off − right <= i <= j − off + left
+      const T big = std::numeric_limits<T>::max();
+      for (index c = 0; c < nc; ++c) {
+        const index j = j0 + c;
+        const V lo = simd::bcast<V>(sched.right >= 0 ? T(j - sched.off - sched.right) : -big);
+        const V hi = simd::bcast<V>(sched.left >= 0 ? T(j - sched.off + sched.left) : big);
+        for (index r = 0; r < br_; r += L)
+          simd::store(st + c * br_ + r, simd::keep_between(simd::load<V>(blk.qpos + r), lo, hi,
+                                                           simd::load<V>(st + c * br_ + r), simd::bcast<V>(kNegInf)));
+      }
+    }
+    if (p_.mask) {
+      for (index r = 0; r < blk.valid; ++r) {
+        const bool* row = p_.mask + b * p_.mask_sb + blk.qh[r] * p_.mask_sh + blk.qi[r] * p_.nk + j0;
+        for (index c = 0; c < nc; ++c)
+          if (!row[c]) st[c * br_ + r] = kNegInf;
+      }
+    }
+  }
+
+  /// out[b, i, h, :] = Oᵀ[:, r] / l[r]; lse = (m + log2 l)·ln 2. Rows with l = 0 (fully masked) and
+  /// padded rows (i >= the batch's valid queries) get zeros and LSE −inf.
+  void write(const block& blk, index b, index nq, const T* ot, const T* m, const T* l) const {
+    for (index r = 0; r < blk.valid; ++r) {
+      const index i = blk.qi[r], h = blk.qh[r];
+      const bool live = i < nq && l[r] > T(0);
+      const T inv = live ? T(1) / l[r] : T(0);
+      T* out = p_.o.row(b, i, h);
+      for (index e = 0; e < p_.dv; ++e) out[e] = ot[e * br_ + r] * inv;
+      if (p_.lse)
+        p_.lse[(b * p_.hq + h) * p_.nq + i] =
+            live ? T((double(m[r]) + std::log2(double(l[r]))) * kLn2) : kNegInf;
+    }
+  }
+
+  /// Combines the splits of unit u by their maxima: m = max m_s, l = Σ l_s·2^(m_s − m),
+  /// Oᵀ = Σ Oᵀ_s·2^(m_s − m), into the first split's buffer, then writes the rows.
+  void merge(index u, T* parts) const {
+    index b, hk, qb;
+    unit_coords(u, b, hk, qb);
+    const index ps = partial_size(), ol = dv_pad_ * br_;
+    T* ot = parts;
+    T* m = parts + ol;
+    T* l = parts + ol + br_;
+    for (index r = 0; r < br_; ++r) {
+      T mx = kNegInf;
+      for (index s = 0; s < splits_; ++s) mx = std::max(mx, parts[s * ps + ol + r]);
+      const T mu = mx == kNegInf ? T(0) : mx;
+      T sum = 0;
+      for (index s = 0; s < splits_; ++s) {
+        const T w = std::exp2(parts[s * ps + ol + r] - mu);
+        sum += parts[s * ps + ol + br_ + r] * w;
+        for (index e = 0; e < p_.dv; ++e) {
+          const T x = parts[s * ps + e * br_ + r] * w;
+          ot[e * br_ + r] = s == 0 ? x : ot[e * br_ + r] + x;
+        }
+      }
+      m[r] = mx, l[r] = sum;
+    }
+    block blk;  // lane coordinates only
+    const index row0 = qb * br_;
+    blk.valid = std::min(br_, rows_ - row0);
+    for (index r = 0; r < blk.valid; ++r) blk.qi[r] = (row0 + r) / p_.group, blk.qh[r] = hk * p_.group + (row0 + r) % p_.group;
+    write(blk, b, p_.nq_of(b), ot, m, l);
+  }
+
+  const softmax_problem<T>& p_;
+  index rows_, br_, qblocks_, units_, splits_, dv_pad_, ldk_, ldv_;
+};
+
+/// Runs a validated softmax problem on `dev`: narrow blocks when one K/V head group's rows fit
+/// in one vector (decode), wide blocks otherwise.
+template <class T, class Device>
+void softmax_forward(const softmax_problem<T>& p, const Device& dev) {
+  using Arch = simd::default_arch;
+  if (p.nq * p.group <= simd::lanes_v<T, Arch>)
+    tile_engine<T, Arch, true>(p).run(dev);
+  else
+    tile_engine<T, Arch, false>(p).run(dev);
+}
+
+}  // namespace xattn::detail

@@ -1,0 +1,5 @@
+// xattn/reference.hpp — the fp64 references of every family (public: tests, benchmarks and users
+// compare against them).
+#pragma once
+
+#include "reference/softmax.hpp"

@@ -1,0 +1,87 @@
+// xattn/softmax.hpp — exact softmax attention, softmax(scale·QKᵀ + bias + mask)·V, tiled with an
+// online softmax (FlashAttention-2) so that no Nq×Nk matrix is ever materialised.
+//
+//   q   [batch, Nq, Hq,  d ]     k, v  [batch, Nk, Hkv, d | dv]     out [batch, Nq, Hq, dv]
+//   (or [batch, heads, seq, dim] with .layout = xattn::layout::bhsd)
+//   lse [batch, Hq, Nq]          natural-log log-sum-exp of each row (optional)
+//
+// Hkv divides Hq (multi-query / grouped-query attention); Nq != Nk is cross-attention or chunked
+// prefill against a cache; dv may differ from d. Options: xattn::softmax_options (core/options.hpp).
+// Fully masked and padded rows give zeros and LSE −inf. Bad input throws xattn::error before
+// anything is written. The device overloads run on an Eigen::ThreadPoolDevice; results are
+// bitwise identical for any thread count.
+#pragma once
+
+#include "core/options.hpp"
+#include "core/parallel.hpp"
+#include "core/softmax_args.hpp"
+#include "core/tile_engine.hpp"
+
+namespace xattn {
+
+/// out = softmax(scale·QKᵀ + bias + mask)·V on the calling thread.
+template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O>
+void softmax_attention(const Q& q, const K& k, const V& v, O&& out, const softmax_options& opt = {}) {
+  detail::softmax_forward(detail::make_softmax_problem("xattn::softmax_attention", q, k, v, out,
+                                                       static_cast<std::nullptr_t*>(nullptr), opt),
+                          detail::serial_device{});
+}
+
+/// The same, also writing each row's log-sum-exp to `lse` [batch, Hq, Nq].
+template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O,
+          row_major_tensor<3> L>
+void softmax_attention(const Q& q, const K& k, const V& v, O&& out, L&& lse, const softmax_options& opt = {}) {
+  detail::softmax_forward(detail::make_softmax_problem("xattn::softmax_attention", q, k, v, out, &lse, opt),
+                          detail::serial_device{});
+}
+
+/// out = softmax(scale·QKᵀ + bias + mask)·V on the threads of `device`.
+template <thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
+          row_major_tensor<4> O>
+void softmax_attention(const D& device, const Q& q, const K& k, const V& v, O&& out,
+                       const softmax_options& opt = {}) {
+  detail::softmax_forward(detail::make_softmax_problem("xattn::softmax_attention", q, k, v, out,
+                                                       static_cast<std::nullptr_t*>(nullptr), opt),
+                          device);
+}
+
+/// The same on the threads of `device`, also writing the log-sum-exp.
+template <thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
+          row_major_tensor<4> O, row_major_tensor<3> L>
+void softmax_attention(const D& device, const Q& q, const K& k, const V& v, O&& out, L&& lse,
+                       const softmax_options& opt = {}) {
+  detail::softmax_forward(detail::make_softmax_problem("xattn::softmax_attention", q, k, v, out, &lse, opt),
+                          device);
+}
+
+/// Decode: the few new query rows `q` [batch, Nq, Hq, d] against a KV cache [batch, capacity, Hkv, d]
+/// whose first cache_lengths[b] rows are valid (the new tokens' own keys already appended). Equal to
+/// softmax_attention with seqlens_k = cache_lengths; set .causal = true when Nq > 1 (speculative or
+/// chunked decode). When batch × K/V heads is too small to fill the threads, the keys are split into
+/// chunks computed in parallel and merged by their log-sum-exp (flash-decoding); the split depends
+/// on the shapes only, so results stay bitwise identical for any thread count.
+template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O>
+void softmax_decode(const Q& q, const K& k_cache, const V& v_cache, O&& out, std::span<const int> cache_lengths,
+                    softmax_options opt = {}) {
+  detail::require(opt.seqlens_k.empty(), "xattn::softmax_decode", "seqlens_k",
+                  "must be empty: cache_lengths gives the valid keys");
+  opt.seqlens_k = cache_lengths;
+  detail::softmax_forward(detail::make_softmax_problem("xattn::softmax_decode", q, k_cache, v_cache, out,
+                                                       static_cast<std::nullptr_t*>(nullptr), opt),
+                          detail::serial_device{});
+}
+
+/// Decode on the threads of `device`.
+template <thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
+          row_major_tensor<4> O>
+void softmax_decode(const D& device, const Q& q, const K& k_cache, const V& v_cache, O&& out,
+                    std::span<const int> cache_lengths, softmax_options opt = {}) {
+  detail::require(opt.seqlens_k.empty(), "xattn::softmax_decode", "seqlens_k",
+                  "must be empty: cache_lengths gives the valid keys");
+  opt.seqlens_k = cache_lengths;
+  detail::softmax_forward(detail::make_softmax_problem("xattn::softmax_decode", q, k_cache, v_cache, out,
+                                                       static_cast<std::nullptr_t*>(nullptr), opt),
+                          device);
+}
+
+}  // namespace xattn

@@ -1,0 +1,4 @@
+// xattn/xattn.hpp — the umbrella header: every family of xattn.
+#pragma once
+
+#include "softmax.hpp"
