@@ -19,12 +19,16 @@
 
 namespace xattn::detail {
 
+/// How mma_ab starts its accumulators: from zero, or from C scaled per column or per row (the
+/// online-softmax rescale of a transposed or an upright output tile).
+enum class mma_init { zero, scale_cols, scale_rows };
+
 /// Rows of A past `m` are read from row m − 1 instead (so a short tile never reads outside its
 /// tensor); their C rows are computed and meaningless. C must have round_up(m, MR) rows; N is a
 /// multiple of NV·lanes; B and C are kAlign-aligned with ldb, ldc multiples of the vector width.
-template <class Arch, class T, int MR, int NV, bool Accumulate>
+template <class Arch, class T, int MR, int NV, mma_init Init>
 void mma_ab(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const T* b, index ldb, index n,
-            index k, const T* col_scale = nullptr) {
+            index k, const T* scale = nullptr) {
   using V = simd::vec_t<T, Arch>;
   constexpr index L = simd::lanes_v<T, Arch>;
   for (index i0 = 0; i0 < m; i0 += MR) {
@@ -33,11 +37,16 @@ void mma_ab(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const 
     for (index j0 = 0; j0 < n; j0 += NV * L) {
       V acc[MR][NV];
       T* crow = c + i0 * ldc + j0;
-      if constexpr (Accumulate) {
+      if constexpr (Init == mma_init::scale_cols) {
         V s[NV];
-        for (int v = 0; v < NV; ++v) s[v] = simd::load<V>(col_scale + j0 + v * L);
+        for (int v = 0; v < NV; ++v) s[v] = simd::load<V>(scale + j0 + v * L);
         for (int r = 0; r < MR; ++r)
           for (int v = 0; v < NV; ++v) acc[r][v] = simd::load<V>(crow + r * ldc + v * L) * s[v];
+      } else if constexpr (Init == mma_init::scale_rows) {
+        for (int r = 0; r < MR; ++r) {
+          const V s = simd::bcast<V>(scale[std::min<index>(i0 + r, m - 1)]);
+          for (int v = 0; v < NV; ++v) acc[r][v] = simd::load<V>(crow + r * ldc + v * L) * s;
+        }
       } else {
         for (int r = 0; r < MR; ++r)
           for (int v = 0; v < NV; ++v) acc[r][v] = simd::bcast<V>(T(0));
@@ -53,6 +62,34 @@ void mma_ab(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const 
       }
       for (int r = 0; r < MR; ++r)
         for (int v = 0; v < NV; ++v) simd::store(crow + r * ldc + v * L, acc[r][v]);
+    }
+  }
+}
+
+/// Sᵀ[c][r] = Σ_k A[r][k]·B[c][k] for r < m, c < n, by dot products along k: the product for a
+/// few rows of A against many rows of B (a decode step's query rows against a K tile), where
+/// broadcasting A would leave most lanes idle. Per row of A and group of `lanes` rows of B, `lanes`
+/// accumulators run along k and one haddp folds them into the lane-wise sums. k is a multiple of
+/// the vector width (A and B zero-padded), A and B rows are aligned; rows of B past n are read from
+/// row n − 1. Sᵀ has row stride ldc and at least round_up(n, lanes) rows.
+template <class Arch, class T>
+void dot_abt(T* c, index ldc, const T* a, index lda, index m, const T* b, index ldb, index n, index k) {
+  using V = simd::vec_t<T, Arch>;
+  constexpr int L = simd::lanes_v<T, Arch>;
+  for (index c0 = 0; c0 < n; c0 += L) {
+    const T* br[L];
+    for (int i = 0; i < L; ++i) br[i] = b + std::min<index>(c0 + i, n - 1) * ldb;
+    for (index r = 0; r < m; ++r) {
+      V acc[L];
+      for (int i = 0; i < L; ++i) acc[i] = simd::bcast<V>(T(0));
+      const T* ar = a + r * lda;
+      for (index kk = 0; kk < k; kk += L) {
+        const V av = simd::load<V>(ar + kk);
+        for (int i = 0; i < L; ++i) acc[i] = simd::fma(av, simd::load<V>(br[i] + kk), acc[i]);
+      }
+      alignas(simd::kAlign) T sums[L];
+      simd::store(sums, simd::haddp(acc));
+      for (int i = 0; i < L; ++i) c[(c0 + i) * ldc + r] = sums[i];
     }
   }
 }

@@ -36,20 +36,24 @@ namespace xattn::detail {
 inline constexpr double kLog2e = 1.4426950408889634074;
 inline constexpr double kLn2 = 0.6931471805599453094;
 
-/// Block shapes of one (element type, architecture). Narrow blocks (one vector of query rows) serve
-/// decode, where a block holds the few rows of one K/V head group.
+/// Block shapes of one (element type, architecture). Wide blocks (up to 256 query rows) serve
+/// prefill; narrow blocks (one vector of query rows) serve decode, where a block holds the few rows
+/// of one K/V head group.
 template <class T, class Arch, bool Narrow>
 struct tile_shape {
   static constexpr int L = simd::lanes_v<T, Arch>;
-  static constexpr int NV = Narrow ? 1 : 2;  // vectors of query lanes per micro-tile
-  // MR·NV accumulators: 16 of AVX-512's 32 registers, 8 of AVX2's 16 (2 FMA pipes × 4-cycle latency).
-  static constexpr int MR = (simd::traits<T, Arch>::registers >= 32 ? 16 : 8) / NV;
+  static constexpr bool kBig = simd::traits<T, Arch>::registers >= 32;
+  // Micro-tiles of MR rows × NV vectors: 16 accumulators of AVX-512's 32 registers, 8 of AVX2's 16
+  // (2 FMA pipes × 4-cycle latency). Wide: 8 keys (or values) × 32 query lanes. Narrow P·V: the
+  // query rows × 64 value columns.
+  static constexpr int NV = Narrow ? 4 : 2;
+  static constexpr int MR = (kBig ? 16 : 8) / NV;
   // Query rows (lanes) per block, at most. Each block streams its head's K and V once, so wider
   // blocks mean fewer passes over K/V (and fewer TLB misses: at H·d = 1024 floats every key row
   // is on its own 4 KiB page); 256 float lanes keep Qᵀ, Sᵀ and Oᵀ (~320 KiB at d = 128) in L2.
   static constexpr index BrMax = Narrow ? L : (sizeof(T) == 4 ? 256 : 128);
-  static constexpr index BrStep = NV * L;              // block widths are whole micro-tiles
-  static constexpr index Bc = 64;                      // keys per tile
+  static constexpr index BrStep = Narrow ? L : NV * L;  // block widths are whole micro-tiles
+  static constexpr index Bc = 64;                       // keys per tile
   static constexpr index round_up(index x, index m) { return (x + m - 1) / m * m; }
 };
 
@@ -63,6 +67,10 @@ inline index key_splits(index units, index key_blocks) {
   return std::clamp<index>((kTargetItems + units - 1) / units, 1, std::max<index>(1, key_blocks / kMinBlocksPerSplit));
 }
 
+/// The tile engine over one validated softmax problem. Wide blocks hold Qᵀ [d][br] and Oᵀ [dv][br]
+/// (queries in lanes); narrow blocks hold Q [rows][d] and O [rows][dv] upright and compute S by dot
+/// products. Both keep the score tile transposed, Sᵀ [Bc][br], so that masks, modifiers and the
+/// online softmax are one code.
 template <class T, class Arch, bool Narrow>
 class tile_engine {
   using S = tile_shape<T, Arch, Narrow>;
@@ -72,14 +80,20 @@ class tile_engine {
 
  public:
   explicit tile_engine(const softmax_problem<T>& p)
-      : p_(p), rows_(p.nq * p.group), br_(std::min(BrMax, S::round_up(rows_, S::BrStep))),
-        qblocks_((rows_ + br_ - 1) / br_), units_(p.batch * p.hkv * qblocks_),
-        splits_(key_splits(units_, (p.nk + Bc - 1) / Bc)), dv_pad_(S::round_up(p.dv, S::MR)),
-        ldk_(tile_stride(p.d)), ldv_(tile_stride(p.dv)) {}
+      : p_(p),
+        rows_(p.nq * p.group),
+        br_(std::min(BrMax, S::round_up(rows_, S::BrStep))),
+        qblocks_((rows_ + br_ - 1) / br_),
+        units_(p.batch * p.hkv * qblocks_),
+        splits_(key_splits(units_, (p.nk + Bc - 1) / Bc)),
+        ldq_(S::round_up(p.d, L)),
+        ldk_(tile_stride(Narrow ? ldq_ : p.d)),
+        ldv_(tile_stride(Narrow ? S::round_up(p.dv, S::NV * L) : p.dv)),
+        o_size_(Narrow ? S::round_up(br_, S::MR) * ldv_ : S::round_up(p.dv, S::MR) * br_) {}
 
   template <class Device>
   void run(const Device& dev) {
-    T* partials = nullptr;  // [units × splits] × (Oᵀ, m, l) when keys are split
+    T* partials = nullptr;  // [units × splits] × (O, m, l) when keys are split
     if (splits_ > 1)
       partials = static_cast<T*>(workspace::of_this_thread(1).get(sizeof(T) * units_ * splits_ * partial_size()));
     parallel_for(dev, units_ * splits_, [&](index item) {
@@ -91,7 +105,8 @@ class tile_engine {
   }
 
  private:
-  /// Per-block scratch, carved from the thread's workspace: Qᵀ [d][br], Sᵀ [Bc][br], Oᵀ [dv_pad][br],
+  /// Per-block state; its scratch is carved from the thread's workspace right behind it:
+  /// Q (Qᵀ [d][br] wide, Q [br][ldq] narrow), Sᵀ [Bc][br], O (Oᵀ [dv][br] wide, O [br][ldv] narrow)
   /// and the current K and V tiles [Bc][ldk], [Bc][ldv].
   struct block {
     T *qt, *st, *ot, *kt, *vt;
@@ -103,7 +118,11 @@ class tile_engine {
     online_softmax<Arch, T, BrMax> sm;
   };
 
-  index partial_size() const { return dv_pad_ * br_ + 2 * br_; }
+  index s_rows() const { return S::round_up(Bc, std::max<index>(S::MR, L)); }
+  index q_size() const { return Narrow ? br_ * ldq_ : p_.d * br_; }
+  index partial_size() const { return o_size_ + 2 * br_; }
+  /// Where output element (value column e, lane r) lives in a block's O.
+  index o_at(index e, index r) const { return Narrow ? r * ldv_ + e : e * br_ + r; }
 
   /// Row stride of a copied K or V tile: whole cache lines, and not a multiple of 4 KiB, so that
   /// the rows of a tile spread over the L1 sets.
@@ -122,63 +141,93 @@ class tile_engine {
     b = bh / p_.hkv, hk = bh % p_.hkv;
   }
 
+  /// Lanes: row ρ = qb·br + r of K/V head hk's group is query ρ / G of head hk·G + ρ % G.
+  void lanes(block& blk, index hk, index qb) const {
+    const index row0 = qb * br_, G = p_.group;
+    blk.valid = std::min(br_, rows_ - row0);
+    for (index r = 0; r < br_; ++r) {
+      const index rho = row0 + std::min(r, blk.valid - 1);  // padding lanes repeat the last row
+      blk.qi[r] = rho / G, blk.qh[r] = hk * G + rho % G;
+      blk.qpos[r] = T(blk.qi[r]);
+    }
+  }
+
   void work(index u, index split, T* partial) const {
     index b, hk, qb;
     unit_coords(u, b, hk, qb);
-    const index d = p_.d, nq = p_.nq_of(b), nk = p_.nk_of(b), G = p_.group;
+    const index d = p_.d, nq = p_.nq_of(b), nk = p_.nk_of(b);
     auto* blk = static_cast<block*>(workspace::of_this_thread(0).get(
-        sizeof(block) + sizeof(T) * (br_ * (d + S::round_up(Bc, S::MR) + dv_pad_) + Bc * (ldk_ + ldv_))));
+        sizeof(block) + sizeof(T) * (q_size() + s_rows() * br_ + o_size_ + Bc * (ldk_ + ldv_))));
     blk->qt = reinterpret_cast<T*>(blk + 1);
-    blk->st = blk->qt + d * br_;
-    blk->ot = blk->st + S::round_up(Bc, S::MR) * br_;
-    blk->kt = blk->ot + dv_pad_ * br_;
+    blk->st = blk->qt + q_size();
+    blk->ot = blk->st + s_rows() * br_;
+    blk->kt = blk->ot + o_size_;
     blk->vt = blk->kt + Bc * ldk_;
+    lanes(*blk, hk, qb);
 
-    // Lanes: row ρ = qb·br_ + r of this K/V head group is query ρ / G of head hk·G + ρ % G.
-    const index row0 = qb * br_;
-    blk->valid = std::min(br_, rows_ - row0);
+    // Q scaled so that scores come out in log2 units (or in units of the softcap), zero on padding.
     const double qscale = p_.softcap > 0 ? p_.scale / p_.softcap : p_.scale * kLog2e;
+    std::fill(blk->qt, blk->qt + q_size(), T(0));
+    for (index r = 0; r < blk->valid; ++r) {
+      if (blk->qi[r] >= nq) continue;
+      const T* q = p_.q.row(b, blk->qi[r], blk->qh[r]);
+      for (index c = 0; c < d; ++c) (Narrow ? blk->qt[r * ldq_ + c] : blk->qt[c * br_ + r]) = T(q[c] * qscale);
+    }
     for (index r = 0; r < br_; ++r) {
-      const index rho = row0 + std::min(r, blk->valid - 1);
-      blk->qi[r] = rho / G, blk->qh[r] = hk * G + rho % G;
-      blk->qpos[r] = T(blk->qi[r]);
       blk->slope[r] = p_.alibi ? T(-double(p_.alibi[blk->qh[r]]) * kLog2e) : T(0);
       blk->sink[r] = p_.sinks ? T(double(p_.sinks[blk->qh[r]]) * kLog2e) : T(0);
-      const T* q = p_.q.row(b, blk->qi[r], blk->qh[r]);
-      const bool live = r < blk->valid && blk->qi[r] < nq;
-      for (index c = 0; c < d; ++c) blk->qt[c * br_ + r] = live ? T(q[c] * qscale) : T(0);
     }
     blk->sm.init(p_.sinks && split == 0 ? blk->sink : nullptr, br_);  // the sink joins one split only
-    std::fill(blk->ot, blk->ot + dv_pad_ * br_, T(0));
+    std::fill(blk->ot, blk->ot + o_size_, T(0));
+    if constexpr (Narrow) std::fill(blk->st, blk->st + s_rows() * br_, T(0));  // lanes past `valid` stay finite
 
     const band_schedule sched = band_schedule::make(blk->qi[0], blk->qi[blk->valid - 1], nq, nk,
                                                     p_.window_left, p_.window_right, Bc);
     const index t0 = sched.first + sched.blocks() * split / splits_;
     const index t1 = sched.first + sched.blocks() * (split + 1) / splits_;
-    for (index t = t0; t < t1; ++t) tile(*blk, b, hk, sched, t);
+    for (index t = t0; t < t1; ++t) tile(*blk, b, hk, sched, t, t1);
 
     if (partial) {
-      std::memcpy(partial, blk->ot, sizeof(T) * dv_pad_ * br_);
-      std::memcpy(partial + dv_pad_ * br_, blk->sm.m, sizeof(T) * br_);
-      std::memcpy(partial + dv_pad_ * br_ + br_, blk->sm.l, sizeof(T) * br_);
+      std::memcpy(partial, blk->ot, sizeof(T) * o_size_);
+      std::memcpy(partial + o_size_, blk->sm.m, sizeof(T) * br_);
+      std::memcpy(partial + o_size_ + br_, blk->sm.l, sizeof(T) * br_);
     } else {
       write(*blk, b, nq, blk->ot, blk->sm.m, blk->sm.l);
     }
   }
 
-  void tile(block& blk, index b, index hk, const band_schedule& sched, index t) const {
+  void tile(block& blk, index b, index hk, const band_schedule& sched, index t, index t_end) const {
     const index j0 = sched.key_begin(t), nc = sched.key_end(t) - j0;
+    // Copy this tile's K and V rows and prefetch the next tile's: consecutive key rows are H·d
+    // apart (often a page apart), where the hardware prefetchers do not follow.
+    const index jn = sched.key_end(t), nn = t + 1 < t_end ? sched.key_end(t + 1) - jn : 0;
     for (index c = 0; c < nc; ++c) {
       std::memcpy(blk.kt + c * ldk_, p_.k.row(b, j0 + c, hk), sizeof(T) * p_.d);
       std::memcpy(blk.vt + c * ldv_, p_.v.row(b, j0 + c, hk), sizeof(T) * p_.dv);
+      if constexpr (Narrow) std::fill(blk.kt + c * ldk_ + p_.d, blk.kt + c * ldk_ + ldq_, T(0));
+      if (c < nn) {
+        simd::prefetch(p_.k.row(b, jn + c, hk), sizeof(T) * p_.d);
+        simd::prefetch(p_.v.row(b, jn + c, hk), sizeof(T) * p_.dv);
+      }
     }
-    // Sᵀ[c][r] = Σ_k K[j0 + c][k] · Qᵀ[k][r]
-    mma_ab<Arch, T, S::MR, S::NV, false>(blk.st, br_, blk.kt, ldk_, 1, nc, blk.qt, br_, br_, p_.d);
+    if constexpr (Narrow) {
+      // Sᵀ[c][r] = Q[r] · K[j0 + c]
+      dot_abt<Arch, T>(blk.st, br_, blk.qt, ldq_, blk.valid, blk.kt, ldk_, nc, ldq_);
+    } else {
+      // Sᵀ[c][r] = Σ_k K[j0 + c][k] · Qᵀ[k][r]
+      mma_ab<Arch, T, S::MR, S::NV, mma_init::zero>(blk.st, br_, blk.kt, ldk_, 1, nc, blk.qt, br_, br_, p_.d);
+    }
     modify(blk, b, sched, t, j0, nc);
     blk.sm.update(blk.st, br_, nc, br_);
-    // Oᵀ[e][r] = alpha[r]·Oᵀ[e][r] + Σ_c V[j0 + c][e] · P[c][r]
-    mma_ab<Arch, T, S::MR, S::NV, true>(blk.ot, br_, blk.vt, 1, ldv_, p_.dv, blk.st, br_, br_, nc,
-                                        blk.sm.alpha);
+    if constexpr (Narrow) {
+      // O[r][e] = alpha[r]·O[r][e] + Σ_c P[c][r] · V[j0 + c][e]
+      mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_rows>(blk.ot, ldv_, blk.st, 1, br_, blk.valid, blk.vt, ldv_,
+                                                          S::round_up(p_.dv, S::NV * L), nc, blk.sm.alpha);
+    } else {
+      // Oᵀ[e][r] = alpha[r]·Oᵀ[e][r] + Σ_c V[j0 + c][e] · P[c][r]
+      mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_cols>(blk.ot, br_, blk.vt, 1, ldv_, p_.dv, blk.st, br_, br_,
+                                                          nc, blk.sm.alpha);
+    }
   }
 
   /// Score modifiers and masks on the tile, in the order of softmax_options: softcap, ALiBi, bias,
@@ -225,7 +274,7 @@ class tile_engine {
     }
   }
 
-  /// out[b, i, h, :] = Oᵀ[:, r] / l[r]; lse = (m + log2 l)·ln 2. Rows with l = 0 (fully masked) and
+  /// out[b, i, h, :] = O[:, r] / l[r]; lse = (m + log2 l)·ln 2. Rows with l = 0 (fully masked) and
   /// padded rows (i >= the batch's valid queries) get zeros and LSE −inf.
   void write(const block& blk, index b, index nq, const T* ot, const T* m, const T* l) const {
     for (index r = 0; r < blk.valid; ++r) {
@@ -233,7 +282,7 @@ class tile_engine {
       const bool live = i < nq && l[r] > T(0);
       const T inv = live ? T(1) / l[r] : T(0);
       T* out = p_.o.row(b, i, h);
-      for (index e = 0; e < p_.dv; ++e) out[e] = ot[e * br_ + r] * inv;
+      for (index e = 0; e < p_.dv; ++e) out[e] = ot[o_at(e, r)] * inv;
       if (p_.lse)
         p_.lse[(b * p_.hq + h) * p_.nq + i] =
             live ? T((double(m[r]) + std::log2(double(l[r]))) * kLn2) : kNegInf;
@@ -241,38 +290,36 @@ class tile_engine {
   }
 
   /// Combines the splits of unit u by their maxima: m = max m_s, l = Σ l_s·2^(m_s − m),
-  /// Oᵀ = Σ Oᵀ_s·2^(m_s − m), into the first split's buffer, then writes the rows.
+  /// O = Σ O_s·2^(m_s − m), into the first split's buffer, then writes the rows.
   void merge(index u, T* parts) const {
     index b, hk, qb;
     unit_coords(u, b, hk, qb);
-    const index ps = partial_size(), ol = dv_pad_ * br_;
+    const index ps = partial_size();
     T* ot = parts;
-    T* m = parts + ol;
-    T* l = parts + ol + br_;
+    T* m = parts + o_size_;
+    T* l = m + br_;
     for (index r = 0; r < br_; ++r) {
       T mx = kNegInf;
-      for (index s = 0; s < splits_; ++s) mx = std::max(mx, parts[s * ps + ol + r]);
+      for (index s = 0; s < splits_; ++s) mx = std::max(mx, parts[s * ps + o_size_ + r]);
       const T mu = mx == kNegInf ? T(0) : mx;
       T sum = 0;
       for (index s = 0; s < splits_; ++s) {
-        const T w = std::exp2(parts[s * ps + ol + r] - mu);
-        sum += parts[s * ps + ol + br_ + r] * w;
+        const T w = std::exp2(parts[s * ps + o_size_ + r] - mu);
+        sum += parts[s * ps + o_size_ + br_ + r] * w;
         for (index e = 0; e < p_.dv; ++e) {
-          const T x = parts[s * ps + e * br_ + r] * w;
-          ot[e * br_ + r] = s == 0 ? x : ot[e * br_ + r] + x;
+          const T x = parts[s * ps + o_at(e, r)] * w;
+          ot[o_at(e, r)] = s == 0 ? x : ot[o_at(e, r)] + x;
         }
       }
       m[r] = mx, l[r] = sum;
     }
     block blk;  // lane coordinates only
-    const index row0 = qb * br_;
-    blk.valid = std::min(br_, rows_ - row0);
-    for (index r = 0; r < blk.valid; ++r) blk.qi[r] = (row0 + r) / p_.group, blk.qh[r] = hk * p_.group + (row0 + r) % p_.group;
+    lanes(blk, hk, qb);
     write(blk, b, p_.nq_of(b), ot, m, l);
   }
 
   const softmax_problem<T>& p_;
-  index rows_, br_, qblocks_, units_, splits_, dv_pad_, ldk_, ldv_;
+  index rows_, br_, qblocks_, units_, splits_, ldq_, ldk_, ldv_, o_size_;
 };
 
 /// Runs a validated softmax problem on `dev`: narrow blocks when one K/V head group's rows fit
