@@ -10,6 +10,11 @@
 // Fully masked and padded rows give zeros and LSE −inf. Bad input throws xattn::error before
 // anything is written. The device overloads run on an Eigen::ThreadPoolDevice; results are
 // bitwise identical for any thread count.
+//
+// Arch (first template parameter, defaulted) is the xsimd architecture of the kernels: the best
+// one the compiler flags allow. It is part of every instantiation's name, so translation units
+// built with different -march flags do not collide; softmax_attention<xattn::simd::scalar>(...)
+// forces the scalar path.
 #pragma once
 
 #include "core/options.hpp"
@@ -20,37 +25,37 @@
 namespace xattn {
 
 /// out = softmax(scale·QKᵀ + bias + mask)·V on the calling thread.
-template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O>
+template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O>
 void softmax_attention(const Q& q, const K& k, const V& v, O&& out, const softmax_options& opt = {}) {
-  detail::softmax_forward(detail::make_softmax_problem("xattn::softmax_attention", q, k, v, out,
+  detail::softmax_forward<Arch>(detail::make_softmax_problem("xattn::softmax_attention", q, k, v, out,
                                                        static_cast<std::nullptr_t*>(nullptr), opt),
                           detail::serial_device{});
 }
 
 /// The same, also writing each row's log-sum-exp to `lse` [batch, Hq, Nq].
-template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O,
+template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O,
           row_major_tensor<3> L>
 void softmax_attention(const Q& q, const K& k, const V& v, O&& out, L&& lse, const softmax_options& opt = {}) {
-  detail::softmax_forward(detail::make_softmax_problem("xattn::softmax_attention", q, k, v, out, &lse, opt),
+  detail::softmax_forward<Arch>(detail::make_softmax_problem("xattn::softmax_attention", q, k, v, out, &lse, opt),
                           detail::serial_device{});
 }
 
 /// out = softmax(scale·QKᵀ + bias + mask)·V on the threads of `device`.
-template <thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
+template <class Arch = simd::default_arch, thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
           row_major_tensor<4> O>
 void softmax_attention(const D& device, const Q& q, const K& k, const V& v, O&& out,
                        const softmax_options& opt = {}) {
-  detail::softmax_forward(detail::make_softmax_problem("xattn::softmax_attention", q, k, v, out,
+  detail::softmax_forward<Arch>(detail::make_softmax_problem("xattn::softmax_attention", q, k, v, out,
                                                        static_cast<std::nullptr_t*>(nullptr), opt),
                           device);
 }
 
 /// The same on the threads of `device`, also writing the log-sum-exp.
-template <thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
+template <class Arch = simd::default_arch, thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
           row_major_tensor<4> O, row_major_tensor<3> L>
 void softmax_attention(const D& device, const Q& q, const K& k, const V& v, O&& out, L&& lse,
                        const softmax_options& opt = {}) {
-  detail::softmax_forward(detail::make_softmax_problem("xattn::softmax_attention", q, k, v, out, &lse, opt),
+  detail::softmax_forward<Arch>(detail::make_softmax_problem("xattn::softmax_attention", q, k, v, out, &lse, opt),
                           device);
 }
 
@@ -60,26 +65,26 @@ void softmax_attention(const D& device, const Q& q, const K& k, const V& v, O&& 
 /// chunked decode). When batch × K/V heads is too small to fill the threads, the keys are split into
 /// chunks computed in parallel and merged by their log-sum-exp (flash-decoding); the split depends
 /// on the shapes only, so results stay bitwise identical for any thread count.
-template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O>
+template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O>
 void softmax_decode(const Q& q, const K& k_cache, const V& v_cache, O&& out, std::span<const int> cache_lengths,
                     softmax_options opt = {}) {
   detail::require(opt.seqlens_k.empty(), "xattn::softmax_decode", "seqlens_k",
                   "must be empty: cache_lengths gives the valid keys");
   opt.seqlens_k = cache_lengths;
-  detail::softmax_forward(detail::make_softmax_problem("xattn::softmax_decode", q, k_cache, v_cache, out,
+  detail::softmax_forward<Arch>(detail::make_softmax_problem("xattn::softmax_decode", q, k_cache, v_cache, out,
                                                        static_cast<std::nullptr_t*>(nullptr), opt),
                           detail::serial_device{});
 }
 
 /// Decode on the threads of `device`.
-template <thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
+template <class Arch = simd::default_arch, thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
           row_major_tensor<4> O>
 void softmax_decode(const D& device, const Q& q, const K& k_cache, const V& v_cache, O&& out,
                     std::span<const int> cache_lengths, softmax_options opt = {}) {
   detail::require(opt.seqlens_k.empty(), "xattn::softmax_decode", "seqlens_k",
                   "must be empty: cache_lengths gives the valid keys");
   opt.seqlens_k = cache_lengths;
-  detail::softmax_forward(detail::make_softmax_problem("xattn::softmax_decode", q, k_cache, v_cache, out,
+  detail::softmax_forward<Arch>(detail::make_softmax_problem("xattn::softmax_decode", q, k_cache, v_cache, out,
                                                        static_cast<std::nullptr_t*>(nullptr), opt),
                           device);
 }

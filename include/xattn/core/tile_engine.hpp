@@ -324,9 +324,8 @@ class tile_engine {
 
 /// Runs a validated softmax problem on `dev`: narrow blocks when one K/V head group's rows fit
 /// in one vector (decode), wide blocks otherwise.
-template <class T, class Device>
+template <class Arch, class T, class Device>
 void softmax_forward(const softmax_problem<T>& p, const Device& dev) {
-  using Arch = simd::default_arch;
   if (p.nq * p.group <= simd::lanes_v<T, Arch>)
     tile_engine<T, Arch, true>(p).run(dev);
   else

@@ -1,0 +1,267 @@
+// bench/bench_common.hpp — what every benchmark of xattn_bench shares: the registry of the machine's
+// measured peaks (FMA throughput, read bandwidth) that pct_peak and pct_bw are computed against,
+// a cache of pre-allocated, pre-touched random tensors, one Eigen thread pool per thread count,
+// and the counter helpers.
+//
+// On these machines touching fresh memory costs about 10 µs per 4 KiB page, so every buffer a
+// benchmark reads or writes is allocated and touched here, before the timed loop, and reused.
+#pragma once
+
+#ifndef EIGEN_USE_THREADS
+#define EIGEN_USE_THREADS  // Eigen::ThreadPoolDevice; must precede every Eigen include
+#endif
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <initializer_list>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <unsupported/Eigen/CXX11/Tensor>
+#include <unsupported/Eigen/CXX11/ThreadPool>
+
+namespace xattn_bench {
+
+using tensor4 = Eigen::Tensor<float, 4, Eigen::RowMajor>;
+using dims4 = std::array<Eigen::Index, 4>;
+
+/// Thread counts the suite runs at (2 cores on the reference machine).
+inline constexpr int kMaxThreads = 2;
+
+// ---------------------------------------------------------------------------------------------
+// Registration: each benchmark file registers its benchmarks from a function with an order, and
+// main() calls them sorted, so that peak/* runs first whatever the link order of the files.
+
+using register_fn = void (*)();
+
+inline std::vector<std::pair<int, register_fn>>& registrars() {
+  static std::vector<std::pair<int, register_fn>> list;
+  return list;
+}
+
+/// `static const registrar r{order, &fn};` in a benchmark file; lower orders register (and run) first.
+struct registrar {
+  registrar(int order, register_fn fn) { registrars().emplace_back(order, fn); }
+};
+
+inline void register_all() {
+  auto& list = registrars();
+  std::stable_sort(list.begin(), list.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (const auto& [order, fn] : list) fn();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The measured peaks, indexed by thread count (entry 0 unused). peak/fma and peak/bandwidth store
+// the best rate they see; a benchmark that needs a peak not yet measured (peak/* filtered out)
+// measures it once on first use, before its timed loop.
+
+inline double fma_peak_gflops[kMaxThreads + 1] = {};  // fp32 FMA throughput, GFLOP/s
+inline double bandwidth_gbs[kMaxThreads + 1] = {};    // streaming read bandwidth, GB/s (1e9 B/s)
+
+double measure_fma_gflops(int threads);     // peak.cpp: a few probe runs, best rate
+double measure_bandwidth_gbs(int threads);  // peak.cpp: a few passes over 512 MiB, best rate
+
+inline void record_peak(double& slot, double value) { slot = std::max(slot, value); }
+
+inline double fma_peak(int threads) {
+  if (!(fma_peak_gflops[threads] > 0)) record_peak(fma_peak_gflops[threads], measure_fma_gflops(threads));
+  return fma_peak_gflops[threads];
+}
+
+inline double bandwidth_peak(int threads) {
+  if (!(bandwidth_gbs[threads] > 0)) record_peak(bandwidth_gbs[threads], measure_bandwidth_gbs(threads));
+  return bandwidth_gbs[threads];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads: one Eigen::ThreadPool of `threads` workers and its ThreadPoolDevice per thread count,
+// created once and kept for the whole run.
+
+struct pool_and_device {
+  explicit pool_and_device(int threads) : pool(threads), device(&pool, threads) {}
+  Eigen::ThreadPool pool;
+  Eigen::ThreadPoolDevice device;
+};
+
+inline pool_and_device& pool_for(int threads) {
+  static std::unique_ptr<pool_and_device> pools[kMaxThreads + 1];
+  if (!pools[threads]) {
+    Eigen::initParallel();
+    pools[threads] = std::make_unique<pool_and_device>(threads);
+  }
+  return *pools[threads];
+}
+
+inline Eigen::ThreadPoolDevice& device(int threads) { return pool_for(threads).device; }
+
+/// Runs f(worker) once on each of `threads` threads at the same time: the calling thread is
+/// worker 0, pool threads the others. Returns when all are done.
+template <class F>
+void on_each_thread(int threads, const F& f) {
+  if (threads <= 1) {
+    f(0);
+    return;
+  }
+  auto& pool = pool_for(threads).pool;
+  Eigen::Barrier done(static_cast<unsigned>(threads - 1));
+  for (int w = 1; w < threads; ++w)
+    pool.Schedule([&f, &done, w] {
+      f(w);
+      done.Notify();
+    });
+  f(0);
+  done.Wait();
+}
+
+/// Calls f(item, worker) for every item in [0, n) on `threads` threads, items handed out
+/// dynamically; `worker` in [0, threads) indexes per-thread scratch.
+template <class F>
+void parallel_for(int threads, Eigen::Index n, const F& f) {
+  std::atomic<Eigen::Index> next{0};
+  on_each_thread(static_cast<int>(std::min<Eigen::Index>(threads, n)), [&](int w) {
+    for (Eigen::Index i = next.fetch_add(1, std::memory_order_relaxed); i < n;
+         i = next.fetch_add(1, std::memory_order_relaxed))
+      f(i, w);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensors: random values uniform in [-1, 1), allocated and written (every page touched) once per
+// (role, shape) and reused by every benchmark of that shape. The cache keeps at most
+// kTensorCacheBytes resident; least recently used shapes are dropped to make room (benchmarks are
+// registered shape by shape, so a shape is built once in a full run).
+
+inline constexpr std::size_t kTensorCacheBytes = std::size_t{1} << 30;
+
+struct tensor_spec {
+  std::string role;  // "q", "k", "v", "out", ...: tensors of one shape but different roles differ
+  dims4 dims;
+};
+
+class tensor_cache {
+ public:
+  /// The tensors of `specs`, in order; all of them stay valid until the next call.
+  std::vector<tensor4*> get(std::initializer_list<tensor_spec> specs) {
+    ++clock_;
+    std::size_t missing = 0;
+    for (const auto& s : specs) {
+      auto it = entries_.find(key_of(s));
+      if (it != entries_.end()) it->second.last_use = clock_;  // pinned: not evicted below
+      else missing += bytes_of(s.dims);
+    }
+    while (resident_ + missing > kTensorCacheBytes) {
+      auto lru = entries_.end();
+      for (auto it = entries_.begin(); it != entries_.end(); ++it)
+        if (it->second.last_use != clock_ && (lru == entries_.end() || it->second.last_use < lru->second.last_use))
+          lru = it;
+      if (lru == entries_.end()) break;  // everything resident is needed now
+      resident_ -= bytes_of(lru->first.second);
+      entries_.erase(lru);
+    }
+    std::vector<tensor4*> out;
+    for (const auto& s : specs) {
+      auto& e = entries_[key_of(s)];
+      if (!e.tensor) {
+        e.tensor = std::make_unique<tensor4>(s.dims[0], s.dims[1], s.dims[2], s.dims[3]);
+        fill_random(*e.tensor, seed_of(s));
+        resident_ += bytes_of(s.dims);
+      }
+      e.last_use = clock_;
+      out.push_back(e.tensor.get());
+    }
+    return out;
+  }
+
+ private:
+  using key = std::pair<std::string, dims4>;
+  struct entry {
+    std::unique_ptr<tensor4> tensor;
+    std::uint64_t last_use = 0;
+  };
+
+  static key key_of(const tensor_spec& s) { return {s.role, s.dims}; }
+  static std::size_t bytes_of(const dims4& d) {
+    return sizeof(float) * static_cast<std::size_t>(d[0] * d[1] * d[2] * d[3]);
+  }
+  static std::uint64_t seed_of(const tensor_spec& s) {
+    std::uint64_t h = 0x9e3779b97f4a7c15ull;
+    for (char c : s.role) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
+    for (auto x : s.dims) h = (h ^ static_cast<std::uint64_t>(x)) * 0x100000001b3ull;
+    return h;
+  }
+  static void fill_random(tensor4& t, std::uint64_t state) {
+    constexpr float kTwoPowMinus23 = 1.0f / float(1u << 23);  // 24 random bits × 2⁻²³ → [0, 2)
+    float* p = t.data();
+    for (Eigen::Index i = 0; i < t.size(); ++i) {
+      std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);  // splitmix64
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+      z ^= z >> 31;
+      p[i] = float(z >> 40) * kTwoPowMinus23 - 1.0f;
+    }
+  }
+
+  std::map<key, entry> entries_;
+  std::size_t resident_ = 0;
+  std::uint64_t clock_ = 0;
+};
+
+inline std::vector<tensor4*> cached_tensors(std::initializer_list<tensor_spec> specs) {
+  static tensor_cache cache;
+  return cache.get(specs);
+}
+
+/// Per-worker float scratch of at least n elements, zero-filled (touched) when it grows; call once
+/// per worker before the timed loop so that calls inside it only return the pointer.
+inline float* scratch(int worker, std::size_t n) {
+  static std::vector<float> buffers[kMaxThreads];
+  auto& b = buffers[worker];
+  if (b.size() < n) {
+    b.clear();
+    b.shrink_to_fit();  // free the old buffer before touching the larger one
+    b.resize(n);
+  }
+  return b.data();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counters. Benchmarks use ->UseRealTime(); the rates below divide by the wall time of the whole
+// timed loop, measured around it with wall_timer, so that they read as plain numbers
+// ("GFLOPS=412", not a library rate with a "/s" suffix).
+
+class wall_timer {
+ public:
+  wall_timer() : start_(std::chrono::steady_clock::now()) {}
+  double seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+};
+
+/// GFLOPS, tokens_per_s and pct_peak (of the FMA peak at `threads`) of a loop that did
+/// flops_per_iter useful flops and processed tokens_per_iter tokens per iteration.
+inline void report_flops(benchmark::State& st, double seconds, double flops_per_iter, double tokens_per_iter,
+                         int threads) {
+  const double iters = static_cast<double>(st.iterations());
+  const double gflops = flops_per_iter * iters / seconds * 1e-9;
+  st.counters["GFLOPS"] = gflops;
+  st.counters["tokens_per_s"] = tokens_per_iter * iters / seconds;
+  st.counters["pct_peak"] = 100.0 * gflops / fma_peak(threads);
+}
+
+/// GBps and pct_bw (of the read bandwidth at `threads`) of a loop that read bytes_per_iter per iteration.
+inline void report_bandwidth(benchmark::State& st, double seconds, double bytes_per_iter, int threads) {
+  const double gbs = bytes_per_iter * static_cast<double>(st.iterations()) / seconds * 1e-9;
+  st.counters["GBps"] = gbs;
+  st.counters["pct_bw"] = 100.0 * gbs / bandwidth_peak(threads);
+}
+
+}  // namespace xattn_bench

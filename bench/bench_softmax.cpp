@@ -1,0 +1,199 @@
+// bench/bench_softmax.cpp — exact softmax attention: xattn against the fp64 reference (naive) and
+// against what a user would write with Eigen (eigen), in the same run.
+//
+//   softmax/<impl>/N:<N>/D:<D>/H:8/causal:<0|1>/threads:<t>      B = 1, Nq = Nk = N, bshd layout
+//   softmax_decode/<impl>/K:<K>/threads:<t>                      one query token against a K-long cache
+//
+// impl
+//   naive  xattn::reference::softmax_attention: fp64, one thread, an fp64 Nq×Nk score matrix per
+//          head. It runs at a few GFLOPS, so it is kept to N <= 2048 (its buffer stays far below
+//          2 GiB there) and to threads:1.
+//   eigen  per (batch, head): Eigen::Map'd matrices, S = scale·Q·Kᵀ with Eigen's float GEMM into an
+//          N×N buffer, an explicit row softmax (causal rows only over their visible keys, the rest
+//          zeroed), then O = P·V with a second GEMM. Eigen's GEMM is single-threaded without
+//          OpenMP, so threads:2 spreads the heads over the pool, one N×N buffer per thread; run
+//          only where those buffers stay under 2 GiB (so not N = 16384 at 2 threads).
+//   xattn  xattn::softmax_attention / softmax_decode, device overload.
+#include "bench_common.hpp"
+
+#include <Eigen/Dense>
+#include <cmath>
+#include <span>
+#include <string>
+
+#include <xattn/reference.hpp>
+#include <xattn/softmax.hpp>
+
+namespace xattn_bench {
+namespace {
+
+constexpr Eigen::Index kBatch = 1, kHeads = 8;
+constexpr double kMaxBufferBytes = 2.0 * (1u << 30);  // naive/eigen score buffers must stay under 2 GiB
+constexpr Eigen::Index kNaiveMaxN = 2048;             // naive beyond this takes minutes per call
+
+struct shape {
+  Eigen::Index n, d;
+  bool causal;
+  int threads;
+};
+
+// FLOPs of softmax attention, counted over visible (query, key) pairs only:
+//   flops = 4 · B · H · d · Σ_i visible(i)    (2·d for a score q_i·k_j, 2·d for adding p_ij·v_j)
+//   Σ_i visible(i) = Nq·Nk dense, N(N+1)/2 causal with Nq = Nk.
+// Exp, max and sum are not counted. Implementations that compute masked scores anyway (naive,
+// eigen's full Q·Kᵀ) get no credit for them.
+double softmax_flops(const shape& s) {
+  const double visible = s.causal ? double(s.n) * double(s.n + 1) / 2 : double(s.n) * double(s.n);
+  return 4.0 * kBatch * kHeads * double(s.d) * visible;
+}
+
+std::vector<tensor4*> softmax_tensors(const shape& s) {
+  const dims4 dims{kBatch, s.n, kHeads, s.d};
+  return cached_tensors({{"q", dims}, {"k", dims}, {"v", dims}, {"out", dims}});
+}
+
+template <class Body>
+void run_softmax(benchmark::State& st, const shape& s, const Body& body) {
+  fma_peak(s.threads);  // measured now if peak/fma did not run, so never inside the timed loop
+  wall_timer t;
+  for (auto _ : st) {
+    body();
+    benchmark::ClobberMemory();
+  }
+  report_flops(st, t.seconds(), softmax_flops(s), double(kBatch * s.n), s.threads);
+}
+
+void bm_naive(benchmark::State& st, shape s) {
+  auto ts = softmax_tensors(s);
+  const tensor4 &q = *ts[0], &k = *ts[1], &v = *ts[2];
+  tensor4& out = *ts[3];
+  const xattn::softmax_options opt{.causal = s.causal};
+  run_softmax(st, s, [&] { xattn::reference::softmax_attention(q, k, v, out, opt); });
+}
+
+void bm_xattn(benchmark::State& st, shape s) {
+  auto ts = softmax_tensors(s);
+  const tensor4 &q = *ts[0], &k = *ts[1], &v = *ts[2];
+  tensor4& out = *ts[3];
+  const auto& dev = device(s.threads);
+  const xattn::softmax_options opt{.causal = s.causal};
+  run_softmax(st, s, [&] { xattn::softmax_attention(dev, q, k, v, out, opt); });
+}
+
+// --- the Eigen baseline ------------------------------------------------------------------------
+
+using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using const_head = Eigen::Map<const row_matrix, Eigen::Unaligned, Eigen::OuterStride<>>;
+using head = Eigen::Map<row_matrix, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+/// One (batch, head): rows of q, k, v, o are `stride` floats apart (bshd: heads · d); s is N×N.
+void eigen_attention_head(const float* q, const float* k, const float* v, float* o, Eigen::Index n,
+                          Eigen::Index d, Eigen::Index stride, bool causal, float* s) {
+  const const_head Q(q, n, d, Eigen::OuterStride<>(stride));
+  const const_head K(k, n, d, Eigen::OuterStride<>(stride));
+  const const_head V(v, n, d, Eigen::OuterStride<>(stride));
+  head O(o, n, d, Eigen::OuterStride<>(stride));
+  Eigen::Map<row_matrix> S(s, n, n);
+  const float scale = 1.0f / std::sqrt(float(d));
+
+  S.noalias() = scale * (Q * K.transpose());  // the scale folds into the GEMM's alpha
+  for (Eigen::Index i = 0; i < n; ++i) {
+    const Eigen::Index visible = causal ? i + 1 : n;  // causal: keys 0..i
+    Eigen::Map<Eigen::ArrayXf> p(s + i * n, visible);
+    p = (p - p.maxCoeff()).exp();  // p_j = exp(s_j − max)
+    p /= p.sum();
+    if (causal) S.row(i).tail(n - visible).setZero();
+  }
+  O.noalias() = S * V;
+}
+
+void bm_eigen(benchmark::State& st, shape s) {
+  auto ts = softmax_tensors(s);
+  const tensor4 &q = *ts[0], &k = *ts[1], &v = *ts[2];
+  tensor4& out = *ts[3];
+  const auto nn = static_cast<std::size_t>(s.n * s.n);
+  for (int w = 0; w < s.threads; ++w) scratch(w, nn);  // one N×N score buffer per thread, touched
+  const Eigen::Index stride = kHeads * s.d, batch_stride = s.n * stride;
+  run_softmax(st, s, [&] {
+    parallel_for(s.threads, kBatch * kHeads, [&](Eigen::Index item, int worker) {
+      const Eigen::Index off = (item / kHeads) * batch_stride + (item % kHeads) * s.d;
+      eigen_attention_head(q.data() + off, k.data() + off, v.data() + off, out.data() + off, s.n, s.d, stride,
+                           s.causal, scratch(worker, nn));
+    });
+  });
+}
+
+// --- decode ------------------------------------------------------------------------------------
+// One new query token, 32 query heads over 8 K/V heads (GQA 4), d = 128, B = 1, the cache exactly
+// K keys long. Decode is bandwidth-bound: each byte of K and V is read once per step, so the
+// figure of merit is GB/s of K/V read (2·K·8·128·4 bytes) against peak/bandwidth. At K = 4096 the
+// 32 MiB of K/V can partly stay in the last-level cache between iterations, so pct_bw may pass 100.
+
+constexpr Eigen::Index kDecodeQHeads = 32, kDecodeKvHeads = 8, kDecodeDim = 128;
+constexpr Eigen::Index kNaiveMaxK = 4096;
+
+struct decode_shape {
+  Eigen::Index k;
+  int threads;
+};
+
+double decode_bytes(const decode_shape& s) { return 2.0 * double(s.k * kDecodeKvHeads * kDecodeDim) * sizeof(float); }
+
+template <bool Naive>
+void bm_decode(benchmark::State& st, decode_shape s) {
+  const dims4 qdims{kBatch, 1, kDecodeQHeads, kDecodeDim}, kvdims{kBatch, s.k, kDecodeKvHeads, kDecodeDim};
+  auto ts = cached_tensors({{"q", qdims}, {"k_cache", kvdims}, {"v_cache", kvdims}, {"out", qdims}});
+  const tensor4 &q = *ts[0], &k = *ts[1], &v = *ts[2];
+  tensor4& out = *ts[3];
+  const std::array<int, kBatch> lengths{static_cast<int>(s.k)};
+  const auto& dev = device(s.threads);
+  bandwidth_peak(s.threads);
+  wall_timer t;
+  for (auto _ : st) {
+    if constexpr (Naive)
+      xattn::reference::softmax_attention(q, k, v, out, {.seqlens_k = lengths});
+    else
+      xattn::softmax_decode(dev, q, k, v, out, std::span<const int>(lengths));
+    benchmark::ClobberMemory();
+  }
+  report_bandwidth(st, t.seconds(), decode_bytes(s), s.threads);
+}
+
+// --- registration ------------------------------------------------------------------------------
+
+std::string softmax_name(const char* impl, const shape& s) {
+  return std::string("softmax/") + impl + "/N:" + std::to_string(s.n) + "/D:" + std::to_string(s.d) +
+         "/H:" + std::to_string(kHeads) + "/causal:" + std::to_string(int(s.causal)) +
+         "/threads:" + std::to_string(s.threads);
+}
+
+void add(const std::string& name, auto fn, auto arg) {
+  benchmark::RegisterBenchmark(name.c_str(), fn, arg)->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+
+// Shape by shape, so that each shape's tensors are built once and shared by the three impls.
+void register_softmax() {
+  for (Eigen::Index d : {64, 128})
+    for (Eigen::Index n : {512, 1024, 2048, 4096, 8192, 16384})
+      for (bool causal : {false, true})
+        for (int threads = 1; threads <= kMaxThreads; ++threads) {
+          const shape s{n, d, causal, threads};
+          const double score_bytes = double(n) * double(n);
+          if (threads == 1 && n <= kNaiveMaxN && score_bytes * sizeof(double) < kMaxBufferBytes)
+            add(softmax_name("naive", s), bm_naive, s);
+          if (threads * score_bytes * sizeof(float) < kMaxBufferBytes) add(softmax_name("eigen", s), bm_eigen, s);
+          add(softmax_name("xattn", s), bm_xattn, s);
+        }
+  for (Eigen::Index k : {4096, 32768})
+    for (int threads = 1; threads <= kMaxThreads; ++threads) {
+      const decode_shape s{k, threads};
+      const std::string tail = "/K:" + std::to_string(k) + "/threads:" + std::to_string(threads);
+      if (threads == 1 && k <= kNaiveMaxK) add("softmax_decode/naive" + tail, bm_decode<true>, s);
+      add("softmax_decode/xattn" + tail, bm_decode<false>, s);
+    }
+}
+
+const registrar softmax_after_peaks{10, &register_softmax};
+
+}  // namespace
+}  // namespace xattn_bench
