@@ -72,7 +72,7 @@ void softmax_decode(const Q& q, const K& k_cache, const V& v_cache, O&& out, std
                   "must be empty: cache_lengths gives the valid keys");
   opt.seqlens_k = cache_lengths;
   detail::softmax_forward<Arch>(detail::make_softmax_problem("xattn::softmax_decode", q, k_cache, v_cache, out,
-                                                       static_cast<std::nullptr_t*>(nullptr), opt),
+                                                       static_cast<std::nullptr_t*>(nullptr), opt, "cache_lengths"),
                           detail::serial_device{});
 }
 
@@ -85,7 +85,7 @@ void softmax_decode(const D& device, const Q& q, const K& k_cache, const V& v_ca
                   "must be empty: cache_lengths gives the valid keys");
   opt.seqlens_k = cache_lengths;
   detail::softmax_forward<Arch>(detail::make_softmax_problem("xattn::softmax_decode", q, k_cache, v_cache, out,
-                                                       static_cast<std::nullptr_t*>(nullptr), opt),
+                                                       static_cast<std::nullptr_t*>(nullptr), opt, "cache_lengths"),
                           device);
 }
 

@@ -129,13 +129,13 @@ inline void prefetch(const void* p, std::size_t bytes) {
 }
 
 /// 2^x for x <= 0 (softmax exponents after subtracting the running max), exactly 0 below 2^-126
-/// and at -inf. Float: n = round(x), f = x − n ∈ [−½, ½], 2^f by its degree-6 Taylor polynomial
+/// (2^-1022 for double) and at -inf. Float: n = round(x), f = x − n ∈ [−½, ½], 2^f by its degree-6 Taylor polynomial
 /// (relative error 1.2e-7, below float's 6e-8·2 ulp), 2^n by adding n to the exponent bits: eight
 /// FMA-port instructions per vector where xsimd::exp costs about twice that. Double: xsimd::exp2.
 template <class V> inline V exp2(const V& x) {
   using T = elem_t<V>;
   if constexpr (is_scalar_v<V>) {
-    return x < T(-126) ? T(0) : std::exp2(x);
+    return x < (std::is_same_v<T, float> ? T(-126) : T(-1022)) ? T(0) : std::exp2(x);
   } else if constexpr (std::is_same_v<T, double>) {
     return xsimd::select(x < V(-1022.0), V(0.0), xsimd::exp2(x));
   } else {

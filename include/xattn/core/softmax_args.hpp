@@ -67,8 +67,9 @@ void check_span(const char* fn, const char* arg, std::span<const S> s, index n, 
 template <class M>
 void check_mask_shape(const char* fn, const char* arg, const tensor_cref<M>& m, index b, index h,
                       index nq, index nk, index& sb, index& sh) {
-  if (!m) return;
   const auto& d = m.dims;
+  if (!m && d == std::array<index, 4>{}) return;  // not given
+  require(m.data != nullptr, fn, arg, "null data (shape ", shape_str(d), ")");
   require((d[0] == b || d[0] == 1) && (d[1] == h || d[1] == 1) && d[2] == nq && d[3] == nk, fn, arg,
           "shape ", shape_str(d), " does not broadcast to [batch, q heads, Nq, Nk] = ",
           shape_str(std::array<index, 4>{b, h, nq, nk}));
@@ -83,7 +84,7 @@ softmax_problem<T> make_softmax_problem(const char* fn, const T* q, std::array<i
                                         const T* k, std::array<index, 4> kd, const T* v,
                                         std::array<index, 4> vd, T* o, std::array<index, 4> od,
                                         T* lse, const std::array<index, 3>* lsed,
-                                        const softmax_options& opt) {
+                                        const softmax_options& opt, const char* seqlens_k_name = "seqlens_k") {
   const layout l = opt.layout;
   const char* order = l == layout::bshd ? "[batch, seq, heads, head_dim]" : "[batch, heads, seq, head_dim]";
   require(q != nullptr, fn, "q", "null data");
@@ -124,7 +125,13 @@ softmax_problem<T> make_softmax_problem(const char* fn, const T* q, std::array<i
   for (auto [name, ptr, d] : {std::tuple{"q", q, qd}, std::tuple{"k", k, kd}, std::tuple{"v", v, vd}}) {
     const std::size_t ib = static_cast<std::size_t>(d[0] * d[1] * d[2] * d[3]) * sizeof(T);
     require(!overlaps(o, ob, ptr, ib), fn, "out", "overlaps ", name, " in memory (in-place attention is not supported)");
+    if (lse)
+      require(!overlaps(lse, static_cast<std::size_t>(p.batch * p.hq * p.nq) * sizeof(T), ptr, ib), fn, "lse",
+              "overlaps ", name, " in memory");
   }
+  if (lse)
+    require(!overlaps(lse, static_cast<std::size_t>(p.batch * p.hq * p.nq) * sizeof(T), o, ob), fn, "lse",
+            "overlaps out in memory");
 
   if (opt.scale) {
     require(std::isfinite(*opt.scale) && *opt.scale > 0, fn, "scale", "must be finite and > 0, got ", *opt.scale);
@@ -143,7 +150,7 @@ softmax_problem<T> make_softmax_problem(const char* fn, const T* q, std::array<i
   check_span<float>(fn, "alibi_slopes", opt.alibi_slopes, p.hq, "q head");
   check_span<float>(fn, "sink_logits", opt.sink_logits, p.hq, "q head");
   check_span<int>(fn, "seqlens_q", opt.seqlens_q, p.batch, "batch", p.nq);
-  check_span<int>(fn, "seqlens_k", opt.seqlens_k, p.batch, "batch", p.nk);
+  check_span<int>(fn, seqlens_k_name, opt.seqlens_k, p.batch, "batch", p.nk);
   p.alibi = opt.alibi_slopes.empty() ? nullptr : opt.alibi_slopes.data();
   p.sinks = opt.sink_logits.empty() ? nullptr : opt.sink_logits.data();
   p.seqlens_q = opt.seqlens_q.empty() ? nullptr : opt.seqlens_q.data();
@@ -159,7 +166,7 @@ softmax_problem<T> make_softmax_problem(const char* fn, const T* q, std::array<i
 /// The same from Eigen tensors (Q, K, V, O rank 4; L rank 3 or nullptr_t).
 template <class Q, class K, class V, class O, class L>
 auto make_softmax_problem(const char* fn, const Q& q, const K& k, const V& v, O& o, L* lse,
-                          const softmax_options& opt) {
+                          const softmax_options& opt, const char* seqlens_k_name = "seqlens_k") {
   using T = scalar_of<Q>;
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "xattn: tensors must hold float or double");
@@ -169,13 +176,13 @@ auto make_softmax_problem(const char* fn, const Q& q, const K& k, const V& v, O&
   static_assert(!std::is_const_v<typename std::remove_cvref_t<O>::Scalar>, "xattn: out must be writable");
   if constexpr (std::is_same_v<L, std::nullptr_t>) {
     return make_softmax_problem<T>(fn, q.data(), dims_of(q), k.data(), dims_of(k), v.data(), dims_of(v),
-                                   o.data(), dims_of(o), nullptr, nullptr, opt);
+                                   o.data(), dims_of(o), nullptr, nullptr, opt, seqlens_k_name);
   } else {
     static_assert(std::is_same_v<typename std::remove_cvref_t<L>::Scalar, T>,
                   "xattn: lse must have the element type of q");
     const std::array<index, 3> ld = dims_of(*lse);
     return make_softmax_problem<T>(fn, q.data(), dims_of(q), k.data(), dims_of(k), v.data(), dims_of(v),
-                                   o.data(), dims_of(o), lse->data(), &ld, opt);
+                                   o.data(), dims_of(o), lse->data(), &ld, opt, seqlens_k_name);
   }
 }
 

@@ -48,7 +48,8 @@ void softmax_attention(const xattn::detail::softmax_problem<T>& p) {
         for (index j = 0; j < p.nk; ++j) l += row[j] = std::exp(row[j] - m);
         for (index e = 0; e < p.dv; ++e) {
           double acc = 0;
-          for (index j = 0; j < p.nk; ++j) acc += row[j] * double(p.v.row(b, j, hk)[e]);
+          for (index j = 0; j < nk; ++j)  // keys past the batch's valid length are never read
+            if (row[j] != 0) acc += row[j] * double(p.v.row(b, j, hk)[e]);
           out[e] = T(acc / l);
         }
         if (p.lse) p.lse[(b * p.hq + h) * p.nq + i] = T(m + std::log(l));
