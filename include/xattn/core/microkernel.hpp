@@ -25,7 +25,8 @@ enum class mma_init { zero, scale_cols, scale_rows };
 
 /// Rows of A past `m` are read from row m − 1 instead (so a short tile never reads outside its
 /// tensor); their C rows are computed and meaningless. C must have round_up(m, MR) rows; N is a
-/// multiple of NV·lanes; B and C are kAlign-aligned with ldb, ldc multiples of the vector width.
+/// multiple of NV·lanes; C is kAlign-aligned with ldc a multiple of the vector width. B may be
+/// unaligned (rows of a caller's tensor): unaligned loads of aligned data cost nothing extra.
 template <class Arch, class T, int MR, int NV, mma_init Init>
 void mma_ab(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const T* b, index ldb, index n,
             index k, const T* scale = nullptr) {
@@ -54,7 +55,7 @@ void mma_ab(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const 
       const T* bp = b + j0;
       for (index kk = 0; kk < k; ++kk, bp += ldb) {
         V bv[NV];
-        for (int v = 0; v < NV; ++v) bv[v] = simd::load<V>(bp + v * L);
+        for (int v = 0; v < NV; ++v) bv[v] = simd::loadu<V>(bp + v * L);
         for (int r = 0; r < MR; ++r) {
           const V ab = simd::bcast<V>(ar[r][kk * a_cs]);
           for (int v = 0; v < NV; ++v) acc[r][v] = simd::fma(ab, bv[v], acc[r][v]);
@@ -68,28 +69,42 @@ void mma_ab(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const 
 
 /// Sᵀ[c][r] = Σ_k A[r][k]·B[c][k] for r < m, c < n, by dot products along k: the product for a
 /// few rows of A against many rows of B (a decode step's query rows against a K tile), where
-/// broadcasting A would leave most lanes idle. Per row of A and group of `lanes` rows of B, `lanes`
-/// accumulators run along k and one haddp folds them into the lane-wise sums. k is a multiple of
-/// the vector width (A and B zero-padded), A and B rows are aligned; rows of B past n are read from
-/// row n − 1. Sᵀ has row stride ldc and at least round_up(n, lanes) rows.
-template <class Arch, class T>
-void dot_abt(T* c, index ldc, const T* a, index lda, index m, const T* b, index ldb, index n, index k) {
+/// broadcasting A would leave most lanes idle. A block of RB rows × KB keys (RB·KB = lanes, 4 × 4
+/// on AVX-512) keeps one accumulator per pair along k — each k step loads RB + KB vectors for
+/// RB·KB FMAs — and one haddp folds the lanes accumulators into their sums. k is a multiple of
+/// the vector width (A and B zero-padded); rows of A past m and of B past n are read from the last
+/// row (their results land in padding). Sᵀ has row stride ldc, at least round_up(n, KB) rows and
+/// round_up(m, RB) lanes. prefetch(i) is called once for each i < round_up(n, KB), interleaved
+/// with the work (the caller requests the next tile's rows there).
+template <class Arch, class T, class Prefetch>
+void dot_abt(T* c, index ldc, const T* a, index lda, index m, const T* b, index ldb, index n, index k,
+             const Prefetch& prefetch) {
   using V = simd::vec_t<T, Arch>;
   constexpr int L = simd::lanes_v<T, Arch>;
-  for (index c0 = 0; c0 < n; c0 += L) {
-    const T* br[L];
-    for (int i = 0; i < L; ++i) br[i] = b + std::min<index>(c0 + i, n - 1) * ldb;
-    for (index r = 0; r < m; ++r) {
-      V acc[L];
-      for (int i = 0; i < L; ++i) acc[i] = simd::bcast<V>(T(0));
-      const T* ar = a + r * lda;
+  constexpr int KB = L < 4 ? L : 4, RB = L / KB;
+  for (index c0 = 0; c0 < n; c0 += KB) {
+    const T* br[KB];
+    for (int j = 0; j < KB; ++j) {
+      br[j] = b + std::min<index>(c0 + j, n - 1) * ldb;
+      prefetch(c0 + j);
+    }
+    for (index r0 = 0; r0 < m; r0 += RB) {
+      const T* ar[RB];
+      for (int i = 0; i < RB; ++i) ar[i] = a + std::min<index>(r0 + i, m - 1) * lda;
+      V acc[RB * KB];
+      for (int i = 0; i < RB * KB; ++i) acc[i] = simd::bcast<V>(T(0));
       for (index kk = 0; kk < k; kk += L) {
-        const V av = simd::load<V>(ar + kk);
-        for (int i = 0; i < L; ++i) acc[i] = simd::fma(av, simd::load<V>(br[i] + kk), acc[i]);
+        V bv[KB];
+        for (int j = 0; j < KB; ++j) bv[j] = simd::loadu<V>(br[j] + kk);
+        for (int i = 0; i < RB; ++i) {
+          const V av = simd::loadu<V>(ar[i] + kk);
+          for (int j = 0; j < KB; ++j) acc[i * KB + j] = simd::fma(av, bv[j], acc[i * KB + j]);
+        }
       }
       alignas(simd::kAlign) T sums[L];
       simd::store(sums, simd::haddp(acc));
-      for (int i = 0; i < L; ++i) c[(c0 + i) * ldc + r] = sums[i];
+      for (int i = 0; i < RB; ++i)
+        for (int j = 0; j < KB; ++j) c[(c0 + j) * ldc + r0 + i] = sums[i * KB + j];
     }
   }
 }

@@ -89,7 +89,8 @@ class tile_engine {
         ldq_(S::round_up(p.d, L)),
         ldk_(tile_stride(Narrow ? ldq_ : p.d)),
         ldv_(tile_stride(Narrow ? S::round_up(p.dv, S::NV * L) : p.dv)),
-        o_size_(Narrow ? S::round_up(br_, S::MR) * ldv_ : S::round_up(p.dv, S::MR) * br_) {}
+        o_size_(Narrow ? S::round_up(br_, S::MR) * ldv_ : S::round_up(p.dv, S::MR) * br_),
+        in_place_(p.d % L == 0 && p.dv % (S::NV * L) == 0) {}
 
   template <class Device>
   void run(const Device& dev) {
@@ -198,35 +199,46 @@ class tile_engine {
 
   void tile(block& blk, index b, index hk, const band_schedule& sched, index t, index t_end) const {
     const index j0 = sched.key_begin(t), nc = sched.key_end(t) - j0;
-    // Copy this tile's K and V rows and prefetch the next tile's: consecutive key rows are H·d
-    // apart (often a page apart), where the hardware prefetchers do not follow.
     const index jn = sched.key_end(t), nn = t + 1 < t_end ? sched.key_end(t + 1) - jn : 0;
-    for (index c = 0; c < nc; ++c) {
-      std::memcpy(blk.kt + c * ldk_, p_.k.row(b, j0 + c, hk), sizeof(T) * p_.d);
-      std::memcpy(blk.vt + c * ldv_, p_.v.row(b, j0 + c, hk), sizeof(T) * p_.dv);
-      if constexpr (Narrow) std::fill(blk.kt + c * ldk_ + p_.d, blk.kt + c * ldk_ + ldq_, T(0));
-      if (c < nn) {
-        simd::prefetch(p_.k.row(b, jn + c, hk), sizeof(T) * p_.d);
-        simd::prefetch(p_.v.row(b, jn + c, hk), sizeof(T) * p_.dv);
+    // The next tile's K and V rows are requested ahead: consecutive key rows are H·d apart (often a
+    // page apart), where the hardware prefetchers do not follow.
+    auto prefetch_next = [&](index c) {
+      if (c >= nn) return;
+      simd::prefetch(p_.k.row(b, jn + c, hk), sizeof(T) * p_.d);
+      simd::prefetch(p_.v.row(b, jn + c, hk), sizeof(T) * p_.dv);
+    };
+    const T* kt = p_.k.row(b, j0, hk);
+    const T* vt = p_.v.row(b, j0, hk);
+    index ldk = p_.k.ss, ldv = p_.v.ss;
+    if (!(Narrow && in_place_)) {
+      // Copy the tile into contiguous rows: in place, a tile's rows (4 KiB apart at H·d = 1024
+      // floats) would fall into a handful of L1 sets and miss on every broadcast; a narrow tile is
+      // copied only when its dims need zero padding.
+      for (index c = 0; c < nc; ++c) {
+        std::memcpy(blk.kt + c * ldk_, p_.k.row(b, j0 + c, hk), sizeof(T) * p_.d);
+        std::memcpy(blk.vt + c * ldv_, p_.v.row(b, j0 + c, hk), sizeof(T) * p_.dv);
+        if constexpr (Narrow) std::fill(blk.kt + c * ldk_ + p_.d, blk.kt + c * ldk_ + ldq_, T(0));
+        if constexpr (!Narrow) prefetch_next(c);
       }
+      kt = blk.kt, vt = blk.vt, ldk = ldk_, ldv = ldv_;
     }
     if constexpr (Narrow) {
       // Sᵀ[c][r] = Q[r] · K[j0 + c]
-      dot_abt<Arch, T>(blk.st, br_, blk.qt, ldq_, blk.valid, blk.kt, ldk_, nc, ldq_);
+      dot_abt<Arch, T>(blk.st, br_, blk.qt, ldq_, blk.valid, kt, ldk, nc, ldq_, prefetch_next);
     } else {
       // Sᵀ[c][r] = Σ_k K[j0 + c][k] · Qᵀ[k][r]
-      mma_ab<Arch, T, S::MR, S::NV, mma_init::zero>(blk.st, br_, blk.kt, ldk_, 1, nc, blk.qt, br_, br_, p_.d);
+      mma_ab<Arch, T, S::MR, S::NV, mma_init::zero>(blk.st, br_, kt, ldk, 1, nc, blk.qt, br_, br_, p_.d);
     }
     modify(blk, b, sched, t, j0, nc);
     blk.sm.update(blk.st, br_, nc, br_);
     if constexpr (Narrow) {
       // O[r][e] = alpha[r]·O[r][e] + Σ_c P[c][r] · V[j0 + c][e]
-      mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_rows>(blk.ot, ldv_, blk.st, 1, br_, blk.valid, blk.vt, ldv_,
+      mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_rows>(blk.ot, ldv_, blk.st, 1, br_, blk.valid, vt, ldv,
                                                           S::round_up(p_.dv, S::NV * L), nc, blk.sm.alpha);
     } else {
       // Oᵀ[e][r] = alpha[r]·Oᵀ[e][r] + Σ_c V[j0 + c][e] · P[c][r]
-      mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_cols>(blk.ot, br_, blk.vt, 1, ldv_, p_.dv, blk.st, br_, br_,
-                                                          nc, blk.sm.alpha);
+      mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_cols>(blk.ot, br_, vt, 1, ldv, p_.dv, blk.st, br_, br_, nc,
+                                                          blk.sm.alpha);
     }
   }
 
@@ -320,6 +332,7 @@ class tile_engine {
 
   const softmax_problem<T>& p_;
   index rows_, br_, qblocks_, units_, splits_, ldq_, ldk_, ldv_, o_size_;
+  bool in_place_;  // narrow tiles read K and V rows where they are (no padding needed)
 };
 
 /// Runs a validated softmax problem on `dev`: narrow blocks when one K/V head group's rows fit
