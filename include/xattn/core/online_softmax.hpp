@@ -38,7 +38,8 @@ struct online_softmax {
   /// scores give p = 0 and never NaN (FlashAttention's Check_inf).
   void update(T* s, index ld, index nk, index width) {
     index r = 0;
-    for (; r + kChunk * L <= width; r += kChunk * L) update_lanes<kChunk>(s + r, ld, nk, r);
+    if constexpr (MaxLanes >= kChunk * L)
+      for (; r + kChunk * L <= width; r += kChunk * L) update_lanes<kChunk>(s + r, ld, nk, r);
     for (; r < width; r += L) update_lanes<1>(s + r, ld, nk, r);
   }
 

@@ -118,14 +118,20 @@ template <class V> inline elem_t<V> hmax(const V& v) {
 }
 
 /// Asks for the cache lines of [p, p + bytes) ahead of use, into L2 (a hint; never faults). L2 has
-/// more miss buffers than L1, so more lines stay in flight; measured 13.6 vs 9.1 GB/s on decode.
+/// more miss buffers than L1, so more lines stay in flight. On x86 this is an asm statement: g++ 12
+/// at -O1 and above deletes __builtin_prefetch calls inlined into the tile loops (seen in its
+/// optimized tree dump), which left every prefetch of the engine silently out.
 inline void prefetch(const void* p, std::size_t bytes) {
-#if defined(__GNUC__) || defined(__clang__)
   const char* c = static_cast<const char*>(p);
-  for (std::size_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 2);
+  for (std::size_t i = 0; i < bytes; i += 64) {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+    asm volatile("prefetcht1 %0" : : "m"(*(c + i)));
+#elif defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(c + i, 0, 2);
 #else
-  (void)p, (void)bytes;
+    (void)c;
 #endif
+  }
 }
 
 /// 2^x for x <= 0 (softmax exponents after subtracting the running max), exactly 0 below 2^-126
