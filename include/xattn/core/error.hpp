@@ -3,6 +3,7 @@
 
 #include <array>
 #include <cstddef>
+#include <ostream>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -20,13 +21,21 @@ class error : public std::invalid_argument {
 
 namespace detail {
 
+/// A shape as it prints in messages, "[2, 128, 8, 64]". Formatted only when a message is built, so
+/// a call that passes validation builds no strings.
 template <std::size_t R>
-std::string shape_str(const std::array<index, R>& d) {
-  std::ostringstream s;
-  s << '[';
-  for (std::size_t i = 0; i < R; ++i) s << (i ? ", " : "") << d[i];
-  s << ']';
-  return s.str();
+struct shape_of {
+  std::array<index, R> d;
+  friend std::ostream& operator<<(std::ostream& s, const shape_of& x) {
+    s << '[';
+    for (std::size_t i = 0; i < R; ++i) s << (i ? ", " : "") << x.d[i];
+    return s << ']';
+  }
+};
+
+template <std::size_t R>
+shape_of<R> shape_str(const std::array<index, R>& d) {
+  return {d};
 }
 
 /// Throws xattn::error("<fn>: <arg>: <what>") when `ok` is false.
