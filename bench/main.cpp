@@ -106,6 +106,7 @@ class comparison_reporter : public Base {
     std::ostream& os = table_;
     os << "\n";
     for (const auto& f : family_order) print_family(os, f, families[f]);
+    print_chunk_summary(os);
     print_peaks(os);
     os.flush();
   }
@@ -159,6 +160,49 @@ class comparison_reporter : public Base {
       }
       os << line << "\n";
     }
+    os << "\n";
+  }
+
+  // The chunk families' ratios (bench_linear.cpp), at D = 128, H = 8, per N and thread count:
+  // lightning's tokens/s, that over its tokens/s at N = 2048 (constant speed), its speedup over
+  // causal softmax (time ratio), causal linear's tokens/s over lightning's; then, at H = 2 and
+  // N = 65536, two threads over one. Printed when lightning/xattn ran.
+  void print_chunk_summary(std::ostream& os) const {
+    auto find = [&](const std::string& name) -> const result* {
+      const auto it = results_.find(name);
+      return it == results_.end() ? nullptr : &it->second;
+    };
+    auto tokens = [](const result* r) {
+      const auto it = r->counters.find("tokens_per_s");
+      return it == r->counters.end() ? 0.0 : it->second.value;
+    };
+    std::map<std::pair<long, int>, const result*> light;  // (N, threads) → lightning/xattn at H = 8
+    for (const auto& [name, res] : results_) {
+      auto p = parse(name);
+      if (!p || p->family != "lightning" || p->impl != "xattn") continue;
+      std::map<std::string, std::string> a(p->args.begin(), p->args.end());
+      if (a["D"] == "128" && a["H"] == "8") light[{std::stol(a["N"]), std::stoi(a["threads"])}] = &res;
+    }
+    if (light.empty()) return;
+    os << "lightning/xattn (D=128 H=8): tokens/s; vs N=2048 = tokens/s ratio; x softmax = time ratio over causal "
+          "softmax/xattn; linear/lightning = causal linear/xattn tokens/s over lightning's\n";
+    os << "       N threads     tokens/s   vs N=2048   x softmax   linear/lightning\n"
+       << std::string(72, '-') << "\n";
+    for (const auto& [key, res] : light) {
+      const auto [n, t] = key;
+      const std::string tail = "/N:" + std::to_string(n) + "/D:128/H:8/";
+      const result* base = light.count({2048, t}) ? light.at({2048, t}) : nullptr;
+      const result* soft = find("softmax/xattn" + tail + "causal:1/threads:" + std::to_string(t));
+      const result* lin = find("linear/xattn" + tail + "causal:1/threads:" + std::to_string(t));
+      os << pad_left(std::to_string(n), 8) << pad_left(std::to_string(t), 8)
+         << pad_left(fmt("%.1fk", tokens(res) / 1e3), 13)
+         << pad_left(base ? fmt("%.2f", tokens(res) / tokens(base)) : "-", 12)
+         << pad_left(soft ? fmt("%.1fx", soft->ms / res->ms) : "-", 12)
+         << pad_left(lin ? fmt("%.2f", tokens(lin) / tokens(res)) : "-", 19) << "\n";
+    }
+    const result* one = find("lightning/xattn/N:65536/D:128/H:2/threads:1");
+    const result* two = find("lightning/xattn/N:65536/D:128/H:2/threads:2");
+    if (one && two) os << "lightning/xattn N=65536 D=128 H=2: 2 threads / 1 thread = " << fmt("%.2fx", one->ms / two->ms) << "\n";
     os << "\n";
   }
 

@@ -2,3 +2,7 @@
 #pragma once
 
 #include "softmax.hpp"
+#include "sliding_window.hpp"
+#include "sparse.hpp"
+#include "lightning.hpp"
+#include "linear.hpp"

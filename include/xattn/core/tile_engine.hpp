@@ -6,7 +6,11 @@
 //     Sᵀ ← modifiers, mask          (softcap, ALiBi, bias, band and boolean masks; partial tiles only)
 //     P = 2^(Sᵀ − m), m, l updated  (online_softmax)
 //     Oᵀ = Oᵀ ⊙ alpha + Vᵀ · P       (mma_ab with the rescale folded into the accumulator load)
-// and writes O = Oᵀ / l at the end.
+// and writes O = Oᵀ / l at the end. Which key tiles a work item visits, which are partial, and the
+// mask of a partial tile come from a schedule policy (core/schedule.hpp): the band of softmax
+// attention, the window of sliding-window attention, a block layout's row, a 2-D neighborhood
+// (whose query blocks are image patches and whose key tiles are gathered rows). One engine, one
+// template parameter per family; softmax's band schedule compiles to the loop it always was.
 //
 // Everything is transposed: queries are the vector lanes. K and V are the broadcast operand of the
 // micro-kernel and need no transposition: each tile is only copied into a contiguous buffer (its rows
@@ -67,11 +71,26 @@ inline index key_splits(index units, index key_blocks) {
   return std::clamp<index>((kTargetItems + units - 1) / units, 1, std::max<index>(1, key_blocks / kMinBlocksPerSplit));
 }
 
+/// A policy that lays out its own query blocks (2-D patches): query_blocks(rows, br) blocks, block qb
+/// holding the queries block_queries(qb, qi, max) writes (their K/V head group's G heads each).
+template <class P>
+concept custom_query_blocks = requires(const P& p, index* qi) {
+  { p.query_blocks(index{}, index{}) } -> std::convertible_to<index>;
+  { p.block_queries(index{}, qi, index{}) } -> std::convertible_to<index>;
+};
+/// A schedule whose key tiles are gathered rows: tile n holds keys(n) keys, key(n, c) each (2-D
+/// neighborhoods), instead of the keys [64·tile(n), 64·tile(n) + 64).
+template <class S>
+concept gathered_keys = requires(const S& s) {
+  { s.keys(index{}) } -> std::convertible_to<index>;
+  { s.key(index{}, index{}) } -> std::convertible_to<index>;
+};
+
 /// The tile engine over one validated softmax problem. Wide blocks hold Qᵀ [d][br] and Oᵀ [dv][br]
 /// (queries in lanes); narrow blocks hold Q [rows][d] and O [rows][dv] upright and compute S by dot
 /// products. Both keep the score tile transposed, Sᵀ [Bc][br], so that masks, modifiers and the
 /// online softmax are one code.
-template <class T, class Arch, bool Narrow>
+template <class T, class Arch, bool Narrow, class Policy = band_policy>
 class tile_engine {
   using S = tile_shape<T, Arch, Narrow>;
   using V = simd::vec_t<T, Arch>;
@@ -79,11 +98,12 @@ class tile_engine {
   static constexpr T kNegInf = -std::numeric_limits<T>::infinity();
 
  public:
-  explicit tile_engine(const softmax_problem<T>& p)
+  explicit tile_engine(const softmax_problem<T>& p, const Policy& policy = {})
       : p_(p),
+        policy_(policy),
         rows_(p.nq * p.group),
-        br_(std::min(BrMax, S::round_up(rows_, S::BrStep))),
-        qblocks_((rows_ + br_ - 1) / br_),
+        br_(block_rows(policy, rows_, p.group)),
+        qblocks_(query_blocks(policy, rows_, br_)),
         units_(p.batch * p.hkv * qblocks_),
         splits_(key_splits(units_, (p.nk + Bc - 1) / Bc)),
         ldq_(S::round_up(p.d, L)),
@@ -116,8 +136,22 @@ class tile_engine {
     alignas(simd::kAlign) T sink[BrMax];   // sink logit · log2 e of each lane's head
     index qi[BrMax], qh[BrMax];            // query index and head of each lane
     index valid = 0;                       // lanes [0, valid) are rows of the problem
+    alignas(simd::kAlign) T aux[kLaneAux][BrMax];  // per-lane rows of the schedule
     online_softmax<Arch, T, BrMax> sm;
   };
+
+  /// Lanes per block: the policy's choice (e.g. one sparse layout row), else as many rows as fit.
+  static index block_rows(const Policy& policy, index rows, index group) {
+    const index want = policy.block_rows(rows, group, BrMax, S::BrStep);
+    return want > 0 ? want : std::min(BrMax, S::round_up(rows, S::BrStep));
+  }
+  static index query_blocks(const Policy& policy, index rows, index br) {
+    if constexpr (custom_query_blocks<Policy>) return policy.query_blocks(rows, br);
+    else return (rows + br - 1) / br;
+  }
+  lane_view<T> view(block& blk) const {
+    return {blk.qpos, blk.qi, blk.qh, blk.valid, br_, &blk.aux[0][0], BrMax};
+  }
 
   index s_rows() const { return S::round_up(Bc, std::max<index>(S::MR, L)); }
   index q_size() const { return Narrow ? br_ * ldq_ : p_.d * br_; }
@@ -144,7 +178,18 @@ class tile_engine {
 
   /// Lanes: row ρ = qb·br + r of K/V head hk's group is query ρ / G of head hk·G + ρ % G.
   void lanes(block& blk, index hk, index qb) const {
-    const index row0 = qb * br_, G = p_.group;
+    const index G = p_.group;
+    if constexpr (custom_query_blocks<Policy>) {  // the policy's queries, each with its G heads
+      index queries[BrMax];
+      blk.valid = policy_.block_queries(qb, queries, br_ / G) * G;
+      for (index r = 0; r < br_; ++r) {
+        const index rr = std::min(r, blk.valid - 1);
+        blk.qi[r] = queries[rr / G], blk.qh[r] = hk * G + rr % G;
+        blk.qpos[r] = T(blk.qi[r]);
+      }
+      return;
+    }
+    const index row0 = qb * br_;
     blk.valid = std::min(br_, rows_ - row0);
     for (index r = 0; r < br_; ++r) {
       const index rho = row0 + std::min(r, blk.valid - 1);  // padding lanes repeat the last row
@@ -182,11 +227,9 @@ class tile_engine {
     std::fill(blk->ot, blk->ot + o_size_, T(0));
     if constexpr (Narrow) std::fill(blk->st, blk->st + s_rows() * br_, T(0));  // lanes past `valid` stay finite
 
-    const band_schedule sched = band_schedule::make(blk->qi[0], blk->qi[blk->valid - 1], nq, nk,
-                                                    p_.window_left, p_.window_right, Bc);
-    const index t0 = sched.first + sched.blocks() * split / splits_;
-    const index t1 = sched.first + sched.blocks() * (split + 1) / splits_;
-    for (index t = t0; t < t1; ++t) tile(*blk, b, hk, sched, t, t1);
+    const auto sched = policy_.make(p_, b, hk, view(*blk), Bc);
+    const index n0 = sched.count() * split / splits_, n1 = sched.count() * (split + 1) / splits_;
+    for (index n = n0; n < n1; ++n) tile(*blk, b, hk, nk, sched, n, n1);
 
     if (partial) {
       std::memcpy(partial, blk->ot, sizeof(T) * o_size_);
@@ -197,26 +240,41 @@ class tile_engine {
     }
   }
 
-  void tile(block& blk, index b, index hk, const band_schedule& sched, index t, index t_end) const {
-    const index j0 = sched.key_begin(t), nc = sched.key_end(t) - j0;
-    const index jn = sched.key_end(t), nn = t + 1 < t_end ? sched.key_end(t + 1) - jn : 0;
+  /// The n-th visit of the schedule: key tile t = sched.tile(n), keys [j0, j0 + nc).
+  template <class Sched>
+  void tile(block& blk, index b, index hk, index nk, const Sched& sched, index n, index n_end) const {
+    constexpr bool kGather = gathered_keys<Sched>;
+    index j0, nc, jn, nn;
+    if constexpr (kGather) {
+      j0 = 0, nc = sched.keys(n), jn = 0, nn = n + 1 < n_end ? sched.keys(n + 1) : 0;
+    } else {
+      j0 = sched.tile(n) * Bc, nc = std::min(j0 + Bc, nk) - j0;
+      jn = n + 1 < n_end ? sched.tile(n + 1) * Bc : 0, nn = n + 1 < n_end ? std::min(jn + Bc, nk) - jn : 0;
+    }
+    // Key row c of this tile and of the next.
+    auto key = [&](index c) {
+      if constexpr (kGather) return sched.key(n, c); else return j0 + c;
+    };
+    auto next_key = [&](index c) {
+      if constexpr (kGather) return sched.key(n + 1, c); else return jn + c;
+    };
     // The next tile's K and V rows are requested ahead: consecutive key rows are H·d apart (often a
     // page apart), where the hardware prefetchers do not follow.
     auto prefetch_next = [&](index c) {
       if (c >= nn) return;
-      simd::prefetch(p_.k.row(b, jn + c, hk), sizeof(T) * p_.d);
-      simd::prefetch(p_.v.row(b, jn + c, hk), sizeof(T) * p_.dv);
+      simd::prefetch(p_.k.row(b, next_key(c), hk), sizeof(T) * p_.d);
+      simd::prefetch(p_.v.row(b, next_key(c), hk), sizeof(T) * p_.dv);
     };
     const T* kt = p_.k.row(b, j0, hk);
     const T* vt = p_.v.row(b, j0, hk);
     index ldk = p_.k.ss, ldv = p_.v.ss;
-    if (!(Narrow && in_place_)) {
+    if (kGather || !(Narrow && in_place_)) {
       // Copy the tile into contiguous rows: in place, a tile's rows (4 KiB apart at H·d = 1024
       // floats) would fall into a handful of L1 sets and miss on every broadcast; a narrow tile is
       // copied only when its dims need zero padding.
       for (index c = 0; c < nc; ++c) {
-        std::memcpy(blk.kt + c * ldk_, p_.k.row(b, j0 + c, hk), sizeof(T) * p_.d);
-        std::memcpy(blk.vt + c * ldv_, p_.v.row(b, j0 + c, hk), sizeof(T) * p_.dv);
+        std::memcpy(blk.kt + c * ldk_, p_.k.row(b, key(c), hk), sizeof(T) * p_.d);
+        std::memcpy(blk.vt + c * ldv_, p_.v.row(b, key(c), hk), sizeof(T) * p_.dv);
         if constexpr (Narrow) std::fill(blk.kt + c * ldk_ + p_.d, blk.kt + c * ldk_ + ldq_, T(0));
         if constexpr (!Narrow) prefetch_next(c);
       }
@@ -229,7 +287,7 @@ class tile_engine {
       // Sᵀ[c][r] = Σ_k K[j0 + c][k] · Qᵀ[k][r]
       mma_ab<Arch, T, S::MR, S::NV, mma_init::zero>(blk.st, br_, kt, ldk, 1, nc, blk.qt, br_, br_, p_.d);
     }
-    modify(blk, b, sched, t, j0, nc);
+    modify(blk, b, sched, n, j0, nc);
     blk.sm.update(blk.st, br_, nc, br_);
     if constexpr (Narrow) {
       // O[r][e] = alpha[r]·O[r][e] + Σ_c P[c][r] · V[j0 + c][e]
@@ -243,17 +301,20 @@ class tile_engine {
   }
 
   /// Score modifiers and masks on the tile, in the order of softmax_options: softcap, ALiBi, bias,
-  /// then the band mask (partial tiles only) and the boolean mask. Each is one pass over the tile
-  /// and costs nothing when off.
-  void modify(block& blk, index b, const band_schedule& sched, index t, index j0, index nc) const {
+  /// then the schedule's mask (partial tiles only) and the boolean mask. Each is one pass over the
+  /// tile and costs nothing when off.
+  template <class Sched>
+  void modify(block& blk, index b, const Sched& sched, index n, index j0, index nc) const {
     T* st = blk.st;
     if (p_.softcap > 0) {  // Q carried scale/cap: s ← cap·tanh(s)·log2 e
       const V cap = simd::bcast<V>(T(p_.softcap * kLog2e));
       for (index i = 0; i < nc * br_; i += L) simd::store(st + i, simd::tanh(simd::load<V>(st + i)) * cap);
     }
+    // ALiBi, bias and mask index keys as j0 + c: contiguous tiles only (the 2-D front door takes none).
     if (p_.alibi) {  // s += −slope·|i + off − j|
+      const index off = p_.nk_of(b) - p_.nq_of(b);
       for (index c = 0; c < nc; ++c) {
-        const V shift = simd::bcast<V>(T(sched.off - (j0 + c)));
+        const V shift = simd::bcast<V>(T(off - (j0 + c)));
         for (index r = 0; r < br_; r += L) {
           const V dist = simd::abs(simd::load<V>(blk.qpos + r) + shift);
           simd::store(st + c * br_ + r, simd::fma(simd::load<V>(blk.slope + r), dist, simd::load<V>(st + c * br_ + r)));
@@ -266,17 +327,7 @@ class tile_engine {
         for (index c = 0; c < nc; ++c) st[c * br_ + r] += T(double(row[c]) * kLog2e);
       }
     }
-    if (sched.partial(t)) {  // keep lanes with j − off − right <= i <= j − off + left
-      const T big = std::numeric_limits<T>::max();
-      for (index c = 0; c < nc; ++c) {
-        const index j = j0 + c;
-        const V lo = simd::bcast<V>(sched.right >= 0 ? T(j - sched.off - sched.right) : -big);
-        const V hi = simd::bcast<V>(sched.left >= 0 ? T(j - sched.off + sched.left) : big);
-        for (index r = 0; r < br_; r += L)
-          simd::store(st + c * br_ + r, simd::keep_between(simd::load<V>(blk.qpos + r), lo, hi,
-                                                           simd::load<V>(st + c * br_ + r), simd::bcast<V>(kNegInf)));
-      }
-    }
+    if (sched.partial(n)) sched.template mask<V>(st, view(blk), n, j0, nc);
     if (p_.mask) {
       for (index r = 0; r < blk.valid; ++r) {
         const bool* row = p_.mask + b * p_.mask_sb + blk.qh[r] * p_.mask_sh + blk.qi[r] * p_.nk + j0;
@@ -331,18 +382,19 @@ class tile_engine {
   }
 
   const softmax_problem<T>& p_;
+  Policy policy_;
   index rows_, br_, qblocks_, units_, splits_, ldq_, ldk_, ldv_, o_size_;
   bool in_place_;  // narrow tiles read K and V rows where they are (no padding needed)
 };
 
 /// Runs a validated softmax problem on `dev`: narrow blocks when one K/V head group's rows fit
 /// in one vector (decode), wide blocks otherwise.
-template <class Arch, class T, class Device>
-void softmax_forward(const softmax_problem<T>& p, const Device& dev) {
+template <class Arch, class T, class Device, class Policy = band_policy>
+void softmax_forward(const softmax_problem<T>& p, const Device& dev, const Policy& policy = {}) {
   if (p.nq * p.group <= simd::lanes_v<T, Arch>)
-    tile_engine<T, Arch, true>(p).run(dev);
+    tile_engine<T, Arch, true, Policy>(p, policy).run(dev);
   else
-    tile_engine<T, Arch, false>(p).run(dev);
+    tile_engine<T, Arch, false, Policy>(p, policy).run(dev);
 }
 
 }  // namespace xattn::detail

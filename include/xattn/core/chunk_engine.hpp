@@ -1,0 +1,618 @@
+// xattn/core/chunk_engine.hpp — the engine of linear and lightning attention.
+//
+// Per (batch, query head) — a *unit* — the sequence is cut into chunks of B tokens. With λ = e^−s
+// the head's decay, t, j positions inside a chunk of nb tokens, S the d' × e state before it:
+//     P[t][j] = scale·φ(q_t)·φ(k_j) · D[t][j],   D[t][j] = λ^(t−j) for j <= t, else 0     (intra)
+//     O[t]    = λ^(t+1)·(scale·φ(q_t)·S) + Σ_j P[t][j]·v_j                             (inter + intra)
+//     S'      = λ^nb·S + ΔS,   ΔS = Σ_j φ(k_j)ᵀ·λ^(nb−1−j)·v_j                           (state update)
+// With the normaliser, z = Σ φ(k) rides alongside S (one more value column of ones): the row
+// sums of P plus λ^(t+1)·φ(q_t)·z divide O. Non-causal attention has no intra part: S = S0 + Σ ΔS
+// over all keys, then O = φ(Q)·S. The decay mask is never factorised into λ^t·λ^−j (which
+// overflows for large s): D is read from a table of λ^m, 0 <= m <= B.
+//
+// Products, all on packed rows (φ(Q) and φ(K) [B][d'], V [B][e]) and nothing transposed:
+//     P  = φ(Q)·φ(K)ᵀ      dot_rows: dot products along d', one haddp per row and L keys (lower
+//                          triangle only); a broadcast kernel would need φ(Q) or φ(K) transposed,
+//                          which costs ~2 cycles per element, more than the haddp
+//     O  = φ(Q)·S          mma_ab: A = φ(Q) rows, B panel = S
+//     O += P·V             mma_ab: A = P rows, B panel = V, per MR rows up to their last key
+//     ΔS = φ(K)ᵀ·(λV)      mma_ab: A = φ(K) read by columns, B panel = λ-scaled V
+//
+// Work decomposition (shapes only, never the thread count): with enough (batch, head) units, one
+// item per group of up to four heads of a batch runs their chunks in order, chunk by chunk across
+// the heads (their rows share pages; see run_group). With fewer than four units the chunks of a
+// sequence are processed in windows: (1) every chunk's ΔS in parallel into its own slot, (2) a
+// prefix pass S_{i+1} = λ^nb·S_i + ΔS_i over the slots, split over the state's elements, leaving
+// S_i in slot i, (3) every chunk's output from its S_i in parallel (Lightning Attention-2's
+// parallel variant, in bounded memory). Both orders evaluate the same expressions on the same
+// operands — ΔS from zero, then fma(λ^nb, S, ΔS) — so results are bitwise identical whichever
+// runs and for any thread count.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <iterator>
+#include <limits>
+
+#include "feature_maps.hpp"
+#include "linear_args.hpp"
+#include "microkernel.hpp"
+#include "parallel.hpp"
+#include "simd.hpp"
+#include "workspace.hpp"
+
+namespace xattn::detail {
+
+/// Micro-tiles of the chunk products: MR rows × 2 vectors — 16 accumulators of AVX-512's 32
+/// registers, 8 of AVX2's 16 (2 FMA pipes × 4-cycle latency) — and a 1-vector strip for a last
+/// odd vector of columns.
+template <class T, class Arch>
+struct chunk_tiles {
+  static constexpr index L = simd::lanes_v<T, Arch>;
+  static constexpr int MR = simd::traits<T, Arch>::registers >= 32 ? 8 : 4;
+  static constexpr index kAlignElems = index(simd::kAlign / sizeof(T));
+  static constexpr index round_up(index x, index m) { return (x + m - 1) / m * m; }
+};
+
+/// C = A·B (mma_ab) over n columns, n a multiple of the vector width: 2-vector micro-tiles, then a
+/// 1-vector strip. Rows are tiled by MR in both, so C needs round_up(m, MR) rows.
+template <class Arch, class T, mma_init Init>
+void chunk_gemm(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const T* b, index ldb, index n,
+                index k, const T* row_scale = nullptr) {
+  using S = chunk_tiles<T, Arch>;
+  static_assert(Init != mma_init::scale_cols, "column scales would need offsetting for the strip");
+  const index n2 = n / (2 * S::L) * (2 * S::L);
+  if (n2 > 0) mma_ab<Arch, T, S::MR, 2, Init>(c, ldc, a, a_rs, a_cs, m, b, ldb, n2, k, row_scale);
+  if (n > n2) mma_ab<Arch, T, S::MR, 1, Init>(c + n2, ldc, a, a_rs, a_cs, m, b + n2, ldb, n - n2, k, row_scale);
+}
+
+/// C[r][c] = Σ_k A[r][k]·B[c][k] for r < m and one vector of columns c < L (B rows past n are read
+/// from row n − 1): per row of A, L accumulators run along k over the L rows of B, which stay in L1
+/// across the rows, and one haddp folds them into a vector of C. k is a multiple of the vector
+/// width; A, B and C rows are aligned.
+template <class Arch, class T>
+void dot_rows(T* c, index ldc, const T* a, index lda, index m, const T* b, index ldb, index n, index k) {
+  using V = simd::vec_t<T, Arch>;
+  constexpr int L = simd::lanes_v<T, Arch>;
+  const T* br[L];
+  for (int i = 0; i < L; ++i) br[i] = b + std::min<index>(i, n - 1) * ldb;
+  for (index r = 0; r < m; ++r) {
+    V acc[L];
+    for (int i = 0; i < L; ++i) acc[i] = simd::bcast<V>(T(0));
+    const T* ar = a + r * lda;
+    for (index kk = 0; kk < k; kk += L) {
+      const V av = simd::load<V>(ar + kk);
+      for (int i = 0; i < L; ++i) acc[i] = simd::fma(av, simd::load<V>(br[i] + kk), acc[i]);
+    }
+    simd::store(c + r * ldc, simd::haddp(acc));
+  }
+}
+
+/// Units below which the chunks of a unit are spread over the threads (windowed order).
+inline constexpr index kChunkParallelUnits = 4;
+/// Bytes of per-chunk states in flight in the windowed order (all units): it bounds the window.
+inline constexpr std::size_t kWindowBytes = std::size_t{8} << 20;
+inline constexpr index kMaxWindow = 64;
+/// State elements per item of the prefix pass.
+inline constexpr index kPrefixSlice = 2048;
+/// Consecutive chunks per item of the windowed order.
+inline constexpr index kRunChunks = 4;
+/// Heads one item of the per-unit order sweeps together: at most kMaxHeadGroup, fewer when that
+/// would leave less than kMinGroupItems items.
+inline constexpr index kMaxHeadGroup = 4, kMinGroupItems = 4;
+
+inline index head_group_of(index batch, index heads) {
+  index g = kMaxHeadGroup;
+  while (g > 1 && batch * ((heads + g - 1) / g) < kMinGroupItems) g /= 2;
+  return std::min(g, heads);
+}
+
+template <class T, class Arch>
+class chunk_engine {
+  using S = chunk_tiles<T, Arch>;
+  using V = simd::vec_t<T, Arch>;
+  static constexpr index L = S::L;
+  static constexpr index MR = S::MR;
+  static constexpr index round_up(index x, index m) { return S::round_up(x, m); }
+  static constexpr index ceil_div(index x, index m) { return (x + m - 1) / m; }
+  static constexpr index kAheadRows = 4;       // rows of the next chunk prefetched after each product
+  static constexpr index kAheadTile = 4 * MR;  // rows of the large products between two of those
+
+ public:
+  explicit chunk_engine(const chunk_problem<T>& p)
+      : p_(p),
+        bk_(p.block),
+        ldp_(round_up(bk_, L)),
+        rows_(round_up(bk_, MR)),
+        ldf_(round_up(p.df, L)),
+        lde_(round_up(p.e, L)),
+        srows_(round_up(p.df, MR)),
+        zoff_(srows_ * lde_),
+        sstride_(round_up(zoff_ + (p.normalize ? ldf_ : 0), S::kAlignElems)),
+        pw_off_(round_up(bk_ + ldp_, S::kAlignElems)),
+        tw_(pw_off_ + round_up(bk_ + 2, S::kAlignElems)),
+        units_(p.batch * p.hq),
+        kchunks_(ceil_div(p.nk, bk_)),
+        qchunks_(ceil_div(p.nq, bk_)),
+        decayed_(p.has_decay()),
+        soft_(p.map->kind() == feature::softmax),
+        window_(std::clamp<index>(index(kWindowBytes / (sizeof(T) * std::size_t(units_ * sstride_))), 1, kMaxWindow)),
+        windowed_(units_ < kChunkParallelUnits && kchunks_ > 1 && window_ > 1),
+        head_group_(head_group_of(p.batch, p.hq)) {}
+
+  template <class Device>
+  void run(const Device& dev) {
+    // Shared, read by every item: per-head tables of λ^m, the key statistics of the per-side
+    // softmax, and in the windowed order the running state and the per-chunk slots of each unit.
+    ld_stats_ = round_up(2 * p_.d, S::kAlignElems);
+    const index n_tab = p_.hq * tw_, n_stats = soft_ ? p_.batch * p_.hkv * ld_stats_ : 0;
+    const index n_carry = windowed_ ? units_ * sstride_ : 0, n_slots = windowed_ ? units_ * window_ * sstride_ : 0;
+    T* shared = static_cast<T*>(
+        workspace::of_this_thread(1).get(sizeof(T) * std::size_t(n_tab + n_stats + n_carry + n_slots)));
+    tab_ = shared, stats_ = tab_ + n_tab, carry_ = stats_ + n_stats, slots_ = carry_ + n_carry;
+    for (index h = 0; h < p_.hq; ++h) build_table(h);
+    if (soft_) parallel_for(dev, p_.batch * p_.hkv, [&](index bh) { key_softmax_stats(bh); });
+    if (windowed_) {
+      run_windowed(dev);
+    } else {
+      const index groups = ceil_div(p_.hq, head_group_);
+      parallel_for(dev, p_.batch * groups, [&](index it) {
+        const index b = it / groups, h0 = it % groups * head_group_;
+        run_group(b, h0, std::min(h0 + head_group_, p_.hq));
+      });
+    }
+  }
+
+ private:
+  /// Rows [next, end) of batch b, query head h that the item reads next and has not prefetched yet.
+  struct ahead_rows {
+    index b = 0, h = 0, next = 0, end = 0;
+    bool q = false, kv = false;
+  };
+
+  /// One item's scratch, carved from its thread's workspace: φ(Q) and φ(K) [B][ldf], P [rows][ldp],
+  /// V and λ-scaled V [B][lde], O [rows][lde], λ^(nb−1−j) [ldp], the normaliser [rows], one feature
+  /// row, and in the per-unit order the states of its heads and ΔS.
+  struct scratch {
+    T *qf, *kf, *p, *v, *vd, *o, *kdec, *den, *row, *s, *ds;
+    T lam_nb;  // λ^nb of the current chunk
+    ahead_rows ahead;
+  };
+
+  scratch carve(index states) const {
+    const index sizes[] = {bk_ * ldf_,   bk_ * ldf_, p_.causal ? rows_ * ldp_ : 0, bk_ * lde_, decayed_ ? bk_ * lde_ : 0,
+                           rows_ * lde_, ldp_,       rows_,        std::max(p_.df, p_.d) + L,
+                           states * sstride_, states ? sstride_ : 0};
+    constexpr int kParts = int(std::size(sizes));
+    index total = 0;
+    for (index n : sizes) total += round_up(n, S::kAlignElems);
+    T* base = static_cast<T*>(workspace::of_this_thread(0).get(sizeof(T) * std::size_t(total)));
+    T* at[kParts];
+    for (int i = 0; i < kParts; ++i) {
+      at[i] = sizes[i] ? base : nullptr;
+      base += round_up(sizes[i], S::kAlignElems);
+    }
+    return {at[0], at[1], at[2], at[3], at[4], at[5], at[6], at[7], at[8], at[9], at[10], T(1), {}};
+  }
+
+  // --- tables ------------------------------------------------------------------------------------
+
+  /// Per head: rev[i] = λ^(B−1−i) for i < B and 0 for B <= i < B + ldp, so that row t of the
+  /// decay mask is rev[B−1−t + j]; then pw[m] = λ^m for 0 <= m <= B+1. λ^m is exp(−s·m) in double,
+  /// rounded once; values below T's smallest normal become 0 (denormal operands slow the FMAs).
+  void build_table(index h) const {
+    T* rev = tab_ + h * tw_;
+    T* pw = rev + pw_off_;
+    const double s = p_.decay_of(h);
+    auto power = [s](index m) {
+      const double x = std::exp(-s * double(m));
+      return x < double(std::numeric_limits<T>::min()) ? T(0) : T(x);
+    };
+    for (index i = 0; i < pw_off_; ++i) rev[i] = i < bk_ ? power(bk_ - 1 - i) : T(0);
+    for (index m = 0; m < tw_ - pw_off_; ++m) pw[m] = power(m);
+  }
+  const T* mask_table(index h) const { return tab_ + h * tw_; }
+  const T* powers(index h) const { return tab_ + h * tw_ + pw_off_; }
+
+  /// kdec[j] = λ^(nb−1−j) for j < nb, 0 up to ldp; lam_nb = λ^nb.
+  void set_chunk(scratch& w, index h, index nb) const {
+    const T* pw = powers(h);
+    for (index j = 0; j < ldp_; ++j) w.kdec[j] = j < nb ? pw[nb - 1 - j] : T(0);
+    w.lam_nb = pw[nb];
+  }
+
+  /// Per (batch, K/V head): max_j k_jc and Σ_j exp(k_jc − max) of every feature c.
+  void key_softmax_stats(index bh) const {
+    const index b = bh / p_.hkv, hk = bh % p_.hkv, d = p_.d, dv = d / L * L;
+    T* mx = stats_ + bh * ld_stats_;
+    T* sum = mx + d;
+    std::fill(mx, mx + d, -std::numeric_limits<T>::infinity());
+    std::fill(sum, sum + d, T(0));
+    for (index j = 0; j < p_.nk; ++j) {
+      const T* x = p_.k.row(b, j, hk);
+      for (index c = 0; c < d; ++c) mx[c] = std::max(mx[c], x[c]);
+    }
+    for (index j = 0; j < p_.nk; ++j) {
+      const T* x = p_.k.row(b, j, hk);
+      for (index c = 0; c < dv; c += L)
+        storeu(sum + c, simd::loadu<V>(sum + c) + exp_nonpositive(simd::loadu<V>(x + c) - simd::loadu<V>(mx + c)));
+      for (index c = dv; c < d; ++c) sum[c] += std::exp(x[c] - mx[c]);
+    }
+  }
+
+  // --- packing -----------------------------------------------------------------------------------
+
+  /// The rows of chunk c of unit (b, h) as the next rows to prefetch (none past the sequence).
+  ahead_rows rows_of(index b, index h, index c, bool q, bool kv) const {
+    const index t0 = c * bk_, n = q ? p_.nq : p_.nk;
+    return {b, h, std::min(t0, n), std::min(t0 + bk_, n), q, kv};
+  }
+
+  /// Asks for a few more of the rows w.ahead lists, into L2. Consecutive rows of a head are H·d
+  /// apart (a page apart at H·d = 1024 floats), where the hardware prefetchers do not follow, and
+  /// waiting on them cost a third of the time at d = 128; a whole chunk of prefetches at once
+  /// overflows the miss queues and is mostly dropped. So each product of the chunk in hand is
+  /// followed by a few rows of the next chunk's prefetches.
+  void prefetch_some(scratch& w) const {
+    ahead_rows& a = w.ahead;
+    const index hk = a.h / p_.group, end = std::min(a.end, a.next + kAheadRows);
+    for (; a.next < end; ++a.next) {
+      if (a.q) {  // with q, the chunk writes its out rows: owning their lines first spares the stores a miss
+        simd::prefetch(p_.q.row(a.b, a.next, a.h), sizeof(T) * std::size_t(p_.d));
+        simd::prefetch(p_.o.row(a.b, a.next, a.h), sizeof(T) * std::size_t(p_.e));
+      }
+      if (a.kv) {
+        simd::prefetch(p_.k.row(a.b, a.next, hk), sizeof(T) * std::size_t(p_.d));
+        simd::prefetch(p_.v.row(a.b, a.next, hk), sizeof(T) * std::size_t(p_.e));
+      }
+    }
+  }
+
+  /// φ(Q)[t] = scale·φ(q_t), zero past d'.
+  void pack_q(scratch& w, index b, index h, index t0, index nb) const {
+    const T sc = T(p_.scale);
+    const bool ident = p_.map->kind() == feature::identity;
+    for (index t = 0; t < nb; ++t) {
+      const T* f = p_.q.row(b, t0 + t, h);
+      if (!ident) {
+        feature_row<Arch, T>(*p_.map, f, p_.d, w.row);
+        f = w.row;
+      }
+      T* y = w.qf + t * ldf_;
+      for (index c = 0; c < p_.df; ++c) y[c] = sc * f[c];
+      std::fill(y + p_.df, y + ldf_, T(0));
+    }
+  }
+
+  /// φ(K)[j] = φ(k_j), zero past d'.
+  void pack_k(scratch& w, index b, index hk, index t0, index nb) const {
+    for (index j = 0; j < nb; ++j) {
+      const T* x = p_.k.row(b, t0 + j, hk);
+      T* y = w.kf + j * ldf_;
+      if (soft_) {
+        const T* mx = stats_ + (b * p_.hkv + hk) * ld_stats_;
+        key_softmax_row<Arch, T>(x, p_.d, mx, mx + p_.d, y);
+      } else {
+        feature_row<Arch, T>(*p_.map, x, p_.d, y);
+      }
+      std::fill(y + p_.df, y + ldf_, T(0));
+    }
+  }
+
+  /// V[j] = v_j, zero past e; when `scaled`, also scale_v.
+  void pack_v(scratch& w, index b, index hk, index t0, index nb, bool scaled) const {
+    for (index j = 0; j < nb; ++j) {
+      T* y = w.v + j * lde_;
+      std::memcpy(y, p_.v.row(b, t0 + j, hk), sizeof(T) * std::size_t(p_.e));
+      std::fill(y + p_.e, y + lde_, T(0));
+    }
+    if (scaled) scale_v(w, nb);
+  }
+
+  /// (λV)[j] = λ^(nb−1−j)·V[j] with the current head's kdec.
+  void scale_v(scratch& w, index nb) const {
+    for (index j = 0; j < nb; ++j) {
+      const V f = simd::bcast<V>(w.kdec[j]);
+      for (index x = 0; x < lde_; x += L) simd::store(w.vd + j * lde_ + x, simd::load<V>(w.v + j * lde_ + x) * f);
+    }
+  }
+
+  // --- the chunk -----------------------------------------------------------------------------------
+
+  /// Output rows [t0, t0 + nb) of unit (b, h) from the packed chunk and the state st before it.
+  void output(scratch& w, const T* st, index b, index h, index t0, index nb) const {
+    const T* qdec = powers(h) + 1;  // λ^(t+1)
+    const index nbl = round_up(nb, L), df = p_.df;
+    if (p_.causal) {
+      // P[t][j] = φ(Q)[t]·φ(K)[j] for the key vectors j0 <= t
+      for (index j0 = 0; j0 < nb; j0 += L) {
+        dot_rows<Arch, T>(w.p + j0 * ldp_ + j0, ldp_, w.qf + j0 * ldf_, ldf_, nb - j0, w.kf + j0 * ldf_, ldf_,
+                          std::min<index>(L, nb - j0), ldf_);
+        prefetch_some(w);
+      }
+      // P[t][j] *= D[t][j], zero from the first vector past t on; den[t] = Σ_j P[t][j]
+      const T* rev = mask_table(h);
+      for (index t = 0; t < nb; ++t) {
+        T* row = w.p + t * ldp_;
+        const T* mask = rev + (bk_ - 1 - t);
+        const index end = (t / L + 1) * L;
+        V sum = simd::bcast<V>(T(0));
+        for (index j = 0; j < end; j += L) {
+          const V x = simd::load<V>(row + j) * simd::loadu<V>(mask + j);
+          simd::store(row + j, x);
+          sum = sum + x;
+        }
+        std::fill(row + end, row + nbl, T(0));
+        if (p_.normalize) w.den[t] = simd::hsum(sum);
+      }
+    }
+    // O = φ(Q)·S
+    for (index r0 = 0; r0 < nb; r0 += kAheadTile) {
+      chunk_gemm<Arch, T, mma_init::zero>(w.o + r0 * lde_, lde_, w.qf + r0 * ldf_, ldf_, 1,
+                                          std::min(kAheadTile, nb - r0), st, lde_, lde_, df);
+      prefetch_some(w);
+    }
+    if (p_.causal) {
+      // O[t] = λ^(t+1)·O[t] + Σ_{j <= t} P[t][j]·V[j], per tile of MR rows up to its last key
+      for (index r0 = 0; r0 < nb; r0 += MR) {
+        const index m = std::min<index>(MR, nb - r0);
+        chunk_gemm<Arch, T, mma_init::scale_rows>(w.o + r0 * lde_, lde_, w.p + r0 * ldp_, ldp_, 1, m, w.v, lde_,
+                                                  lde_, r0 + m, qdec + r0);
+        prefetch_some(w);
+      }
+    }
+    if (p_.normalize) {
+      // den[t] = λ^(t+1)·φ(q_t)·z + Σ_j P[t][j]
+      const T* z = st + zoff_;
+      for (index t = 0; t < nb; ++t) {
+        V acc = simd::bcast<V>(T(0));
+        for (index c = 0; c < ldf_; c += L) acc = simd::fma(simd::load<V>(w.qf + t * ldf_ + c), simd::load<V>(z + c), acc);
+        w.den[t] = p_.causal ? qdec[t] * simd::hsum(acc) + w.den[t] : simd::hsum(acc);
+      }
+    }
+    // out = O, or O / (den + eps)
+    for (index t = 0; t < nb; ++t) {
+      T* out = p_.o.row(b, t0 + t, h);
+      const T* o = w.o + t * lde_;
+      if (p_.normalize) {
+        const T inv = T(1) / (w.den[t] + T(p_.eps));
+        for (index x = 0; x < p_.e; ++x) out[x] = o[x] * inv;
+      } else {
+        std::memcpy(out, o, sizeof(T) * std::size_t(p_.e));
+      }
+    }
+  }
+
+  /// ΔS = φ(K)ᵀ·(λV) and Δz = Σ_j λ^(nb−1−j)·φ(k_j) of the packed chunk into ds.
+  void delta(scratch& w, T* ds, index nb) const {
+    for (index r0 = 0; r0 < p_.df; r0 += kAheadTile) {
+      chunk_gemm<Arch, T, mma_init::zero>(ds + r0 * lde_, lde_, w.kf + r0, 1, ldf_, std::min(kAheadTile, p_.df - r0),
+                                          decayed_ ? w.vd : w.v, lde_, lde_, nb);
+      prefetch_some(w);
+    }
+    if (p_.normalize) {
+      for (index c = 0; c < ldf_; c += L) {
+        V acc = simd::bcast<V>(T(0));
+        for (index j = 0; j < nb; ++j)
+          acc = simd::fma(simd::load<V>(w.kf + j * ldf_ + c), simd::bcast<V>(w.kdec[j]), acc);
+        simd::store(ds + zoff_ + c, acc);
+      }
+    }
+  }
+
+  /// s[x] = λ^nb·s[x] + ds[x] over a state: the one expression both orders use.
+  static V combined(const V& lam, const V& s, const V& ds) { return simd::fma(lam, s, ds); }
+
+  // --- states --------------------------------------------------------------------------------------
+
+  void load_state(index u, T* s) const {
+    std::fill(s, s + sstride_, T(0));
+    if (!p_.state_in) return;
+    const index cols = p_.cols();
+    const T* in = p_.state_in + u * p_.df * cols;
+    for (index c = 0; c < p_.df; ++c) {
+      std::memcpy(s + c * lde_, in + c * cols, sizeof(T) * std::size_t(p_.e));
+      if (p_.normalize) s[zoff_ + c] = in[c * cols + p_.e];
+    }
+  }
+
+  void store_state(index u, const T* s) const {
+    if (!p_.state_out) return;
+    const index cols = p_.cols();
+    T* out = p_.state_out + u * p_.df * cols;
+    for (index c = 0; c < p_.df; ++c) {
+      std::memcpy(out + c * cols, s + c * lde_, sizeof(T) * std::size_t(p_.e));
+      if (p_.normalize) out[c * cols + p_.e] = s[zoff_ + c];
+    }
+  }
+
+  // --- orders ----------------------------------------------------------------------------------------
+
+  /// Query heads [h0, h1) of batch b, chunk by chunk across the heads, their states in this
+  /// thread's scratch. Consecutive heads' rows share pages (4 KiB holds one row of every head at
+  /// H·d = 1024 floats), so the next head's rows — the prefetch target — come from pages already
+  /// open, and the query heads of one K/V head pack its K and V once.
+  void run_group(index b, index h0, index h1) const {
+    scratch w = carve(h1 - h0);
+    auto state = [&](index h) { return w.s + (h - h0) * sstride_; };
+    for (index h = h0; h < h1; ++h) load_state(b * p_.hq + h, state(h));
+    // After (chunk c, head h): the next head's rows of chunk c, or the first head's of chunk c + 1.
+    auto next = [&](index c, index h, bool q, bool kv) {
+      if (h + 1 < h1) return rows_of(b, h + 1, c, q, kv && (h + 1) / p_.group != h / p_.group);
+      return rows_of(b, h0, c + 1, q, kv);
+    };
+    for (index c = 0; c < kchunks_; ++c) {
+      const index t0 = c * bk_, nb = std::min(bk_, p_.nk - t0);
+      index packed = -1;  // the K/V head whose chunk is packed
+      for (index h = h0; h < h1; ++h) {
+        const index hk = h / p_.group;
+        w.ahead = next(c, h, p_.causal, true);
+        set_chunk(w, h, nb);
+        if (hk != packed) {
+          pack_k(w, b, hk, t0, nb);
+          pack_v(w, b, hk, t0, nb, decayed_);
+          packed = hk;
+        } else if (decayed_) {
+          scale_v(w, nb);  // this head's own decay
+        }
+        if (p_.causal) {
+          pack_q(w, b, h, t0, nb);
+          output(w, state(h), b, h, t0, nb);
+        }
+        delta(w, w.ds, nb);
+        const V lam = simd::bcast<V>(w.lam_nb);
+        T* st = state(h);
+        for (index x = 0; x < sstride_; x += L)
+          simd::store(st + x, combined(lam, simd::load<V>(st + x), simd::load<V>(w.ds + x)));
+      }
+    }
+    if (!p_.causal)
+      for (index c = 0; c < qchunks_; ++c) {
+        const index t0 = c * bk_, nb = std::min(bk_, p_.nq - t0);
+        for (index h = h0; h < h1; ++h) {
+          w.ahead = next(c, h, true, false);
+          pack_q(w, b, h, t0, nb);
+          output(w, state(h), b, h, t0, nb);
+        }
+      }
+    for (index h = h0; h < h1; ++h) store_state(b * p_.hq + h, state(h));
+  }
+
+  T* carry(index u) const { return carry_ + u * sstride_; }
+  T* slot(index u, index i) const { return slots_ + (u * window_ + i) * sstride_; }
+
+  /// Chunks spread over the threads, a window of them at a time (see the header). An item takes
+  /// kRunChunks consecutive chunks of one unit, so that the prefetches of the next chunk serve
+  /// the thread that asked for them.
+  template <class Device>
+  void run_windowed(const Device& dev) const {
+    parallel_for(dev, units_, [&](index u) { load_state(u, carry(u)); });
+    const index slices = ceil_div(sstride_, kPrefixSlice);
+    for (index w0 = 0; w0 < kchunks_; w0 += window_) {
+      const index nw = std::min(window_, kchunks_ - w0), runs = ceil_div(nw, kRunChunks);
+      parallel_for(dev, units_ * runs, [&](index it) {  // (1) ΔS of every chunk
+        const index u = it / runs, b = u / p_.hq, h = u % p_.hq, hk = h / p_.group;
+        const index i0 = it % runs * kRunChunks, i1 = std::min(i0 + kRunChunks, nw);
+        scratch w = carve(0);
+        for (index i = i0; i < i1; ++i) {
+          const index t0 = (w0 + i) * bk_, nb = std::min(bk_, p_.nk - t0);
+          w.ahead = i + 1 < i1 ? rows_of(b, h, w0 + i + 1, false, true) : ahead_rows{};
+          set_chunk(w, h, nb);
+          pack_k(w, b, hk, t0, nb);
+          pack_v(w, b, hk, t0, nb, decayed_);
+          delta(w, slot(u, i), nb);
+        }
+      });
+      parallel_for(dev, units_ * slices, [&](index it) {  // (2) prefix: slot i ← S_i, carry ← S_{i+1}
+        const index u = it / slices, h = u % p_.hq;
+        const index x0 = it % slices * kPrefixSlice, x1 = std::min(x0 + kPrefixSlice, sstride_);
+        T* cy = carry(u);
+        for (index i = 0; i < nw; ++i) {
+          T* sl = slot(u, i);
+          const V lam = simd::bcast<V>(powers(h)[std::min(bk_, p_.nk - (w0 + i) * bk_)]);
+          for (index x = x0; x < x1; x += L) {
+            const V s = simd::load<V>(cy + x), d = simd::load<V>(sl + x);
+            if (p_.causal) simd::store(sl + x, s);
+            simd::store(cy + x, combined(lam, s, d));
+          }
+        }
+      });
+      if (p_.causal)
+        parallel_for(dev, units_ * runs, [&](index it) {  // (3) outputs from S_i
+          const index u = it / runs, b = u / p_.hq, h = u % p_.hq, hk = h / p_.group;
+          const index i0 = it % runs * kRunChunks, i1 = std::min(i0 + kRunChunks, nw);
+          scratch w = carve(0);
+          for (index i = i0; i < i1; ++i) {
+            const index t0 = (w0 + i) * bk_, nb = std::min(bk_, p_.nk - t0);
+            w.ahead = i + 1 < i1 ? rows_of(b, h, w0 + i + 1, true, true) : ahead_rows{};
+            pack_q(w, b, h, t0, nb);
+            pack_k(w, b, hk, t0, nb);
+            pack_v(w, b, hk, t0, nb, false);
+            output(w, slot(u, i), b, h, t0, nb);
+          }
+        });
+    }
+    if (!p_.causal) {
+      const index runs = ceil_div(qchunks_, kRunChunks);
+      parallel_for(dev, units_ * runs, [&](index it) {
+        const index u = it / runs, b = u / p_.hq, h = u % p_.hq;
+        const index c0 = it % runs * kRunChunks, c1 = std::min(c0 + kRunChunks, qchunks_);
+        scratch w = carve(0);
+        for (index c = c0; c < c1; ++c) {
+          const index t0 = c * bk_, nb = std::min(bk_, p_.nq - t0);
+          w.ahead = c + 1 < c1 ? rows_of(b, h, c + 1, true, false) : ahead_rows{};
+          pack_q(w, b, h, t0, nb);
+          output(w, carry(u), b, h, t0, nb);
+        }
+      });
+    }
+    parallel_for(dev, units_, [&](index u) { store_state(u, carry(u)); });
+  }
+
+  const chunk_problem<T>& p_;
+  index bk_, ldp_, rows_, ldf_, lde_, srows_, zoff_, sstride_, pw_off_, tw_, units_, kchunks_, qchunks_;
+  bool decayed_, soft_;
+  index window_;
+  bool windowed_;
+  index head_group_;
+  T *tab_ = nullptr, *stats_ = nullptr, *carry_ = nullptr, *slots_ = nullptr;
+  index ld_stats_ = 0;
+};
+
+/// Runs a validated chunk problem on `dev`.
+template <class T, class Device>
+void chunk_forward(const chunk_problem<T>& p, const Device& dev) {
+  chunk_engine<T, simd::default_arch>(p).run(dev);
+}
+
+/// One recurrent step per (batch, query head), the state updated in place:
+///   S ← λ·S + φ(k)ᵀv,  z ← λ·z + φ(k),  o = scale·φ(q)·S  (/ (scale·φ(q)·z + eps))
+/// in O(d'·e): one pass over the state, which is read and written once.
+template <class T, class Device>
+void chunk_step(const chunk_problem<T>& p, const Device& dev) {
+  using Arch = simd::default_arch;
+  using V = simd::vec_t<T, Arch>;
+  constexpr index L = simd::lanes_v<T, Arch>;
+  const index df = p.df, e = p.e, cols = p.cols(), ev = e / L * L;
+  const index ldf = chunk_tiles<T, Arch>::round_up(df, L) + L;
+  parallel_for(dev, p.batch * p.hq, [&](index u) {
+    const index b = u / p.hq, h = u % p.hq, hk = h / p.group;
+    T* fq = static_cast<T*>(workspace::of_this_thread(0).get(sizeof(T) * std::size_t(2 * ldf + e + L)));
+    T* fk = fq + ldf;
+    T* o = fk + ldf;
+    feature_row<Arch, T>(*p.map, p.q.row(b, 0, h), p.d, fq);
+    feature_row<Arch, T>(*p.map, p.k.row(b, 0, hk), p.d, fk);
+    const T sc = T(p.scale);
+    for (index c = 0; c < df; ++c) fq[c] *= sc;
+    const double lam_d = std::exp(-p.decay_of(h));
+    const T lam = lam_d < double(std::numeric_limits<T>::min()) ? T(0) : T(lam_d);
+    const T* v = p.v.row(b, 0, hk);
+    T* st = p.state_out + u * df * cols;
+    std::fill(o, o + e, T(0));
+    T den = 0;
+    const V lv = simd::bcast<V>(lam);
+    for (index c = 0; c < df; ++c) {
+      T* row = st + c * cols;
+      const V kc = simd::bcast<V>(fk[c]), qc = simd::bcast<V>(fq[c]);
+      for (index x = 0; x < ev; x += L) {  // S[c] = λ·S[c] + φ(k)_c·v;  o += φ(q)_c·S[c]
+        const V s = simd::fma(kc, simd::loadu<V>(v + x), lv * simd::loadu<V>(row + x));
+        if constexpr (simd::is_scalar_v<V>) row[x] = s; else s.store_unaligned(row + x);
+        if constexpr (simd::is_scalar_v<V>) o[x] += fq[c] * s; else simd::fma(qc, s, simd::loadu<V>(o + x)).store_unaligned(o + x);
+      }
+      for (index x = ev; x < e; ++x) {
+        row[x] = std::fma(fk[c], v[x], lam * row[x]);
+        o[x] = std::fma(fq[c], row[x], o[x]);
+      }
+      if (p.normalize) {
+        row[e] = lam * row[e] + fk[c];
+        den += fq[c] * row[e];
+      }
+    }
+    T* out = p.o.row(b, 0, h);
+    const T inv = p.normalize ? T(1) / (den + T(p.eps)) : T(1);
+    for (index x = 0; x < e; ++x) out[x] = o[x] * inv;
+  });
+}
+
+}  // namespace xattn::detail

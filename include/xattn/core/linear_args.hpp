@@ -1,0 +1,236 @@
+// xattn/core/linear_args.hpp — validation of a linear- or lightning-attention call, once, at the
+// front door, and the small internal description of the problem that the chunk engine and the fp64
+// references both consume. Everything is checked before anything is written.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "options.hpp"
+#include "softmax_args.hpp"  // overlaps()
+
+namespace xattn::detail {
+
+/// Largest block_size the options accept: the per-thread scratch holds a block × block score tile.
+inline constexpr index kMaxChunkSize = 1024;
+
+/// A validated chunk-engine problem: views over the caller's memory plus resolved options. Query
+/// head h reads K/V head h / group (grouped-query attention) and owns its own state.
+template <class T>
+struct chunk_problem {
+  bshd_view<const T> q, k, v;
+  bshd_view<T> o;
+  index batch = 0, nq = 0, nk = 0, hq = 0, hkv = 0, group = 1;
+  index d = 0, e = 0, df = 0;       // head dims of q/k and of v; D', the feature dim of φ(q), φ(k)
+  bool causal = true;
+  double scale = 1;
+  const double* decay = nullptr;    // [hq] rates s_h; null = no decay
+  const xattn::feature_map* map = nullptr;  // never null; the options' map (outlives the call)
+  bool normalize = false;
+  double eps = 0;
+  index block = default_chunk_size;
+  const T* state_in = nullptr;      // [batch, hq, df, cols()]; null = zeros
+  T* state_out = nullptr;           // [batch, hq, df, cols()]; may equal state_in
+
+  index cols() const { return e + (normalize ? 1 : 0); }
+  double decay_of(index h) const { return decay ? decay[h] : 0.0; }
+  bool has_decay() const {
+    if (decay)
+      for (index h = 0; h < hq; ++h)
+        if (decay[h] != 0) return true;
+    return false;
+  }
+};
+
+template <std::size_t R>
+std::size_t bytes_of(const std::array<index, R>& d, std::size_t elem) {
+  std::size_t n = elem;
+  for (index x : d) n *= static_cast<std::size_t>(x);
+  return n;
+}
+
+/// What a front door hands to make_chunk_problem: the tensors' data and shapes, and the options
+/// resolved into one form for both families.
+template <class T>
+struct chunk_call {
+  const char* fn;
+  const T *q, *k, *v;
+  T* o;
+  std::array<index, 4> qd, kd, vd, od;
+  layout lay = layout::bshd;
+  bool causal = true, normalize = false;
+  double scale = 1, eps = 0;
+  index block = 0;
+  std::span<const double> decay;
+  const xattn::feature_map* map;
+  state_cref state_in;
+  state_ref state_out;
+};
+
+/// Validates q, k, v, out and the options; throws xattn::error naming `fn`, the argument and the
+/// shapes.
+template <class T>
+chunk_problem<T> make_chunk_problem(const chunk_call<T>& c) {
+  const char* fn = c.fn;
+  const layout l = c.lay;
+  const char* order = l == layout::bshd ? "[batch, seq, heads, head_dim]" : "[batch, heads, seq, head_dim]";
+  require(c.q != nullptr, fn, "q", "null data");
+  require(c.k != nullptr, fn, "k", "null data");
+  require(c.v != nullptr, fn, "v", "null data");
+  require(c.o != nullptr, fn, "out", "null data");
+  for (auto [name, d] : {std::pair{"q", c.qd}, std::pair{"k", c.kd}, std::pair{"v", c.vd}, std::pair{"out", c.od}})
+    for (index x : d) require(x > 0, fn, name, "shape ", shape_str(d), " ", order, " has an empty axis");
+
+  chunk_problem<T> p;
+  p.q = make_view(c.q, c.qd, l);
+  p.k = make_view(c.k, c.kd, l);
+  p.v = make_view(c.v, c.vd, l);
+  p.o = make_view(c.o, c.od, l);
+  p.batch = p.q.batch, p.nq = p.q.seq, p.nk = p.k.seq, p.hq = p.q.heads, p.hkv = p.k.heads;
+  p.d = p.q.dim, p.e = p.v.dim;
+  const auto qs = shape_str(c.qd), ks = shape_str(c.kd), vs = shape_str(c.vd);
+  require(p.k.batch == p.batch, fn, "k", "batch ", p.k.batch, " != q batch ", p.batch, " (q ", qs, ", k ", ks, ")");
+  require(p.v.batch == p.batch, fn, "v", "batch ", p.v.batch, " != q batch ", p.batch, " (q ", qs, ", v ", vs, ")");
+  require(p.k.dim == p.d, fn, "k", "head_dim ", p.k.dim, " != q head_dim ", p.d, " (q ", qs, ", k ", ks, ")");
+  require(p.v.seq == p.nk, fn, "v", "seq ", p.v.seq, " != k seq ", p.nk, " (k ", ks, ", v ", vs, ")");
+  require(p.v.heads == p.hkv, fn, "v", "heads ", p.v.heads, " != k heads ", p.hkv, " (k ", ks, ", v ", vs, ")");
+  require(p.hq % p.hkv == 0, fn, "k", "q heads ", p.hq, " not divisible by k/v heads ", p.hkv, " (q ", qs, ", k ", ks, ")");
+  p.group = p.hq / p.hkv;
+  if (c.causal)
+    require(p.nk == p.nq, fn, "k", "seq ", p.nk, " != q seq ", p.nq, ": causal attention needs one sequence (q ", qs,
+            ", k ", ks, ")");
+  const std::array<index, 4> want = l == layout::bshd ? std::array<index, 4>{p.batch, p.nq, p.hq, p.e}
+                                                     : std::array<index, 4>{p.batch, p.hq, p.nq, p.e};
+  require(c.od == want, fn, "out", "shape ", shape_str(c.od), " != expected ", shape_str(want), " ", order, " (q ", qs,
+          ", v ", vs, ")");
+  const std::size_t ob = bytes_of(c.od, sizeof(T));
+  for (auto [name, ptr, d] : {std::tuple{"q", c.q, c.qd}, std::tuple{"k", c.k, c.kd}, std::tuple{"v", c.v, c.vd}})
+    require(!overlaps(c.o, ob, ptr, bytes_of(d, sizeof(T))), fn, "out", "overlaps ", name,
+            " in memory (in-place attention is not supported)");
+
+  require(std::isfinite(c.scale) && c.scale > 0, fn, "scale", "must be finite and > 0, got ", c.scale);
+  require(c.block >= 0 && c.block <= kMaxChunkSize, fn, "block_size", "must be in [0, ", kMaxChunkSize,
+          "] (0 = default), got ", c.block);
+  p.causal = c.causal;
+  p.scale = c.scale;
+  p.block = c.block ? c.block : default_chunk_size;
+  if (!c.decay.empty()) {
+    require(static_cast<index>(c.decay.size()) == p.hq, fn, "decay", "has ", c.decay.size(),
+            " entries, expected one per query head (", p.hq, ")");
+    for (std::size_t h = 0; h < c.decay.size(); ++h)
+      require(std::isfinite(c.decay[h]) && c.decay[h] >= 0, fn, "decay", "[", h, "] = ", c.decay[h],
+              " must be finite and >= 0");
+    p.decay = c.decay.data();
+  }
+
+  p.map = c.map;
+  const feature kind = c.map->kind();
+  require(!(kind == feature::softmax && c.causal), fn, "feature_map",
+          "the per-side softmax normalises k over the whole sequence: non-causal only");
+  if (kind == feature::custom) {
+    require(c.map->dim(p.d) > 0, fn, "feature_map", "custom map of dimension ", c.map->dim(p.d), ", expected > 0");
+    require(static_cast<bool>(c.map->template callable<T>()), fn, "feature_map", "custom map not callable with ",
+            std::is_same_v<T, float> ? "float" : "double", " spans");
+  }
+  p.df = c.map->dim(p.d);
+  p.normalize = c.normalize;
+  require(std::isfinite(c.eps) && c.eps >= 0, fn, "eps", "must be finite and >= 0, got ", c.eps);
+  p.eps = c.eps;
+
+  // States: [batch, q heads, D', e (+1 with the normaliser)], of the call's element type.
+  const std::array<index, 4> sd{p.batch, p.hq, p.df, p.cols()};
+  const char* tname = std::is_same_v<T, double> ? "double" : "float";
+  const std::size_t sb = bytes_of(sd, sizeof(T));
+  if (c.state_in) {
+    require(c.state_in.is_double == std::is_same_v<T, double>, fn, "initial_state", "holds ",
+            c.state_in.is_double ? "double" : "float", ", expected ", tname);
+    require(c.state_in.dims == sd, fn, "initial_state", "shape ", shape_str(c.state_in.dims),
+            " != expected [batch, heads, D', e", p.normalize ? " + 1" : "", "] = ", shape_str(sd));
+    require(!overlaps(c.o, ob, c.state_in.data, sb), fn, "initial_state", "overlaps out in memory");
+    p.state_in = static_cast<const T*>(c.state_in.data);
+  }
+  if (c.state_out) {
+    require(c.state_out.is_double == std::is_same_v<T, double>, fn, "final_state", "holds ",
+            c.state_out.is_double ? "double" : "float", ", expected ", tname);
+    require(c.state_out.dims == sd, fn, "final_state", "shape ", shape_str(c.state_out.dims),
+            " != expected [batch, heads, D', e", p.normalize ? " + 1" : "", "] = ", shape_str(sd));
+    for (auto [name, ptr, d] : {std::tuple{"q", c.q, c.qd}, std::tuple{"k", c.k, c.kd}, std::tuple{"v", c.v, c.vd},
+                                std::tuple{"out", static_cast<const T*>(c.o), c.od}})
+      require(!overlaps(c.state_out.data, sb, ptr, bytes_of(d, sizeof(T))), fn, "final_state", "overlaps ", name,
+              " in memory");
+    require(!c.state_in || c.state_in.data == c.state_out.data || !overlaps(c.state_in.data, sb, c.state_out.data, sb),
+            fn, "final_state", "partly overlaps initial_state (the same tensor is fine)");
+    p.state_out = static_cast<T*>(c.state_out.data);
+  }
+  return p;
+}
+
+/// The element type and the pieces of a chunk_call common to both families, from Eigen tensors.
+template <class Q, class K, class V, class O>
+auto tensor_call(const char* fn, const Q& q, const K& k, const V& v, O& o) {
+  using T = scalar_of<Q>;
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "xattn: tensors must hold float or double");
+  static_assert(std::is_same_v<scalar_of<K>, T> && std::is_same_v<scalar_of<V>, T> && std::is_same_v<scalar_of<O>, T>,
+                "xattn: q, k, v and out must have the same element type");
+  static_assert(!std::is_const_v<std::remove_pointer_t<decltype(o.data())>>, "xattn: out must be writable");
+  chunk_call<T> c{};
+  c.fn = fn;
+  c.q = q.data(), c.k = k.data(), c.v = v.data(), c.o = o.data();
+  c.qd = dims_of(q), c.kd = dims_of(k), c.vd = dims_of(v), c.od = dims_of(o);
+  return c;
+}
+
+inline const xattn::feature_map& identity_map() {
+  static const xattn::feature_map m;
+  return m;
+}
+
+template <class Q, class K, class V, class O>
+auto make_lightning_problem(const char* fn, const Q& q, const K& k, const V& v, O& o, const lightning_options& opt) {
+  auto c = tensor_call(fn, q, k, v, o);
+  c.lay = opt.layout, c.causal = true, c.scale = opt.scale, c.block = opt.block_size, c.decay = opt.decay;
+  c.map = &identity_map(), c.state_in = opt.initial_state, c.state_out = opt.final_state;
+  return make_chunk_problem(c);
+}
+
+template <class Q, class K, class V, class O>
+auto make_linear_problem(const char* fn, const Q& q, const K& k, const V& v, O& o, const linear_options& opt) {
+  auto c = tensor_call(fn, q, k, v, o);
+  c.lay = opt.layout, c.causal = opt.causal, c.normalize = opt.normalize, c.scale = opt.scale, c.eps = opt.eps;
+  c.block = opt.block_size, c.map = &opt.feature_map, c.state_in = opt.initial_state, c.state_out = opt.final_state;
+  return make_chunk_problem(c);
+}
+
+/// A recurrent step's options must leave initial_state and final_state empty: its `state`
+/// argument is both.
+inline void require_no_option_states(const char* fn, const state_cref& in, const state_ref& out) {
+  require(!in, fn, "initial_state", "must be empty in a step: the state argument is read and written");
+  require(!out, fn, "final_state", "must be empty in a step: the state argument is read and written");
+}
+
+/// A recurrent step: one token per batch (q, k, v, out of seq 1), the state updated in place.
+template <class P, class S>
+void attach_step_state(const char* fn, P& p, S& state) {
+  using T = std::remove_cvref_t<decltype(*p.o.data)>;
+  static_assert(std::is_same_v<scalar_of<S>, T>, "xattn: state must have the element type of q");
+  static_assert(!std::is_const_v<std::remove_pointer_t<decltype(state.data())>>, "xattn: state must be writable");
+  require(p.nq == 1, fn, "q", "seq ", p.nq, " != 1: a step takes one token per batch");
+  require(state.data() != nullptr, fn, "state", "null data");
+  const std::array<index, 4> sd{p.batch, p.hq, p.df, p.cols()}, got = dims_of(state);
+  require(got == sd, fn, "state", "shape ", shape_str(got), " != expected [batch, heads, D', e",
+          p.normalize ? " + 1" : "", "] = ", shape_str(sd));
+  const std::size_t sb = bytes_of(sd, sizeof(T));
+  const std::size_t ob = static_cast<std::size_t>(p.batch * p.hq * p.e) * sizeof(T);
+  const std::size_t kb = static_cast<std::size_t>(p.batch * p.hkv * p.d) * sizeof(T);
+  const std::size_t vb = static_cast<std::size_t>(p.batch * p.hkv * p.e) * sizeof(T);
+  const std::size_t qb = static_cast<std::size_t>(p.batch * p.hq * p.d) * sizeof(T);
+  for (auto [name, ptr, bytes] : {std::tuple{"q", p.q.data, qb}, std::tuple{"k", p.k.data, kb},
+                                  std::tuple{"v", p.v.data, vb}, std::tuple{"out", static_cast<const T*>(p.o.data), ob}})
+    require(!overlaps(state.data(), sb, ptr, bytes), fn, "state", "overlaps ", name, " in memory");
+  p.state_in = state.data();
+  p.state_out = state.data();
+}
+
+}  // namespace xattn::detail

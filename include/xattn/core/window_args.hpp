@@ -1,0 +1,154 @@
+// xattn/core/window_args.hpp — options of sliding-window attention and their validation, once, at
+// the front door: a softmax_problem (every softmax option but the band) plus a window_spec, the
+// visibility rule that the window schedule (core/schedule.hpp) and the fp64 reference both apply.
+#pragma once
+
+#include <algorithm>
+#include <optional>
+#include <utility>
+
+#include "softmax_args.hpp"
+
+namespace xattn {
+
+/// Options of sliding-window attention. Query i (aligned bottom-right, p = i + Nk − Nq, as
+/// FlashAttention's window_size) sees key j when
+///     p − window_left·dilation <= j <= p + window_right·dilation,  (p − j) % dilation == 0,
+///     and, with chunk > 0, ⌊j / chunk⌋ == ⌊p / chunk⌋,
+/// or when j < sinks and j <= p + window_right·dilation (sink tokens, StreamingLLM).
+/// Fill with designated initializers: `{.window_left = 1024, .causal = true, .sinks = 4}`.
+struct sliding_window_options {
+  index window_left = -1;        // neighbours seen on the left (keys at multiples of dilation); −1 = unbounded
+  index window_right = -1;       // neighbours seen on the right; −1 = unbounded; causal forces 0
+  bool causal = false;           // window_right = 0
+  index dilation = 1;            // neighbours at multiples of the dilation (NATTEN's dilation); >= 1
+  index sinks = 0;               // keys [0, sinks) stay visible to every query (within the right bound); >= 0
+  index chunk = 0;               // > 0: a query sees only keys of its own chunk of this length (FA's attention_chunk, Llama 4)
+  softmax_options softmax = {};  // every other option (scale, softcap, ALiBi, sink logits, lengths, bias, mask, layout, lse);
+                                 // its causal and window fields must stay unset: use the ones above
+};
+
+/// Options of 2-D neighborhood attention (NATTEN's na2d) over [batch, height, width, heads, dim]:
+/// query (y, x) sees the kernel_h × kernel_w keys around it on its dilation grid (keys whose
+/// coordinates differ from it by multiples of the dilation). Near a border the window shifts to
+/// stay inside the image, so every query sees exactly kernel_h × kernel_w keys; along a causal axis
+/// the window is the kernel − 1 preceding positions and the query's own (fewer near the start).
+struct neighborhood_2d_options {
+  index kernel_h = 7;                  // odd, >= 1; kernel_h · dilation_h <= height
+  index kernel_w = 7;                  // odd, >= 1; kernel_w · dilation_w <= width
+  index dilation_h = 1;                // >= 1
+  index dilation_w = 1;                // >= 1
+  bool causal_h = false;               // along the height: keys at rows <= the query's row only
+  bool causal_w = false;               // along the width: keys at columns <= the query's column only
+  std::optional<double> scale = {};    // multiplies QKᵀ; unset = 1/sqrt(head_dim); must be > 0
+};
+
+/// A streaming (StreamingLLM) KV cache: `sinks` fixed slots for the first tokens, then a ring of
+/// `window` slots for the most recent ones. Decoding against it equals sliding-window attention over
+/// the whole history with {.window_left = window − 1, .causal = true, .sinks = sinks}.
+struct streaming_options {
+  index sinks = 4;               // first tokens kept for ever (attention sinks); >= 0
+  index window = 1024;           // most recent tokens kept, the new one included; >= 1
+  softmax_options softmax = {};  // scale, softcap, sink logits, layout; no causal, window, ALiBi, lengths, bias or mask
+};
+
+/// The cache slot of token t (0-based, counted from the start of the generation).
+inline index streaming_slot(index t, const streaming_options& o) {
+  return t < o.sinks ? t : o.sinks + (t - o.sinks) % o.window;
+}
+
+namespace detail {
+
+/// The resolved 2-D neighborhood rule over an image of height × width tokens (flat index y·width + x).
+struct neighborhood_spec {
+  index height = 1, width = 1, kh = 1, kw = 1, dh = 1, dw = 1;
+  bool ch = false, cw = false;
+
+  /// Positions of residue r among n positions on a dilation-d grid.
+  static index group_len(index n, index d, index r) { return (n - r + d - 1) / d; }
+  /// The window [lo, hi] (in grid coordinates) of grid position a on an axis of len positions.
+  static void axis_window(index a, index len, index k, bool causal, index& lo, index& hi) {
+    if (causal) {
+      lo = std::max<index>(0, a - k + 1), hi = a;
+    } else {
+      lo = std::clamp<index>(a - k / 2, 0, len - k), hi = lo + k - 1;
+    }
+  }
+  /// Is flat key j visible to flat query i?
+  bool visible(index i, index j) const {
+    const index y = i / width, x = i % width, ky = j / width, kx = j % width;
+    if (y % dh != ky % dh || x % dw != kx % dw) return false;
+    index lo, hi;
+    axis_window(y / dh, group_len(height, dh, y % dh), kh, ch, lo, hi);
+    if (ky / dh < lo || ky / dh > hi) return false;
+    axis_window(x / dw, group_len(width, dw, x % dw), kw, cw, lo, hi);
+    return kx / dw >= lo && kx / dw <= hi;
+  }
+};
+
+/// Validates the image axes and the options of a 2-D neighborhood call.
+inline neighborhood_spec make_neighborhood_spec(const char* fn, index height, index width,
+                                                const neighborhood_2d_options& o) {
+  require(o.kernel_h >= 1 && o.kernel_h % 2 == 1, fn, "kernel_h", "must be odd and >= 1, got ", o.kernel_h);
+  require(o.kernel_w >= 1 && o.kernel_w % 2 == 1, fn, "kernel_w", "must be odd and >= 1, got ", o.kernel_w);
+  require(o.dilation_h >= 1, fn, "dilation_h", "must be >= 1, got ", o.dilation_h);
+  require(o.dilation_w >= 1, fn, "dilation_w", "must be >= 1, got ", o.dilation_w);
+  require(o.kernel_h * o.dilation_h <= height, fn, "kernel_h", "kernel_h · dilation_h = ", o.kernel_h * o.dilation_h,
+          " exceeds the height ", height);
+  require(o.kernel_w * o.dilation_w <= width, fn, "kernel_w", "kernel_w · dilation_w = ", o.kernel_w * o.dilation_w,
+          " exceeds the width ", width);
+  return {height, width, o.kernel_h, o.kernel_w, o.dilation_h, o.dilation_w, o.causal_h, o.causal_w};
+}
+
+/// Validates a 2-D neighborhood call: rank-5 tensors [batch, height, width, heads, dim] with equal
+/// height and width, then everything else as softmax attention over the flattened image.
+template <class Q, class K, class V, class O>
+void check_image_axes(const char* fn, const Q& q, const K& k, const V& v, const O& o) {
+  const auto qd = dims_of(q);
+  for (auto [name, d] : {std::pair{"k", dims_of(k)}, std::pair{"v", dims_of(v)}, std::pair{"out", dims_of(o)}})
+    require(d[1] == qd[1] && d[2] == qd[2], fn, name, "image ", d[1], "×", d[2], " != q image ", qd[1], "×", qd[2],
+            " (q ", shape_str(qd), ", ", name, " ", shape_str(d), ")");
+}
+
+/// The resolved window rule (left/right in keys: neighbours × dilation; −1 = unbounded).
+struct window_spec {
+  index left = -1, right = -1, dilation = 1, sinks = 0, chunk = 0;
+
+  static index floor_div(index a, index b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+  /// Is key j visible to the query at aligned position p = i + Nk − Nq (j < Nk checked by the caller)?
+  bool visible(index p, index j) const {
+    if (right >= 0 && j > p + right) return false;
+    if (j < sinks) return true;
+    if (left >= 0 && j < p - left) return false;
+    if ((p - j) % dilation != 0) return false;
+    if (chunk > 0 && floor_div(j, chunk) != floor_div(p, chunk)) return false;
+    return true;
+  }
+};
+
+/// Validates a sliding-window call: the tensors as softmax_attention does, then the window fields.
+template <class Q, class K, class V, class O, class L>
+auto make_window_problem(const char* fn, const Q& q, const K& k, const V& v, O& o, L* lse,
+                         const sliding_window_options& opt, window_spec& spec) {
+  require(!opt.softmax.causal, fn, "softmax.causal", "must be unset: use sliding_window_options::causal");
+  require(opt.softmax.window_left == -1, fn, "softmax.window_left",
+          "must be unset: use sliding_window_options::window_left");
+  require(opt.softmax.window_right == -1, fn, "softmax.window_right",
+          "must be unset: use sliding_window_options::window_right");
+  require(opt.window_left >= -1, fn, "window_left", "must be >= -1 (-1 = unbounded), got ", opt.window_left);
+  require(opt.window_right >= -1, fn, "window_right", "must be >= -1 (-1 = unbounded), got ", opt.window_right);
+  require(opt.dilation >= 1, fn, "dilation", "must be >= 1, got ", opt.dilation);
+  require(opt.sinks >= 0, fn, "sinks", "must be >= 0, got ", opt.sinks);
+  require(opt.chunk >= 0, fn, "chunk", "must be >= 0 (0 = off), got ", opt.chunk);
+  auto p = make_softmax_problem(fn, q, k, v, o, lse, opt.softmax);
+  const index right = opt.causal ? 0 : opt.window_right;
+  spec.dilation = opt.dilation;
+  spec.left = opt.window_left >= 0 ? opt.window_left * opt.dilation : -1;
+  spec.right = right >= 0 ? right * opt.dilation : -1;
+  spec.sinks = opt.sinks;
+  spec.chunk = opt.chunk;
+  return p;
+}
+
+}  // namespace detail
+}  // namespace xattn

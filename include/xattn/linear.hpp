@@ -1,0 +1,65 @@
+// xattn/linear.hpp — linear attention: out = scale·φ(Q)·(φ(K)ᵀ·V), optionally normalised row by
+// row by scale·φ(q_t)·Σ_j φ(k_j) + eps, causal (chunked on the lightning engine, with no decay) or
+// not (one state per head).
+//
+//   q  [batch, Nq, Hq, d]    k [batch, Nk, Hkv, d]    v [batch, Nk, Hkv, e]    out [batch, Nq, Hq, e]
+//   (or [batch, heads, seq, dim] with .layout = xattn::layout::bhsd)
+//   states [batch, Hq, D', e + normalize]: Σ φ(k)ᵀv and, with the normaliser, Σ φ(k) as the last column
+//
+// Feature maps (xattn::feature): identity, elu+1, relu, Based's Taylor map, the per-side softmax of
+// Efficient Attention (non-causal only), or a user callable (feature_map::custom); D' =
+// opt.feature_map.dim(d). Causal attention needs Nq = Nk; non-causal accepts Nq != Nk. Hkv divides Hq.
+// Options: xattn::linear_options (core/options.hpp). Bad input throws xattn::error before anything
+// is written. The device overloads run on an Eigen::ThreadPoolDevice; results are bitwise identical
+// for any thread count.
+#pragma once
+
+#include "core/chunk_engine.hpp"
+#include "core/linear_args.hpp"
+#include "core/options.hpp"
+#include "core/parallel.hpp"
+
+namespace xattn {
+
+/// out = linear attention of q, k, v on the calling thread.
+template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O>
+void linear_attention(const Q& q, const K& k, const V& v, O&& out, const linear_options& opt = {}) {
+  detail::chunk_forward(detail::make_linear_problem("xattn::linear_attention", q, k, v, out, opt),
+                        detail::serial_device{});
+}
+
+/// The same on the threads of `device`.
+template <thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
+          row_major_tensor<4> O>
+void linear_attention(const D& device, const Q& q, const K& k, const V& v, O&& out, const linear_options& opt = {}) {
+  detail::chunk_forward(detail::make_linear_problem("xattn::linear_attention", q, k, v, out, opt), device);
+}
+
+/// One decoding step of causal linear attention (the recurrence is causal whatever opt.causal
+/// says): q, k, v, out of seq 1; `state` [batch, Hq, D', e + normalize] is updated in place
+/// (S ← S + φ(k)ᵀv, z ← z + φ(k)), in O(D'·e) per head. opt.initial_state and opt.final_state must
+/// stay empty; the per-side softmax has no recurrent form and is rejected.
+template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O,
+          row_major_tensor<4> S>
+void linear_step(const Q& q, const K& k, const V& v, O&& out, S&& state, linear_options opt = {}) {
+  constexpr const char* fn = "xattn::linear_step";
+  detail::require_no_option_states(fn, opt.initial_state, opt.final_state);
+  opt.causal = true;
+  auto p = detail::make_linear_problem(fn, q, k, v, out, opt);
+  detail::attach_step_state(fn, p, state);
+  detail::chunk_step(p, detail::serial_device{});
+}
+
+/// The step on the threads of `device` (one item per batch and head).
+template <thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
+          row_major_tensor<4> O, row_major_tensor<4> S>
+void linear_step(const D& device, const Q& q, const K& k, const V& v, O&& out, S&& state, linear_options opt = {}) {
+  constexpr const char* fn = "xattn::linear_step";
+  detail::require_no_option_states(fn, opt.initial_state, opt.final_state);
+  opt.causal = true;
+  auto p = detail::make_linear_problem(fn, q, k, v, out, opt);
+  detail::attach_step_state(fn, p, state);
+  detail::chunk_step(p, device);
+}
+
+}  // namespace xattn

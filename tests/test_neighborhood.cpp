@@ -1,0 +1,155 @@
+// tests/test_neighborhood.cpp — xattn::neighborhood_attention_2d against the fp64 reference and a
+// naive implementation over the NATTEN rule written out here (borders, dilation, causality per
+// axis), its identity with dense attention, thread-count invariance, and bad input.
+#include "test_util.hpp"
+
+#include <xattn/sliding_window.hpp>
+
+namespace xattn_test {
+namespace {
+
+template <class T>
+using image = Eigen::Tensor<T, 5, Eigen::RowMajor>;
+
+struct NaCase {
+  std::string name;
+  bool f64_ = false;
+  index b_ = 1, h_ = 16, w_ = 16, hq_ = 2, hkv_ = 1, d_ = 32;
+  xattn::neighborhood_2d_options opt;
+  NaCase(std::string n, index h, index w, xattn::neighborhood_2d_options o) : name(std::move(n)), h_(h), w_(w), opt(o) {}
+  NaCase& f64() { f64_ = true; return *this; }
+  NaCase& heads(index hq, index hkv) { hq_ = hq, hkv_ = hkv; return *this; }
+  NaCase& dim(index d) { d_ = d; return *this; }
+  NaCase& batch(index b) { b_ = b; return *this; }
+};
+void PrintTo(const NaCase& c, std::ostream* os) { *os << c.name; }
+
+/// NATTEN's rule per axis, from its documentation: on the dilation grid of the query (positions
+/// ≡ the query's mod the dilation), the kernel's window centred on the query, shifted to stay
+/// inside the grid; causal: the kernel − 1 preceding grid positions and the query's own.
+bool axis_visible(index q, index k, index n, index kernel, index dil, bool causal) {
+  if ((q - k) % dil != 0) return false;
+  const index r = q % dil, len = (n - r + dil - 1) / dil, a = q / dil, b = k / dil;
+  if (causal) return b <= a && b > a - kernel;
+  index start = a - kernel / 2;
+  start = std::max<index>(0, std::min(start, len - kernel));
+  return b >= start && b < start + kernel;
+}
+
+template <class T>
+void check_na(const NaCase& c) {
+  SCOPED_TRACE(seed_note(c.name));
+  std::mt19937_64 rng(case_seed(c.name));
+  image<T> q(c.b_, c.h_, c.w_, c.hq_, c.d_), k(c.b_, c.h_, c.w_, c.hkv_, c.d_), v(c.b_, c.h_, c.w_, c.hkv_, c.d_);
+  fill_random(q, rng), fill_random(k, rng), fill_random(v, rng);
+  const index n = c.h_ * c.w_;
+  const auto& o = c.opt;
+  tensor<bool> mask(1, 1, n, n);
+  for (index i = 0; i < n; ++i) {
+    index seen = 0;
+    for (index j = 0; j < n; ++j) {
+      mask(0, 0, i, j) = axis_visible(i / c.w_, j / c.w_, c.h_, o.kernel_h, o.dilation_h, o.causal_h) &&
+                         axis_visible(i % c.w_, j % c.w_, c.w_, o.kernel_w, o.dilation_w, o.causal_w);
+      seen += mask(0, 0, i, j);
+    }
+    if (!o.causal_h && !o.causal_w) {
+      ASSERT_EQ(seen, o.kernel_h * o.kernel_w) << "query " << i;
+    }
+  }
+  const Eigen::array<index, 4> flat_q{c.b_, n, c.hq_, c.d_}, flat_kv{c.b_, n, c.hkv_, c.d_};
+  const tensor<T> q4 = q.reshape(flat_q), k4 = k.reshape(flat_kv), v4 = v.reshape(flat_kv);
+  const attention_result<T> naive = naive_softmax<T>(q4, k4, v4, {.mask = mask});
+  image<double> ref(c.b_, c.h_, c.w_, c.hq_, c.d_);
+  xattn::reference::neighborhood_attention_2d(cast_to<double>(q), cast_to<double>(k), cast_to<double>(v), ref, o);
+  const tensor<double> ref4 = ref.reshape(flat_q);
+  const double eps = rule_eps<T>(naive.max_abs_score);
+  EXPECT_LE(max_abs_diff(naive.out, ref4).max, 100 * eps) << "naive vs reference";
+
+  image<T> out(q.dimensions());
+  out.setConstant(std::numeric_limits<T>::quiet_NaN());
+  xattn::neighborhood_attention_2d(q, k, v, out, o);
+  const tensor<T> out4 = out.reshape(flat_q);
+  EXPECT_TRUE(within_rule("out", out4, naive.out, ref4, eps));
+  for (int threads : {2, 3}) {
+    image<T> par(q.dimensions());
+    xattn::neighborhood_attention_2d(device(threads), q, k, v, par, o);
+    EXPECT_TRUE(bitwise_equal("out on more threads", out, par));
+  }
+  image<T> sc(q.dimensions());
+  xattn::neighborhood_attention_2d<xattn::simd::scalar>(q, k, v, sc, o);
+  const tensor<T> sc4 = sc.reshape(flat_q);
+  EXPECT_TRUE(within_rule("out (scalar path)", sc4, naive.out, ref4, eps));
+}
+
+class NeighborhoodAccuracy : public ::testing::TestWithParam<NaCase> {};
+
+TEST_P(NeighborhoodAccuracy, MatchesReference) {
+  if (GetParam().f64_) check_na<double>(GetParam());
+  else check_na<float>(GetParam());
+}
+
+const std::vector<NaCase> kNaCases = {
+    NaCase("k3_16x16", 16, 16, {.kernel_h = 3, .kernel_w = 3}),
+    NaCase("k7_20x13", 20, 13, {.kernel_h = 7, .kernel_w = 7}),
+    NaCase("k5x3_borders_9x31", 9, 31, {.kernel_h = 5, .kernel_w = 3}),
+    NaCase("k13_24x24", 24, 24, {.kernel_h = 13, .kernel_w = 13}).dim(64),
+    NaCase("dil2_k3_17x18", 17, 18, {.kernel_h = 3, .kernel_w = 3, .dilation_h = 2, .dilation_w = 2}),
+    NaCase("dil3x1_k5_21x11", 21, 11, {.kernel_h = 5, .kernel_w = 5, .dilation_h = 3, .dilation_w = 1}),
+    NaCase("dil_max_k3_9x12", 9, 12, {.kernel_h = 3, .kernel_w = 3, .dilation_h = 3, .dilation_w = 4}),
+    NaCase("causal_h_k5_14x14", 14, 14, {.kernel_h = 5, .kernel_w = 5, .causal_h = true}),
+    NaCase("causal_both_dil2_16x15", 16, 15, {.kernel_h = 5, .kernel_w = 3, .dilation_h = 2, .dilation_w = 2, .causal_h = true, .causal_w = true}),
+    NaCase("kernel_is_image_7x5", 7, 5, {.kernel_h = 7, .kernel_w = 5}),
+    NaCase("k1", 6, 6, {.kernel_h = 1, .kernel_w = 1}),
+    NaCase("gqa4_k5", 15, 17, {.kernel_h = 5, .kernel_w = 5}).heads(8, 2).dim(40),
+    NaCase("mha3_batch2", 12, 10, {.kernel_h = 3, .kernel_w = 5}).heads(3, 3).batch(2),
+    NaCase("tiny_2x3", 2, 3, {.kernel_h = 1, .kernel_w = 3}),
+    NaCase("f64_dil2_k5", 19, 20, {.kernel_h = 5, .kernel_w = 5, .dilation_h = 2, .dilation_w = 2}).f64().dim(72),
+};
+
+INSTANTIATE_TEST_SUITE_P(Cases, NeighborhoodAccuracy, ::testing::ValuesIn(kNaCases), [](const auto& i) { return i.param.name; });
+
+TEST(NeighborhoodProperty, KernelAsLargeAsTheImageEqualsDense) {
+  std::mt19937_64 rng(case_seed("na_dense"));
+  image<float> q(2, 9, 11, 4, 32), k(2, 9, 11, 2, 32), v(2, 9, 11, 2, 32), out(2, 9, 11, 4, 32);
+  fill_random(q, rng), fill_random(k, rng), fill_random(v, rng);
+  xattn::neighborhood_attention_2d(q, k, v, out, {.kernel_h = 9, .kernel_w = 11});
+  const Eigen::array<index, 4> fq{2, 99, 4, 32}, fkv{2, 99, 2, 32};
+  const tensor<float> q4 = q.reshape(fq), k4 = k.reshape(fkv), v4 = v.reshape(fkv);
+  tensor<float> dense(fq);
+  xattn::softmax_attention(q4, k4, v4, dense);
+  const tensor<float> out4 = out.reshape(fq);
+  EXPECT_LE(max_abs_diff(out4, dense).max, 1e-5);
+}
+
+TEST(NeighborhoodBadInput, ThrowsNamingTheArgumentAndWritesNothing) {
+  image<float> q(1, 8, 8, 2, 16), k(1, 8, 8, 1, 16), v(1, 8, 8, 1, 16), out(1, 8, 8, 2, 16), k_bad(1, 8, 7, 1, 16);
+  q.setConstant(1), k.setConstant(1), v.setConstant(1), out.setConstant(7);
+  const std::string fn = "xattn::neighborhood_attention_2d";
+  const std::vector<std::pair<std::string, xattn::neighborhood_2d_options>> bad = {
+      {"kernel_h", {.kernel_h = 4}},       {"kernel_w", {.kernel_w = 0}},
+      {"kernel_h", {.kernel_h = 9}},       {"kernel_w", {.kernel_w = 5, .dilation_w = 2}},
+      {"dilation_h", {.dilation_h = 0}},   {"scale", {.scale = -1.0}},
+  };
+  for (const auto& [arg, o] : bad) {
+    for (int entry = 0; entry < 2; ++entry) {
+      try {
+        if (entry == 0) xattn::neighborhood_attention_2d(q, k, v, out, o);
+        else xattn::reference::neighborhood_attention_2d(q, k, v, out, o);
+        ADD_FAILURE() << "no error for " << arg;
+      } catch (const xattn::error& e) {
+        EXPECT_NE(std::string(e.what()).find(" " + arg + ":"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("neighborhood_attention_2d:"), std::string::npos) << e.what();
+      }
+    }
+  }
+  try {
+    xattn::neighborhood_attention_2d(q, k_bad, v, out, {.kernel_h = 3, .kernel_w = 3});
+    ADD_FAILURE() << "no error for k's image";
+  } catch (const xattn::error& e) {
+    EXPECT_NE(std::string(e.what()).find(fn + ": k:"), std::string::npos) << e.what();
+  }
+  for (index x = 0; x < out.size(); ++x) ASSERT_EQ(out.data()[x], 7.f);
+}
+
+}  // namespace
+}  // namespace xattn_test
