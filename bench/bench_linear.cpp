@@ -7,8 +7,9 @@
 //                                                             (Katharopoulos et al.), B = 1
 //   softmax/xattn/N:32768/D:128/H:8/causal:1/threads:<t>      the crossover point (as bench_softmax)
 //
-// d = e = 128, bshd layout, scale 1, the default chunk size. N runs from 1024 to 131072; H = 2 at
-// N = 65536 is the few-heads case, where two threads must split the chunks of one sequence.
+// d = e = 128, bshd layout, scale 1, the default chunk size. N runs from 1024 to 131072; H = 2 and
+// H = 1 at N = 65536 are the few-heads cases: two heads give each thread one; one head makes two
+// threads split the chunks of its sequence (per-chunk states in parallel, a prefix pass, outputs).
 //
 // impl
 //   naive  xattn::reference::{lightning,linear}_attention: fp64, one thread, the full N×N score
@@ -135,10 +136,11 @@ void register_chunk() {
         if (threads == 1 && n <= kNaiveMaxN) add(name_of("naive", s), bm_chunk<true>, s);
         add(name_of("xattn", s), bm_chunk<false>, s);
       }
-  for (int threads = 1; threads <= kMaxThreads; ++threads) {
-    const shape s{family::lightning, 65536, 2, threads};
-    add(name_of("xattn", s), bm_chunk<false>, s);
-  }
+  for (Eigen::Index heads : {1, 2})
+    for (int threads = 1; threads <= kMaxThreads; ++threads) {
+      const shape s{family::lightning, 65536, heads, threads};
+      add(name_of("xattn", s), bm_chunk<false>, s);
+    }
   for (int threads = 1; threads <= kMaxThreads; ++threads)
     add("softmax/xattn/N:32768/D:128/H:8/causal:1/threads:" + std::to_string(threads), bm_softmax_long, threads);
 }

@@ -166,7 +166,7 @@ class comparison_reporter : public Base {
   // The chunk families' ratios (bench_linear.cpp), at D = 128, H = 8, per N and thread count:
   // lightning's tokens/s, that over its tokens/s at N = 2048 (constant speed), its speedup over
   // causal softmax (time ratio), causal linear's tokens/s over lightning's; then, at H = 2 and
-  // N = 65536, two threads over one. Printed when lightning/xattn ran.
+  // H = 1 and N = 65536, two threads over one. Printed when lightning/xattn ran.
   void print_chunk_summary(std::ostream& os) const {
     auto find = [&](const std::string& name) -> const result* {
       const auto it = results_.find(name);
@@ -200,9 +200,11 @@ class comparison_reporter : public Base {
          << pad_left(soft ? fmt("%.1fx", soft->ms / res->ms) : "-", 12)
          << pad_left(lin ? fmt("%.2f", tokens(lin) / tokens(res)) : "-", 19) << "\n";
     }
-    const result* one = find("lightning/xattn/N:65536/D:128/H:2/threads:1");
-    const result* two = find("lightning/xattn/N:65536/D:128/H:2/threads:2");
-    if (one && two) os << "lightning/xattn N=65536 D=128 H=2: 2 threads / 1 thread = " << fmt("%.2fx", one->ms / two->ms) << "\n";
+    for (const char* h : {"2", "1"}) {
+      const std::string head = std::string("lightning/xattn/N:65536/D:128/H:") + h + "/threads:";
+      const result *one = find(head + "1"), *two = find(head + "2");
+      if (one && two) os << "lightning/xattn N=65536 D=128 H=" << h << ": 2 threads / 1 thread = " << fmt("%.2fx", one->ms / two->ms) << "\n";
+    }
     os << "\n";
   }
 

@@ -30,7 +30,8 @@ const std::vector<Case> kAccuracyCases = {
     Case("len65_one_past").len(65).dim(32),
     Case("len113_d64").len(113).dim(64),
     Case("len300_d128").batch(1).len(300).dim(128).big(),
-    Case("len1000_d64_h2_windowed").batch(1).heads(2, 2).len(1000).dim(64).big(),
+    Case("len1000_d64_h1_windowed").batch(1).heads(1, 1).len(1000).dim(64).big(),
+    Case("len1000_d64_h2_per_head").batch(1).heads(2, 2).len(1000).dim(64).big(),
     Case("len1000_d16_h1_block8_windows").batch(1).heads(1, 1).len(1000).block(8).big(),
     // head dims: 1, odd, d != e both ways, not powers of two
     Case("d1").len(113).dim(1),
@@ -59,7 +60,7 @@ const std::vector<Case> kAccuracyCases = {
     // options and call forms
     Case("scale_0_125").len(130).scale(0.125),
     Case("initial_state").len(130).init(),
-    Case("initial_state_windowed").batch(1).heads(2, 2).len(500).init().big(),
+    Case("initial_state_windowed").batch(1).heads(1, 1).len(500).init().big(),
     Case("initial_state_decay_large").len(70).init().decays(D::large),
     Case("bhsd").len(130).dim(24, 40).bhsd(),
     Case("tensor_map").len(100).tmap(),
@@ -87,8 +88,9 @@ TEST_P(LightningThreads, BitwiseIdenticalForAnyThreadCount) {
 const std::vector<Case> kThreadCases = {
     Case("per_unit_b2_h8").heads(8, 4).len(400).dim(32),               // many units: one item per unit
     Case("windowed_b1_h1").batch(1).heads(1, 1).len(700).block(16),    // one unit: chunks in parallel
-    Case("windowed_b1_h2_windows").batch(1).heads(2, 2).len(2000).block(8).dim(8).big(),  // several windows
-    Case("windowed_init_f64").f64().batch(1).heads(3, 1).len(300).block(32).init(),
+    Case("windowed_b1_h1_windows").batch(1).heads(1, 1).len(2000).block(8).dim(8).big(),  // several windows
+    Case("windowed_init_f64").f64().batch(1).heads(1, 1).len(300).block(32).init(),
+    Case("per_head_b1_h3_gqa").batch(1).heads(3, 1).len(300).block(32).init(),
 };
 
 INSTANTIATE_TEST_SUITE_P(Cases, LightningThreads, ::testing::ValuesIn(kThreadCases), case_name);
@@ -192,15 +194,15 @@ TEST_F(LightningProperty, BlockSizeDoesNotMatter) {
 }
 
 TEST_F(LightningProperty, ChunksInParallelGiveTheBitsOfOneUnitAtATime) {
-  // With one batch × two heads the chunks of a sequence run in parallel (windowed order); with the
-  // same data duplicated into a second batch there are four units, each run start to end. Both
+  // With one batch × one head the chunks of the sequence run in parallel (windowed order); with the
+  // same data duplicated into a second batch there are two units, each run start to end. Both
   // evaluate the same expressions.
-  Case c1 = for_this_run(Case("windowed").batch(1).heads(2, 2).len(1000).dim(32).block(16).big());
+  Case c1 = for_this_run(Case("windowed").batch(1).heads(1, 1).len(1000).dim(32).block(16).big());
   Case c2 = c1;
   c2.batch(2);
   std::mt19937_64 r(case_seed("windowed vs per unit"));
   const inputs<float> one = make_inputs<float>(c1, r);
-  inputs<float> two{tensor<float>(2, c1.nq_, 2, 32), tensor<float>(2, c1.nq_, 2, 32), tensor<float>(2, c1.nq_, 2, 32), {}};
+  inputs<float> two{tensor<float>(2, c1.nq_, 1, 32), tensor<float>(2, c1.nq_, 1, 32), tensor<float>(2, c1.nq_, 1, 32), {}};
   for (index b = 0; b < 2; ++b) {
     const Eigen::array<index, 4> off{b, 0, 0, 0};
     two.q.slice(off, one.q.dimensions()) = one.q;
