@@ -13,6 +13,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstring>
 
 #include "simd.hpp"
 #include "error.hpp"  // xattn::index
@@ -34,35 +35,35 @@ void mma_ab(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const 
   constexpr index L = simd::lanes_v<T, Arch>;
   for (index i0 = 0; i0 < m; i0 += MR) {
     const T* ar[MR];
-    for (int r = 0; r < MR; ++r) ar[r] = a + std::min<index>(i0 + r, m - 1) * a_rs;
+    XATTN_UNROLL for (int r = 0; r < MR; ++r) ar[r] = a + std::min<index>(i0 + r, m - 1) * a_rs;
     for (index j0 = 0; j0 < n; j0 += NV * L) {
       V acc[MR][NV];
       T* crow = c + i0 * ldc + j0;
       if constexpr (Init == mma_init::scale_cols) {
         V s[NV];
-        for (int v = 0; v < NV; ++v) s[v] = simd::load<V>(scale + j0 + v * L);
-        for (int r = 0; r < MR; ++r)
-          for (int v = 0; v < NV; ++v) acc[r][v] = simd::load<V>(crow + r * ldc + v * L) * s[v];
+        XATTN_UNROLL for (int v = 0; v < NV; ++v) s[v] = simd::load<V>(scale + j0 + v * L);
+        XATTN_UNROLL for (int r = 0; r < MR; ++r)
+          XATTN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = simd::load<V>(crow + r * ldc + v * L) * s[v];
       } else if constexpr (Init == mma_init::scale_rows) {
-        for (int r = 0; r < MR; ++r) {
+        XATTN_UNROLL for (int r = 0; r < MR; ++r) {
           const V s = simd::bcast<V>(scale[std::min<index>(i0 + r, m - 1)]);
-          for (int v = 0; v < NV; ++v) acc[r][v] = simd::load<V>(crow + r * ldc + v * L) * s;
+          XATTN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = simd::load<V>(crow + r * ldc + v * L) * s;
         }
       } else {
-        for (int r = 0; r < MR; ++r)
-          for (int v = 0; v < NV; ++v) acc[r][v] = simd::bcast<V>(T(0));
+        XATTN_UNROLL for (int r = 0; r < MR; ++r)
+          XATTN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = simd::bcast<V>(T(0));
       }
       const T* bp = b + j0;
       for (index kk = 0; kk < k; ++kk, bp += ldb) {
         V bv[NV];
-        for (int v = 0; v < NV; ++v) bv[v] = simd::loadu<V>(bp + v * L);
-        for (int r = 0; r < MR; ++r) {
+        XATTN_UNROLL for (int v = 0; v < NV; ++v) bv[v] = simd::in_register(simd::loadu<V>(bp + v * L));
+        XATTN_UNROLL for (int r = 0; r < MR; ++r) {
           const V ab = simd::bcast<V>(ar[r][kk * a_cs]);
-          for (int v = 0; v < NV; ++v) acc[r][v] = simd::fma(ab, bv[v], acc[r][v]);
+          XATTN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = simd::fma(ab, bv[v], acc[r][v]);
         }
       }
-      for (int r = 0; r < MR; ++r)
-        for (int v = 0; v < NV; ++v) simd::store(crow + r * ldc + v * L, acc[r][v]);
+      XATTN_UNROLL for (int r = 0; r < MR; ++r)
+        XATTN_UNROLL for (int v = 0; v < NV; ++v) simd::store(crow + r * ldc + v * L, acc[r][v]);
     }
   }
 }
@@ -76,35 +77,38 @@ void mma_ab(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const 
 /// row (their results land in padding). Sᵀ has row stride ldc, at least round_up(n, KB) rows and
 /// round_up(m, RB) lanes. prefetch(i) is called once for each i < round_up(n, KB), interleaved
 /// with the work (the caller requests the next tile's rows there).
+/// Rows of A per dot_abt block (it writes Sᵀ lanes in whole blocks of this many).
+template <class Arch, class T>
+inline constexpr int dot_row_block = simd::lanes_v<T, Arch> < 4 ? 1 : simd::lanes_v<T, Arch> / 4;
+
 template <class Arch, class T, class Prefetch>
 void dot_abt(T* c, index ldc, const T* a, index lda, index m, const T* b, index ldb, index n, index k,
              const Prefetch& prefetch) {
   using V = simd::vec_t<T, Arch>;
   constexpr int L = simd::lanes_v<T, Arch>;
-  constexpr int KB = L < 4 ? L : 4, RB = L / KB;
+  constexpr int RB = dot_row_block<Arch, T>, KB = L / RB;
   for (index c0 = 0; c0 < n; c0 += KB) {
     const T* br[KB];
-    for (int j = 0; j < KB; ++j) {
+    XATTN_UNROLL for (int j = 0; j < KB; ++j) {
       br[j] = b + std::min<index>(c0 + j, n - 1) * ldb;
       prefetch(c0 + j);
     }
     for (index r0 = 0; r0 < m; r0 += RB) {
       const T* ar[RB];
-      for (int i = 0; i < RB; ++i) ar[i] = a + std::min<index>(r0 + i, m - 1) * lda;
-      V acc[RB * KB];
-      for (int i = 0; i < RB * KB; ++i) acc[i] = simd::bcast<V>(T(0));
+      XATTN_UNROLL for (int i = 0; i < RB; ++i) ar[i] = a + std::min<index>(r0 + i, m - 1) * lda;
+      V acc[KB * RB];  // acc[j·RB + i]: key j, row i — so that each key's sums land in adjacent lanes
+      XATTN_UNROLL for (int t = 0; t < KB * RB; ++t) acc[t] = simd::bcast<V>(T(0));
       for (index kk = 0; kk < k; kk += L) {
         V bv[KB];
-        for (int j = 0; j < KB; ++j) bv[j] = simd::loadu<V>(br[j] + kk);
-        for (int i = 0; i < RB; ++i) {
-          const V av = simd::loadu<V>(ar[i] + kk);
-          for (int j = 0; j < KB; ++j) acc[i * KB + j] = simd::fma(av, bv[j], acc[i * KB + j]);
+        XATTN_UNROLL for (int j = 0; j < KB; ++j) bv[j] = simd::in_register(simd::loadu<V>(br[j] + kk));
+        XATTN_UNROLL for (int i = 0; i < RB; ++i) {
+          const V av = simd::in_register(simd::loadu<V>(ar[i] + kk));
+          XATTN_UNROLL for (int j = 0; j < KB; ++j) acc[j * RB + i] = simd::fma(av, bv[j], acc[j * RB + i]);
         }
       }
       alignas(simd::kAlign) T sums[L];
       simd::store(sums, simd::haddp(acc));
-      for (int i = 0; i < RB; ++i)
-        for (int j = 0; j < KB; ++j) c[(c0 + j) * ldc + r0 + i] = sums[i * KB + j];
+      XATTN_UNROLL for (int j = 0; j < KB; ++j) std::memcpy(c + (c0 + j) * ldc + r0, sums + j * RB, sizeof(T) * RB);
     }
   }
 }

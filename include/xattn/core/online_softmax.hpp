@@ -49,10 +49,10 @@ struct online_softmax {
   template <int C>
   void update_lanes(T* s, index ld, index nk, index r0) {
     V mx[C], mu[C], sum[C];
-    for (int w = 0; w < C; ++w) mx[w] = simd::load<V>(m + r0 + w * L);
+    XATTN_UNROLL for (int w = 0; w < C; ++w) mx[w] = simd::load<V>(m + r0 + w * L);
     for (index c = 0; c < nk; ++c)
-      for (int w = 0; w < C; ++w) mx[w] = simd::max(mx[w], simd::load<V>(s + c * ld + w * L));
-    for (int w = 0; w < C; ++w) {
+      XATTN_UNROLL for (int w = 0; w < C; ++w) mx[w] = simd::max(mx[w], simd::load<V>(s + c * ld + w * L));
+    XATTN_UNROLL for (int w = 0; w < C; ++w) {
       mu[w] = simd::replace_neg_inf(mx[w], simd::bcast<V>(T(0)));
       const V a = simd::exp2(simd::load<V>(m + r0 + w * L) - mu[w]);  // alpha = 2^(m_old − m_new)
       simd::store(alpha + r0 + w * L, a);
@@ -60,12 +60,12 @@ struct online_softmax {
       sum[w] = simd::load<V>(l + r0 + w * L) * a;                       // l ← l·alpha + Σ p
     }
     for (index c = 0; c < nk; ++c)
-      for (int w = 0; w < C; ++w) {
+      XATTN_UNROLL for (int w = 0; w < C; ++w) {
         const V p = simd::exp2(simd::load<V>(s + c * ld + w * L) - mu[w]);
         simd::store(s + c * ld + w * L, p);
         sum[w] = sum[w] + p;
       }
-    for (int w = 0; w < C; ++w) simd::store(l + r0 + w * L, sum[w]);
+    XATTN_UNROLL for (int w = 0; w < C; ++w) simd::store(l + r0 + w * L, sum[w]);
   }
 };
 

@@ -44,6 +44,18 @@ inline constexpr int lanes_v = traits<T, Arch>::lanes;
 /// Alignment of packed panels: one cache line, which covers every vector width.
 inline constexpr std::size_t kAlign = 64;
 
+/// Put before a loop over a compile-time count of registers (micro-tile rows, vectors): it must be
+/// unrolled so that its arrays of vectors live in registers. g++ 12 unrolls them fully at -O3 but
+/// not at -O2 (CMake's RelWithDebInfo), where the accumulators went to the stack and the kernels
+/// ran 5–6× slower.
+#if defined(__clang__)
+#define XATTN_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define XATTN_UNROLL _Pragma("GCC unroll 64")
+#else
+#define XATTN_UNROLL
+#endif
+
 template <class T> inline constexpr bool is_scalar_v = std::is_floating_point_v<T>;
 template <class V> struct elem { using type = typename V::value_type; };
 template <> struct elem<float> { using type = float; };
@@ -61,6 +73,16 @@ template <class V> inline void store(elem_t<V>* p, const V& v) {  // aligned
 }
 template <class V> inline V bcast(elem_t<V> x) {
   if constexpr (is_scalar_v<V>) return x; else return V(x);
+}
+/// A vector loaded once for several FMAs stays in a register: without this g++ 12 folds every use
+/// into the FMA's memory operand, so one load becomes several and the micro-kernels run out of
+/// load slots (dot_abt measured 53 % of the FMA peak in L1 that way). An empty asm with the value
+/// as a register operand makes the value opaque, so the load cannot be repeated.
+template <class V> inline V in_register(V x) {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  if constexpr (!is_scalar_v<V>) asm("" : "+v"(x.data));
+#endif
+  return x;
 }
 template <class V> inline V fma(const V& a, const V& b, const V& c) {
   if constexpr (is_scalar_v<V>) return std::fma(a, b, c); else return xsimd::fma(a, b, c);
@@ -100,7 +122,7 @@ template <class V> inline V haddp(const V* rows) {
     if constexpr (std::is_same_v<elem_t<V>, float> && V::size == 16) {
       constexpr int kOrder[16] = {0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15};
       V p[16];
-      for (int i = 0; i < 16; ++i) p[i] = rows[kOrder[i]];
+      XATTN_UNROLL for (int i = 0; i < 16; ++i) p[i] = rows[kOrder[i]];
       return xsimd::haddp(p);
     }
 #endif
@@ -133,7 +155,6 @@ inline void prefetch(const void* p, std::size_t bytes) {
 #endif
   }
 }
-
 /// 2^x for x <= 0 (softmax exponents after subtracting the running max), exactly 0 below 2^-126
 /// (2^-1022 for double) and at -inf. Float: n = round(x), f = x − n ∈ [−½, ½], 2^f by its degree-6 Taylor polynomial
 /// (relative error 1.2e-7, below float's 6e-8·2 ulp), 2^n by adding n to the exponent bits: eight
