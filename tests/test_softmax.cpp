@@ -514,6 +514,14 @@ const std::vector<DecodeCase> kDecodeCases = {
      .alibi = true},
     {.name = "nq2_causal_bhsd", .nq = 2, .hq = 8, .hkv = 2, .d = 96, .capacity = 3000, .lengths = {2999, 1800},
      .causal = true, .lay = layout::bhsd},
+    // Several K/V heads share one block of lanes (narrow blocks pack heads whose rows are few), the
+    // last block partly filled; d that needs zero padding (copied tiles); key-major and bhsd order.
+    {.name = "mha_h7_packed_heads_d40", .hq = 7, .hkv = 7, .d = 40, .capacity = 3000, .lengths = {2900, 17}},
+    {.name = "nq3_h10_kv5_packed_causal_sinks_alibi", .nq = 3, .hq = 10, .hkv = 5, .d = 64, .capacity = 2200,
+     .lengths = {2200, 999}, .causal = true, .sinks = true, .alibi = true},
+    {.name = "mha_h6_packed_bhsd_window", .hq = 6, .hkv = 6, .d = 72, .capacity = 2600, .lengths = {2600, 1300},
+     .window_left = 700, .lay = layout::bhsd},
+    {.name = "mha_h5_packed_f64", .f64 = true, .hq = 5, .hkv = 5, .d = 32, .capacity = 2100, .lengths = {2048, 5}},
 };
 
 INSTANTIATE_TEST_SUITE_P(Cases, SoftmaxDecode, ::testing::ValuesIn(kDecodeCases),

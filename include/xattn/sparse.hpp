@@ -22,7 +22,7 @@ namespace xattn {
 
 namespace detail {
 
-/// Engine key tile, which a layout's block size must be a multiple of.
+/// A layout's block size must be a multiple of this (and so of every engine key tile).
 inline constexpr index kSparseTile = 64;
 
 template <class Q, class K, class V, class O, class L>
@@ -39,7 +39,7 @@ template <class Arch, class Q, class K, class V, class O, class L, class Device>
 void sparse_forward(const Device& dev, const Q& q, const K& k, const V& v, O& out, L* lse, const block_layout& layout,
                     const softmax_options& opt) {
   const auto p = make_sparse_problem("xattn::sparse_attention", q, k, v, out, lse, layout, opt);
-  const sparse_plan plan(layout, p.hkv, p.group, kSparseTile);
+  const sparse_plan plan(layout, p.hkv, p.group, key_tile<Arch>(p));
   softmax_forward<Arch>(p, dev, sparse_policy{&plan});
 }
 

@@ -113,6 +113,8 @@ struct band_policy {
   }
   /// Engine block width (lanes) for `rows` rows per K/V head; 0 = the engine's default.
   index block_rows(index /*rows*/, index /*group*/, index /*max*/, index /*step*/) const { return 0; }
+  /// Whether every K/V head gets the same schedule (the engine may then visit heads side by side).
+  bool head_uniform() const { return true; }
 };
 
 /// Sliding-window attention (window_spec): the sink tiles [0, sink_tiles), then the band's tiles
@@ -188,6 +190,7 @@ struct window_policy {
     if (j_lo <= j_hi) s.first = std::max(j_lo / block, s.sink_tiles), s.last = j_hi / block;
     return s;
   }
+  bool head_uniform() const { return true; }
   /// Narrower blocks for narrow bands: a block of q queries computes about (w + q)/w of the w keys
   /// each query sees, so q ≈ w/16 keeps the waste near 6 % (measured: w = 1024 runs 20 % faster at
   /// 64 lanes than at 256); wide or unbounded bands keep the engine's default.
@@ -294,6 +297,7 @@ struct sparse_policy {
     s.x_hi = std::max(s.x_hi, s.x_lo);
     return s;
   }
+  bool head_uniform() const { return !plan->per_head; }
   /// One engine block per layout row (or a part of one): the widest multiple of `step` lanes that
   /// divides the layout block's block·G rows.
   index block_rows(index /*rows*/, index group, index max, index step) const {
@@ -376,6 +380,7 @@ struct neighborhood_policy {
       for (index c = b0; c <= b1; ++c) qi[n++] = (a * s.dh + ry) * s.width + c * s.dw + rx;
     return n;
   }
+  bool head_uniform() const { return false; }  // never asked: its query blocks are its own
   index block_rows(index, index group, index max, index step) const {
     return std::min(max, (ph * pw * group + step - 1) / step * step);
   }
