@@ -13,6 +13,9 @@
 // one call; lightning_step is the same recurrence one token at a time, for decoding. Bad input
 // throws xattn::error before anything is written. The device overloads run on an
 // Eigen::ThreadPoolDevice; results are bitwise identical for any thread count.
+//
+// Arch (first template parameter, defaulted) is the xsimd architecture of the kernels, as in
+// softmax.hpp: lightning_attention<xattn::simd::scalar>(...) forces the scalar path.
 #pragma once
 
 #include <cmath>
@@ -26,44 +29,39 @@
 namespace xattn {
 
 /// out = lightning attention of q, k, v on the calling thread.
-template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O>
+template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
+          row_major_tensor<4> O>
 void lightning_attention(const Q& q, const K& k, const V& v, O&& out, const lightning_options& opt = {}) {
-  detail::chunk_forward(detail::make_lightning_problem("xattn::lightning_attention", q, k, v, out, opt),
-                        detail::serial_device{});
+  detail::chunk_forward<Arch>(detail::make_lightning_problem("xattn::lightning_attention", q, k, v, out, opt),
+                              detail::serial_device{});
 }
 
 /// The same on the threads of `device`. With few (batch, head) pairs the chunks of one sequence are
 /// spread over the threads too (per-chunk states in parallel, a prefix pass, outputs in parallel).
-template <thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
-          row_major_tensor<4> O>
+template <class Arch = simd::default_arch, thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K,
+          row_major_tensor<4> V, row_major_tensor<4> O>
 void lightning_attention(const D& device, const Q& q, const K& k, const V& v, O&& out,
                          const lightning_options& opt = {}) {
-  detail::chunk_forward(detail::make_lightning_problem("xattn::lightning_attention", q, k, v, out, opt), device);
+  detail::chunk_forward<Arch>(detail::make_lightning_problem("xattn::lightning_attention", q, k, v, out, opt),
+                              device);
 }
 
 /// One decoding step: q, k, v, out of seq 1 (one token per batch); `state` [batch, Hq, d, e] holds
 /// the state before the token and is updated in place (S ← λ·S + kᵀv, o = scale·q·S), in O(d·e) per
 /// head. opt.initial_state and opt.final_state must stay empty; block_size is not used.
-template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O,
-          row_major_tensor<4> S>
+template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
+          row_major_tensor<4> O, row_major_tensor<4> S>
 void lightning_step(const Q& q, const K& k, const V& v, O&& out, S&& state, const lightning_options& opt = {}) {
-  constexpr const char* fn = "xattn::lightning_step";
-  detail::require_no_option_states(fn, opt.initial_state, opt.final_state);
-  auto p = detail::make_lightning_problem(fn, q, k, v, out, opt);
-  detail::attach_step_state(fn, p, state);
-  detail::chunk_step(p, detail::serial_device{});
+  detail::chunk_step<Arch>(detail::make_step_problem("xattn::lightning_step", q, k, v, out, state, opt),
+                           detail::serial_device{});
 }
 
 /// The step on the threads of `device` (one item per batch and head).
-template <thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
-          row_major_tensor<4> O, row_major_tensor<4> S>
+template <class Arch = simd::default_arch, thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K,
+          row_major_tensor<4> V, row_major_tensor<4> O, row_major_tensor<4> S>
 void lightning_step(const D& device, const Q& q, const K& k, const V& v, O&& out, S&& state,
                     const lightning_options& opt = {}) {
-  constexpr const char* fn = "xattn::lightning_step";
-  detail::require_no_option_states(fn, opt.initial_state, opt.final_state);
-  auto p = detail::make_lightning_problem(fn, q, k, v, out, opt);
-  detail::attach_step_state(fn, p, state);
-  detail::chunk_step(p, device);
+  detail::chunk_step<Arch>(detail::make_step_problem("xattn::lightning_step", q, k, v, out, state, opt), device);
 }
 
 // ---------------------------------------------------------------------------------------------

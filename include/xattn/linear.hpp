@@ -12,6 +12,9 @@
 // Options: xattn::linear_options (core/options.hpp). Bad input throws xattn::error before anything
 // is written. The device overloads run on an Eigen::ThreadPoolDevice; results are bitwise identical
 // for any thread count.
+//
+// Arch (first template parameter, defaulted) is the xsimd architecture of the kernels, as in
+// softmax.hpp: linear_attention<xattn::simd::scalar>(...) forces the scalar path.
 #pragma once
 
 #include "core/chunk_engine.hpp"
@@ -22,44 +25,38 @@
 namespace xattn {
 
 /// out = linear attention of q, k, v on the calling thread.
-template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O>
+template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
+          row_major_tensor<4> O>
 void linear_attention(const Q& q, const K& k, const V& v, O&& out, const linear_options& opt = {}) {
-  detail::chunk_forward(detail::make_linear_problem("xattn::linear_attention", q, k, v, out, opt),
-                        detail::serial_device{});
+  detail::chunk_forward<Arch>(detail::make_linear_problem("xattn::linear_attention", q, k, v, out, opt),
+                              detail::serial_device{});
 }
 
 /// The same on the threads of `device`.
-template <thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
-          row_major_tensor<4> O>
+template <class Arch = simd::default_arch, thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K,
+          row_major_tensor<4> V, row_major_tensor<4> O>
 void linear_attention(const D& device, const Q& q, const K& k, const V& v, O&& out, const linear_options& opt = {}) {
-  detail::chunk_forward(detail::make_linear_problem("xattn::linear_attention", q, k, v, out, opt), device);
+  detail::chunk_forward<Arch>(detail::make_linear_problem("xattn::linear_attention", q, k, v, out, opt), device);
 }
 
 /// One decoding step of causal linear attention (the recurrence is causal whatever opt.causal
 /// says): q, k, v, out of seq 1; `state` [batch, Hq, D', e + normalize] is updated in place
 /// (S ← S + φ(k)ᵀv, z ← z + φ(k)), in O(D'·e) per head. opt.initial_state and opt.final_state must
 /// stay empty; the per-side softmax has no recurrent form and is rejected.
-template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O,
-          row_major_tensor<4> S>
+template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
+          row_major_tensor<4> O, row_major_tensor<4> S>
 void linear_step(const Q& q, const K& k, const V& v, O&& out, S&& state, linear_options opt = {}) {
-  constexpr const char* fn = "xattn::linear_step";
-  detail::require_no_option_states(fn, opt.initial_state, opt.final_state);
   opt.causal = true;
-  auto p = detail::make_linear_problem(fn, q, k, v, out, opt);
-  detail::attach_step_state(fn, p, state);
-  detail::chunk_step(p, detail::serial_device{});
+  detail::chunk_step<Arch>(detail::make_step_problem("xattn::linear_step", q, k, v, out, state, opt),
+                           detail::serial_device{});
 }
 
 /// The step on the threads of `device` (one item per batch and head).
-template <thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
-          row_major_tensor<4> O, row_major_tensor<4> S>
+template <class Arch = simd::default_arch, thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K,
+          row_major_tensor<4> V, row_major_tensor<4> O, row_major_tensor<4> S>
 void linear_step(const D& device, const Q& q, const K& k, const V& v, O&& out, S&& state, linear_options opt = {}) {
-  constexpr const char* fn = "xattn::linear_step";
-  detail::require_no_option_states(fn, opt.initial_state, opt.final_state);
   opt.causal = true;
-  auto p = detail::make_linear_problem(fn, q, k, v, out, opt);
-  detail::attach_step_state(fn, p, state);
-  detail::chunk_step(p, device);
+  detail::chunk_step<Arch>(detail::make_step_problem("xattn::linear_step", q, k, v, out, state, opt), device);
 }
 
 }  // namespace xattn

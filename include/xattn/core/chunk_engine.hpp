@@ -564,18 +564,17 @@ class chunk_engine {
   index ld_stats_ = 0;
 };
 
-/// Runs a validated chunk problem on `dev`.
-template <class T, class Device>
+/// Runs a validated chunk problem on `dev` with the kernels of `Arch`.
+template <class Arch, class T, class Device>
 void chunk_forward(const chunk_problem<T>& p, const Device& dev) {
-  chunk_engine<T, simd::default_arch>(p).run(dev);
+  chunk_engine<T, Arch>(p).run(dev);
 }
 
 /// One recurrent step per (batch, query head), the state updated in place:
 ///   S ← λ·S + φ(k)ᵀv,  z ← λ·z + φ(k),  o = scale·φ(q)·S  (/ (scale·φ(q)·z + eps))
 /// in O(d'·e): one pass over the state, which is read and written once.
-template <class T, class Device>
+template <class Arch, class T, class Device>
 void chunk_step(const chunk_problem<T>& p, const Device& dev) {
-  using Arch = simd::default_arch;
   using V = simd::vec_t<T, Arch>;
   constexpr index L = simd::lanes_v<T, Arch>;
   const index df = p.df, e = p.e, cols = p.cols(), ev = e / L * L;

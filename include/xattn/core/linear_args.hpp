@@ -233,4 +233,17 @@ void attach_step_state(const char* fn, P& p, S& state) {
   p.state_out = state.data();
 }
 
+/// The problem of a step of either family: opt without states of its own, q, k, v, out of seq 1,
+/// and `state` read and written in place.
+template <class Q, class K, class V, class O, class S, class Opt>
+auto make_step_problem(const char* fn, const Q& q, const K& k, const V& v, O& o, S& state, const Opt& opt) {
+  require_no_option_states(fn, opt.initial_state, opt.final_state);
+  auto p = [&] {
+    if constexpr (std::is_same_v<Opt, linear_options>) return make_linear_problem(fn, q, k, v, o, opt);
+    else return make_lightning_problem(fn, q, k, v, o, opt);
+  }();
+  attach_step_state(fn, p, state);
+  return p;
+}
+
 }  // namespace xattn::detail
