@@ -486,27 +486,41 @@ class chunk_engine {
   T* carry(index u) const { return carry_ + u * sstride_; }
   T* slot(index u, index i) const { return slots_ + (u * window_ + i) * sstride_; }
 
-  /// Chunks spread over the threads, a window of them at a time (see the header). An item takes
-  /// kRunChunks consecutive chunks of one unit, so that the prefetches of the next chunk serve
-  /// the thread that asked for them.
+  /// Chunk c0 + i of unit u = (b, h), K/V head hk, tokens [t0, t0 + nb).
+  struct chunk_at {
+    index u, b, h, hk, i, t0, nb;
+  };
+
+  /// fn(w, chunk) for chunks [c0, c0 + count) of every unit of a sequence of n tokens. An item
+  /// takes kRunChunks consecutive chunks of one unit, so that the prefetches of the next chunk
+  /// (its query rows with q, its K/V rows with kv) serve the thread that asked for them.
+  template <class Device, class F>
+  void chunk_runs(const Device& dev, index c0, index count, index n, bool q, bool kv, const F& fn) const {
+    const index runs = ceil_div(count, kRunChunks);
+    parallel_for(dev, units_ * runs, [&](index it) {
+      const index u = it / runs, b = u / p_.hq, h = u % p_.hq, hk = h / p_.group;
+      const index i0 = it % runs * kRunChunks, i1 = std::min(i0 + kRunChunks, count);
+      scratch w = carve(0);
+      for (index i = i0; i < i1; ++i) {
+        const index t0 = (c0 + i) * bk_, nb = std::min(bk_, n - t0);
+        w.ahead = i + 1 < i1 ? rows_of(b, h, c0 + i + 1, q, kv) : ahead_rows{};
+        fn(w, chunk_at{u, b, h, hk, i, t0, nb});
+      }
+    });
+  }
+
+  /// Chunks spread over the threads, a window of them at a time (see the header).
   template <class Device>
   void run_windowed(const Device& dev) const {
     parallel_for(dev, units_, [&](index u) { load_state(u, carry(u)); });
     const index slices = ceil_div(sstride_, kPrefixSlice);
     for (index w0 = 0; w0 < kchunks_; w0 += window_) {
-      const index nw = std::min(window_, kchunks_ - w0), runs = ceil_div(nw, kRunChunks);
-      parallel_for(dev, units_ * runs, [&](index it) {  // (1) ΔS of every chunk
-        const index u = it / runs, b = u / p_.hq, h = u % p_.hq, hk = h / p_.group;
-        const index i0 = it % runs * kRunChunks, i1 = std::min(i0 + kRunChunks, nw);
-        scratch w = carve(0);
-        for (index i = i0; i < i1; ++i) {
-          const index t0 = (w0 + i) * bk_, nb = std::min(bk_, p_.nk - t0);
-          w.ahead = i + 1 < i1 ? rows_of(b, h, w0 + i + 1, false, true) : ahead_rows{};
-          set_chunk(w, h, nb);
-          pack_k(w, b, hk, t0, nb);
-          pack_v(w, b, hk, t0, nb, decayed_);
-          delta(w, slot(u, i), nb);
-        }
+      const index nw = std::min(window_, kchunks_ - w0);
+      chunk_runs(dev, w0, nw, p_.nk, false, true, [&](scratch& w, const chunk_at& c) {  // (1) ΔS of every chunk
+        set_chunk(w, c.h, c.nb);
+        pack_k(w, c.b, c.hk, c.t0, c.nb);
+        pack_v(w, c.b, c.hk, c.t0, c.nb, decayed_);
+        delta(w, slot(c.u, c.i), c.nb);
       });
       parallel_for(dev, units_ * slices, [&](index it) {  // (2) prefix: slot i ← S_i, carry ← S_{i+1}
         const index u = it / slices, h = u % p_.hq;
@@ -523,34 +537,18 @@ class chunk_engine {
         }
       });
       if (p_.causal)
-        parallel_for(dev, units_ * runs, [&](index it) {  // (3) outputs from S_i
-          const index u = it / runs, b = u / p_.hq, h = u % p_.hq, hk = h / p_.group;
-          const index i0 = it % runs * kRunChunks, i1 = std::min(i0 + kRunChunks, nw);
-          scratch w = carve(0);
-          for (index i = i0; i < i1; ++i) {
-            const index t0 = (w0 + i) * bk_, nb = std::min(bk_, p_.nk - t0);
-            w.ahead = i + 1 < i1 ? rows_of(b, h, w0 + i + 1, true, true) : ahead_rows{};
-            pack_q(w, b, h, t0, nb);
-            pack_k(w, b, hk, t0, nb);
-            pack_v(w, b, hk, t0, nb, false);
-            output(w, slot(u, i), b, h, t0, nb);
-          }
+        chunk_runs(dev, w0, nw, p_.nk, true, true, [&](scratch& w, const chunk_at& c) {  // (3) outputs from S_i
+          pack_q(w, c.b, c.h, c.t0, c.nb);
+          pack_k(w, c.b, c.hk, c.t0, c.nb);
+          pack_v(w, c.b, c.hk, c.t0, c.nb, false);
+          output(w, slot(c.u, c.i), c.b, c.h, c.t0, c.nb);
         });
     }
-    if (!p_.causal) {
-      const index runs = ceil_div(qchunks_, kRunChunks);
-      parallel_for(dev, units_ * runs, [&](index it) {
-        const index u = it / runs, b = u / p_.hq, h = u % p_.hq;
-        const index c0 = it % runs * kRunChunks, c1 = std::min(c0 + kRunChunks, qchunks_);
-        scratch w = carve(0);
-        for (index c = c0; c < c1; ++c) {
-          const index t0 = c * bk_, nb = std::min(bk_, p_.nq - t0);
-          w.ahead = c + 1 < c1 ? rows_of(b, h, c + 1, true, false) : ahead_rows{};
-          pack_q(w, b, h, t0, nb);
-          output(w, carry(u), b, h, t0, nb);
-        }
+    if (!p_.causal)
+      chunk_runs(dev, 0, qchunks_, p_.nq, true, false, [&](scratch& w, const chunk_at& c) {
+        pack_q(w, c.b, c.h, c.t0, c.nb);
+        output(w, carry(c.u), c.b, c.h, c.t0, c.nb);
       });
-    }
     parallel_for(dev, units_, [&](index u) { store_state(u, carry(u)); });
   }
 
