@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../core/linear_args.hpp"
+#include "linear.hpp"
 
 namespace xattn::reference {
 namespace detail {
@@ -54,17 +55,7 @@ void lightning_attention(const xattn::detail::chunk_problem<T>& p) {
         }
         for (index x = 0; x < e; ++x) p.o.row(b, t, h)[x] = T(o[sz(x)]);
       }
-      if (p.state_out) {
-        std::vector<double> fin(sz(d * e));
-        for (index c = 0; c < d; ++c)
-          for (index x = 0; x < e; ++x) {
-            double acc = s0 ? std::exp(-s * double(n)) * double(s0[c * e + x]) : 0.0;
-            for (index j = 0; j < n; ++j) acc += std::exp(-s * double(n - 1 - j)) * kt[sz(c * n + j)] * v[sz(j * e + x)];
-            fin[sz(c * e + x)] = acc;
-          }
-        T* out = p.state_out + (b * p.hq + h) * d * e;  // after every read of s0: they may alias
-        for (index i = 0; i < d * e; ++i) out[i] = T(fin[sz(i)]);
-      }
+      if (p.state_out) final_state(p.state_out + (b * p.hq + h) * d * e, s0, s, n, d, e, e, kt, v);
     }
 }
 

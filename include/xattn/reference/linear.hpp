@@ -60,6 +60,26 @@ inline std::vector<double> features(const xattn::feature_map& m, const std::vect
   return y;
 }
 
+/// One head's final state [rows][cols] into `out`: λ^n·S0[c][x] + Σ_j λ^(n−1−j)·kt[c][j]·w_j[x],
+/// with λ = e^−s (s = 0: no decay), kt [rows][n] the keys (or their features) transposed, and
+/// w_j = v_j [e] for x < e, 1 past it (the normaliser's column). s0 may be null, or alias out:
+/// out is written after every read of s0.
+template <class T>
+void final_state(T* out, const T* s0, double s, index n, index rows, index e, index cols, const std::vector<double>& kt,
+                 const std::vector<double>& v) {
+  const auto sz = [](index x) { return static_cast<std::size_t>(x); };
+  std::vector<double> dec(sz(n + 1));  // dec[m] = λ^m
+  for (index m = 0; m <= n; ++m) dec[sz(m)] = std::exp(-s * double(m));
+  std::vector<double> fin(sz(rows * cols));
+  for (index c = 0; c < rows; ++c)
+    for (index x = 0; x < cols; ++x) {
+      double acc = s0 ? dec[sz(n)] * double(s0[c * cols + x]) : 0.0;
+      for (index j = 0; j < n; ++j) acc += dec[sz(n - 1 - j)] * kt[sz(c * n + j)] * (x < e ? v[sz(j * e + x)] : 1.0);
+      fin[sz(c * cols + x)] = acc;
+    }
+  for (index i = 0; i < rows * cols; ++i) out[i] = T(fin[sz(i)]);
+}
+
 template <class T>
 void linear_attention(const xattn::detail::chunk_problem<T>& p) {
   const index nq = p.nq, nk = p.nk, d = p.d, e = p.e, df = p.df, cols = p.cols();
@@ -117,17 +137,7 @@ void linear_attention(const xattn::detail::chunk_problem<T>& p) {
           }
         for (index x = 0; x < e; ++x) p.o.row(b, t, h)[x] = T(p.normalize ? o[sz(x)] / (den + p.eps) : o[sz(x)]);
       }
-      if (p.state_out) {
-        std::vector<double> fin(sz(df * cols));
-        for (index c = 0; c < df; ++c)
-          for (index x = 0; x < cols; ++x) {
-            double acc = s0 ? double(s0[c * cols + x]) : 0.0;
-            for (index j = 0; j < nk; ++j) acc += fkt[sz(c * nk + j)] * (x < e ? v[sz(j * e + x)] : 1.0);
-            fin[sz(c * cols + x)] = acc;
-          }
-        T* out = p.state_out + (b * p.hq + h) * df * cols;  // after every read of s0: they may alias
-        for (index i = 0; i < df * cols; ++i) out[i] = T(fin[sz(i)]);
-      }
+      if (p.state_out) final_state(p.state_out + (b * p.hq + h) * df * cols, s0, 0.0, nk, df, e, cols, fkt, v);
     }
 }
 
