@@ -443,6 +443,59 @@ void check_threads(const Case& c) {
   }
 }
 
+/// Token t of a [b, n, h, d] tensor, as a tensor of seq 1.
+template <class T>
+tensor<T> token(const tensor<T>& x, index t) {
+  const Eigen::array<index, 4> off{0, t, 0, 0}, ext{x.dimension(0), 1, x.dimension(2), x.dimension(3)};
+  return x.slice(off, ext);
+}
+
+/// The scalar path (what a machine without SIMD runs) against the oracle with the accuracy rule:
+/// the forward call, then in causal cases the step call token by token from the same initial
+/// state. The case must be bshd (the steps take token slices).
+template <class T>
+void check_scalar_path(const Case& c) {
+  SCOPED_TRACE(seed_note(c.name));
+  ASSERT_EQ(c.lay_, layout::bshd) << "the steps take token slices of bshd tensors";
+  std::mt19937_64 rng(case_seed(c.name));
+  const inputs<T> in = make_inputs<T>(c, rng);
+  const outputs<double> ref = oracle(c, in);
+  const naive_result<T> nr = naive_with_magnitudes(c, in);
+  const double eps_out = sum_eps<T>(nr.m.out), eps_state = sum_eps<T>(nr.m.state);
+  option_data od;
+  od.decay = decays_of(c);
+  od.map = c.feature_map();
+
+  outputs<T> fwd = make_outputs<T>(c);
+  if (c.linear_) {
+    auto opt = linear_opts(c, od);
+    if (c.init_) opt.initial_state = in.s0;
+    opt.final_state = fwd.state;
+    xattn::linear_attention<xattn::simd::scalar>(in.q, in.k, in.v, fwd.out, opt);
+  } else {
+    auto opt = lightning_opts(c, od);
+    if (c.init_) opt.initial_state = in.s0;
+    opt.final_state = fwd.state;
+    xattn::lightning_attention<xattn::simd::scalar>(in.q, in.k, in.v, fwd.out, opt);
+  }
+  EXPECT_TRUE(within_rule("out (scalar path)", fwd.out, nr.o.out, ref.out, eps_out));
+  EXPECT_TRUE(within_rule("final_state (scalar path)", fwd.state, nr.o.state, ref.state, eps_state));
+
+  if (!c.causal_) return;  // a step is causal linear attention
+  outputs<T> steps = make_outputs<T>(c);
+  if (c.init_) steps.state = in.s0;
+  else steps.state.setZero();
+  for (index t = 0; t < c.nq_; ++t) {
+    const tensor<T> q = token(in.q, t), k = token(in.k, t), v = token(in.v, t);
+    tensor<T> o(c.b_, 1, c.hq_, c.e());
+    if (c.linear_) xattn::linear_step<xattn::simd::scalar>(q, k, v, o, steps.state, linear_opts(c, od));
+    else xattn::lightning_step<xattn::simd::scalar>(q, k, v, o, steps.state, lightning_opts(c, od));
+    steps.out.slice(Eigen::array<index, 4>{0, t, 0, 0}, o.dimensions()) = o;
+  }
+  EXPECT_TRUE(within_rule("stepped out (scalar path)", steps.out, nr.o.out, ref.out, eps_out));
+  EXPECT_TRUE(within_rule("stepped state (scalar path)", steps.state, nr.o.state, ref.state, eps_state));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad input: xattn::error naming the function and the argument, nothing written
 

@@ -75,6 +75,25 @@ const std::vector<Case> kAccuracyCases = {
 INSTANTIATE_TEST_SUITE_P(Cases, LightningAccuracy, ::testing::ValuesIn(kAccuracyCases), case_name);
 
 // ---------------------------------------------------------------------------------------------
+// The scalar path, lightning_attention<xattn::simd::scalar> and lightning_step<...>: the same rule
+
+class LightningScalarPath : public ::testing::TestWithParam<Case> {};
+
+TEST_P(LightningScalarPath, MatchesReference) {
+  const Case c = for_this_run(GetParam());
+  if (c.f64_) check_scalar_path<double>(c);
+  else check_scalar_path<float>(c);
+}
+
+const std::vector<Case> kScalarCases = {
+    Case("per_unit_len37_d40_e24_gqa_init").heads(3, 1).len(37).dim(40, 24).block(16).init(),  // one unit per item
+    Case("windowed_len101_d72_e7").batch(1).heads(1, 1).len(101).dim(72, 7).block(16),         // chunks in parallel
+    Case("f64_len37_d24_e40").f64().heads(2, 1).len(37).dim(24, 40).block(8).init(),
+};
+
+INSTANTIATE_TEST_SUITE_P(Cases, LightningScalarPath, ::testing::ValuesIn(kScalarCases), case_name);
+
+// ---------------------------------------------------------------------------------------------
 // Thread-count invariance: serial, 1, 2 and 3 threads give the same bits
 
 class LightningThreads : public ::testing::TestWithParam<Case> {};

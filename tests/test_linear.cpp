@@ -57,6 +57,32 @@ const std::vector<Case> kAccuracyCases = {
 
 INSTANTIATE_TEST_SUITE_P(Cases, LinearAccuracy, ::testing::ValuesIn(kAccuracyCases), case_name);
 
+// ---------------------------------------------------------------------------------------------
+// The scalar path, linear_attention<xattn::simd::scalar> and linear_step<...>: the same rule
+
+class LinearScalarPath : public ::testing::TestWithParam<Case> {};
+
+TEST_P(LinearScalarPath, MatchesReference) {
+  const Case c = for_this_run(GetParam());
+  if (c.f64_) check_scalar_path<double>(c);
+  else check_scalar_path<float>(c);
+}
+
+const std::vector<Case> kScalarCases = {
+    Case("elu1_normalize_len37_d40_e24_gqa_init").linear().heads(3, 1).len(37).dim(40, 24).block(16).init()
+        .map(F::elu_plus_one).normalize(),
+    Case("taylor_windowed_len101_d5_e7").linear().batch(1).heads(1, 1).len(101).dim(5, 7).block(16).map(F::taylor),
+    Case("f64_relu_normalize_len37_d24_e40").f64().linear().heads(2, 1).len(37).dim(24, 40).block(8).init()
+        .map(F::relu).normalize(),
+    Case("noncausal_softmax_nq37_nk101_d40").linear(false).heads(3, 1).len(37, 101).dim(40, 24).block(16)
+        .map(F::softmax).normalize(),  // forward only: a step is causal
+};
+
+INSTANTIATE_TEST_SUITE_P(Cases, LinearScalarPath, ::testing::ValuesIn(kScalarCases), case_name);
+
+// ---------------------------------------------------------------------------------------------
+// Thread-count invariance: serial, 1, 2 and 3 threads give the same bits
+
 class LinearThreads : public ::testing::TestWithParam<Case> {};
 
 TEST_P(LinearThreads, BitwiseIdenticalForAnyThreadCount) {
