@@ -29,15 +29,19 @@ void sliding_window_forward(const Device& dev, const Q& q, const K& k, const V& 
   softmax_forward<Arch>(p, dev, window_policy{w});
 }
 
-/// Queries per patch of a 2-D neighborhood work item: about 64 lanes (queries × the G heads of a
-/// K/V group), as a near-square power-of-two patch.
-inline void neighborhood_patch(index group, index& ph, index& pw) {
-  constexpr index kLanes = 64;  // 32 measured the same at kernel 13 (less waste, more copying per query)
-  index q = 1;
-  while (q * 2 * group <= kLanes) q *= 2;
+/// The query patch of a 2-D neighborhood work item: pw columns × ph rows (times the G heads of a K/V
+/// group, in lanes). The engine computes each vector of lanes on the key rows its windows cover, all
+/// of the patch's rectangle columns, so a vector should be a compact square (lanes/G queries:
+/// 4 × 4 at 16 float lanes) and pw its side; ph stacks such squares into about kLanes lanes, which
+/// share the copy of their key rectangle.
+inline void neighborhood_patch(index lanes, index group, index& ph, index& pw) {
+  // 64, 96 and 160 lanes measured the same at kernel 13; 128 was 25 % slower (Qᵀ and Oᵀ rows 512 B
+  // apart: one vector column of them falls into 8 of the 64 L1 sets).
+  constexpr index kLanes = 64;
+  const index per_vector = std::max<index>(1, lanes / group);
   pw = 1;
-  while (pw * pw < q) pw *= 2;
-  ph = q / pw;
+  while (pw * pw < per_vector) pw *= 2;
+  ph = std::max<index>(1, kLanes / (pw * group));
 }
 
 template <class Arch, class Q, class K, class V, class O, class L, class Device>
@@ -55,7 +59,7 @@ void neighborhood_2d_forward(const Device& dev, const Q& q, const K& k, const V&
   const auto p = make_softmax_problem(fn, q4, k4, v4, o4, lse, softmax_options{.scale = opt.scale});
   require(p.group <= 64, fn, "k", "at most 64 q heads per k/v head, got ", p.group);
   neighborhood_policy policy{make_neighborhood_spec(fn, q.dimension(1), q.dimension(2), opt)};
-  neighborhood_patch(p.group, policy.ph, policy.pw);
+  neighborhood_patch(simd::lanes_v<T, Arch>, p.group, policy.ph, policy.pw);
   softmax_forward<Arch>(p, dev, policy);
 }
 

@@ -25,10 +25,12 @@ namespace xattn::detail {
 enum class mma_init { zero, scale_cols, scale_rows };
 
 /// Rows of A past `m` are read from row m − 1 instead (so a short tile never reads outside its
-/// tensor); their C rows are computed and meaningless. C must have round_up(m, MR) rows; N is a
-/// multiple of NV·lanes; C is kAlign-aligned with ldc a multiple of the vector width. B may be
+/// tensor); their C rows are computed and meaningless. With Consecutive, A's rows are consecutive
+/// scalars (a_rs is taken as 1) readable for round_up(m, MR) rows: every broadcast of a K step is
+/// one pointer plus a constant, where MR = 16 row pointers would not fit the 16 general registers.
+/// C must have round_up(m, MR) rows; N is a multiple of NV·lanes; C is kAlign-aligned with ldc a multiple of the vector width. B may be
 /// unaligned (rows of a caller's tensor): unaligned loads of aligned data cost nothing extra.
-template <class Arch, class T, int MR, int NV, mma_init Init>
+template <class Arch, class T, int MR, int NV, mma_init Init, bool Consecutive = false>
 void mma_ab(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const T* b, index ldb, index n,
             index k, const T* scale = nullptr) {
   using V = simd::vec_t<T, Arch>;
@@ -54,11 +56,12 @@ void mma_ab(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const 
           XATTN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = simd::bcast<V>(T(0));
       }
       const T* bp = b + j0;
-      for (index kk = 0; kk < k; ++kk, bp += ldb) {
+      const T* ak = a + i0;  // Consecutive: A[i0 + r][kk] = ak[r], ak advancing by a_cs
+      for (index kk = 0; kk < k; ++kk, bp += ldb, ak += a_cs) {
         V bv[NV];
         XATTN_UNROLL for (int v = 0; v < NV; ++v) bv[v] = simd::in_register(simd::loadu<V>(bp + v * L));
         XATTN_UNROLL for (int r = 0; r < MR; ++r) {
-          const V ab = simd::bcast<V>(ar[r][kk * a_cs]);
+          const V ab = simd::bcast<V>(Consecutive ? ak[r] : ar[r][kk * a_cs]);
           XATTN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = simd::fma(ab, bv[v], acc[r][v]);
         }
       }

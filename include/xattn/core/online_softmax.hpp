@@ -32,12 +32,12 @@ struct online_softmax {
     }
   }
 
-  /// Folds rows [0, nk) × lanes [0, width) of the tile s (row stride ld; width a multiple of the
-  /// vector width) into the state and overwrites them with
+  /// Folds rows [0, nk) × lanes [first, width) of the tile s (row stride ld; first and width
+  /// multiples of the vector width) into the state and overwrites them with
   /// p = 2^(s − m_new). A lane whose max is still −inf uses 0 as its reference, so masked
   /// scores give p = 0 and never NaN (FlashAttention's Check_inf).
-  void update(T* s, index ld, index nk, index width) {
-    index r = 0;
+  void update(T* s, index ld, index nk, index width, index first = 0) {
+    index r = first;
     if constexpr (MaxLanes >= kChunk * L)
       for (; r + kChunk * L <= width; r += kChunk * L) update_lanes<kChunk>(s + r, ld, nk, r);
     for (; r < width; r += L) update_lanes<1>(s + r, ld, nk, r);
