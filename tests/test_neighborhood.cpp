@@ -14,12 +14,14 @@ using image = Eigen::Tensor<T, 5, Eigen::RowMajor>;
 struct NaCase {
   std::string name;
   bool f64_ = false;
-  index b_ = 1, h_ = 16, w_ = 16, hq_ = 2, hkv_ = 1, d_ = 32;
+  index b_ = 1, h_ = 16, w_ = 16, hq_ = 2, hkv_ = 1, d_ = 32, dv_ = 0;  // dv_ = 0: d_
   xattn::neighborhood_2d_options opt;
   NaCase(std::string n, index h, index w, xattn::neighborhood_2d_options o) : name(std::move(n)), h_(h), w_(w), opt(o) {}
   NaCase& f64() { f64_ = true; return *this; }
   NaCase& heads(index hq, index hkv) { hq_ = hq, hkv_ = hkv; return *this; }
   NaCase& dim(index d) { d_ = d; return *this; }
+  NaCase& vdim(index dv) { dv_ = dv; return *this; }
+  index dv() const { return dv_ > 0 ? dv_ : d_; }
   NaCase& batch(index b) { b_ = b; return *this; }
 };
 void PrintTo(const NaCase& c, std::ostream* os) { *os << c.name; }
@@ -40,7 +42,7 @@ template <class T>
 void check_na(const NaCase& c) {
   SCOPED_TRACE(seed_note(c.name));
   std::mt19937_64 rng(case_seed(c.name));
-  image<T> q(c.b_, c.h_, c.w_, c.hq_, c.d_), k(c.b_, c.h_, c.w_, c.hkv_, c.d_), v(c.b_, c.h_, c.w_, c.hkv_, c.d_);
+  image<T> q(c.b_, c.h_, c.w_, c.hq_, c.d_), k(c.b_, c.h_, c.w_, c.hkv_, c.d_), v(c.b_, c.h_, c.w_, c.hkv_, c.dv());
   fill_random(q, rng), fill_random(k, rng), fill_random(v, rng);
   const index n = c.h_ * c.w_;
   const auto& o = c.opt;
@@ -56,28 +58,29 @@ void check_na(const NaCase& c) {
       ASSERT_EQ(seen, o.kernel_h * o.kernel_w) << "query " << i;
     }
   }
-  const Eigen::array<index, 4> flat_q{c.b_, n, c.hq_, c.d_}, flat_kv{c.b_, n, c.hkv_, c.d_};
-  const tensor<T> q4 = q.reshape(flat_q), k4 = k.reshape(flat_kv), v4 = v.reshape(flat_kv);
+  const Eigen::array<index, 4> flat_q{c.b_, n, c.hq_, c.d_}, flat_kv{c.b_, n, c.hkv_, c.d_},
+      flat_v{c.b_, n, c.hkv_, c.dv()}, flat_o{c.b_, n, c.hq_, c.dv()};
+  const tensor<T> q4 = q.reshape(flat_q), k4 = k.reshape(flat_kv), v4 = v.reshape(flat_v);
   const attention_result<T> naive = naive_softmax<T>(q4, k4, v4, {.mask = mask});
-  image<double> ref(c.b_, c.h_, c.w_, c.hq_, c.d_);
+  image<double> ref(c.b_, c.h_, c.w_, c.hq_, c.dv());
   xattn::reference::neighborhood_attention_2d(cast_to<double>(q), cast_to<double>(k), cast_to<double>(v), ref, o);
-  const tensor<double> ref4 = ref.reshape(flat_q);
+  const tensor<double> ref4 = ref.reshape(flat_o);
   const double eps = rule_eps<T>(naive.max_abs_score);
   EXPECT_LE(max_abs_diff(naive.out, ref4).max, 100 * eps) << "naive vs reference";
 
-  image<T> out(q.dimensions());
+  image<T> out(c.b_, c.h_, c.w_, c.hq_, c.dv());
   out.setConstant(std::numeric_limits<T>::quiet_NaN());
   xattn::neighborhood_attention_2d(q, k, v, out, o);
-  const tensor<T> out4 = out.reshape(flat_q);
+  const tensor<T> out4 = out.reshape(flat_o);
   EXPECT_TRUE(within_rule("out", out4, naive.out, ref4, eps));
   for (int threads : {2, 3}) {
-    image<T> par(q.dimensions());
+    image<T> par(out.dimensions());
     xattn::neighborhood_attention_2d(device(threads), q, k, v, par, o);
     EXPECT_TRUE(bitwise_equal("out on more threads", out, par));
   }
-  image<T> sc(q.dimensions());
+  image<T> sc(out.dimensions());
   xattn::neighborhood_attention_2d<xattn::simd::scalar>(q, k, v, sc, o);
-  const tensor<T> sc4 = sc.reshape(flat_q);
+  const tensor<T> sc4 = sc.reshape(flat_o);
   EXPECT_TRUE(within_rule("out (scalar path)", sc4, naive.out, ref4, eps));
 }
 
@@ -104,6 +107,14 @@ const std::vector<NaCase> kNaCases = {
     NaCase("mha3_batch2", 12, 10, {.kernel_h = 3, .kernel_w = 5}).heads(3, 3).batch(2),
     NaCase("tiny_2x3", 2, 3, {.kernel_h = 1, .kernel_w = 3}),
     NaCase("f64_dil2_k5", 19, 20, {.kernel_h = 5, .kernel_w = 5, .dilation_h = 2, .dilation_w = 2}).f64().dim(72),
+    // Images with interior patches (4 × 4-query lane groups that see only some rows of their
+    // patch's key rectangle), ragged patch edges, GQA, dv != d and not a multiple of the vector.
+    NaCase("k13_interior_45x38", 45, 38, {.kernel_h = 13, .kernel_w = 13}).heads(1, 1).dim(48),
+    NaCase("k9x5_gqa2_dv24_37x41", 37, 41, {.kernel_h = 9, .kernel_w = 5}).heads(4, 2).dim(40).vdim(24),
+    NaCase("k7_gqa8_30x27", 30, 27, {.kernel_h = 7, .kernel_w = 7}).heads(8, 1).dim(16),
+    NaCase("causal_w_dil2_k7_41x44", 41, 44, {.kernel_h = 7, .kernel_w = 7, .dilation_w = 2, .causal_w = true}),
+    NaCase("causal_h_k11_36x33", 36, 33, {.kernel_h = 11, .kernel_w = 3, .causal_h = true}).heads(3, 1).dim(80),
+    NaCase("f64_k11_gqa2_33x35", 33, 35, {.kernel_h = 11, .kernel_w = 11}).f64().heads(2, 1).dim(40).vdim(8),
 };
 
 INSTANTIATE_TEST_SUITE_P(Cases, NeighborhoodAccuracy, ::testing::ValuesIn(kNaCases), [](const auto& i) { return i.param.name; });
