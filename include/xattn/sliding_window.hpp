@@ -35,8 +35,8 @@ void sliding_window_forward(const Device& dev, const Q& q, const K& k, const V& 
 /// 4 × 4 at 16 float lanes) and pw its side; ph stacks such squares into about kLanes lanes, which
 /// share the copy of their key rectangle.
 inline void neighborhood_patch(index lanes, index group, index& ph, index& pw) {
-  // 64, 96 and 160 lanes measured the same at kernel 13; 128 was 25 % slower (Qᵀ and Oᵀ rows 512 B
-  // apart: one vector column of them falls into 8 of the 64 L1 sets).
+  // 64, 96 and 160 lanes measured the same at kernel 13; 128 was 25 % slower (likely the L1 sets:
+  // Qᵀ and Oᵀ rows 512 B apart put one vector column of them into 8 of the 64 sets).
   constexpr index kLanes = 64;
   const index per_vector = std::max<index>(1, lanes / group);
   pw = 1;

@@ -320,7 +320,7 @@ struct sparse_policy {
 /// compact group (4 × 4 queries at kernel 13: 16 × 16 keys, 66 % visible) wastes far less than the
 /// whole patch's rectangle (8 × 8 queries: 20 × 20 keys, 42 %).
 struct neighborhood_schedule {
-  static constexpr index kMaxLanes = 256;  // the widest engine block
+  static constexpr index kMaxLanes = 256;  // the widest engine block (tile_shape::BrMax)
   const neighborhood_spec* s = nullptr;
   index ry = 0, rx = 0;          // the sub-grid: rows ≡ ry (mod dh), columns ≡ rx (mod dw)
   index r0 = 0, c0 = 0, cols = 1, total = 0;  // the key rectangle: rows r0.., columns c0..c0+cols−1 (grid coordinates)

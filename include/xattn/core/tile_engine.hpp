@@ -218,7 +218,7 @@ class tile_engine {
   /// touch the same pages of Q, K, V and O (at H·d = 1024 floats a token is a page), which measured
   /// 13 % faster at 128×128, kernel 13.
   void unit_coords(index u, index& b, index& hk, index& qb) const {
-    if constexpr (custom_query_blocks<Policy>) {  // 2-D patches: see below
+    if constexpr (custom_query_blocks<Policy>) {  // 2-D patches: patch-major, heads inner
       hk = u % p_.hkv;
       b = u / p_.hkv / qblocks_, qb = u / p_.hkv % qblocks_;
       return;
@@ -458,8 +458,8 @@ class tile_engine {
                                                 p_.d);
       sched.template mask_lanes<V>(blk.st, view(blk), n, c0, c1, r0, r0 + L);
       blk.sm.update(st, br_, c1 - c0, r0 + L, r0);
-      // Oᵀ[e][r] = alpha[r]·Oᵀ[e][r] + Σ_c V[c][e] · P[c][r]: rows e < round_up(dv, MR1) <= ldv, read
-      // in place (past dv they are meaningless and never written out)
+      // Oᵀ[e][r] = alpha[r]·Oᵀ[e][r] + Σ_c V[c][e] · P[c][r], for e < round_up(dv, MR1) <= ldv (the rows
+      // past dv read the copied rows' padding; they are meaningless and never written out)
       mma_ab<Arch, T, S::MR1, 1, mma_init::scale_cols, true>(blk.ot + r0, br_, vt + c0 * ldv, 1, ldv, p_.dv, st + r0,
                                                             br_, L, c1 - c0, blk.sm.alpha + r0);
     }
