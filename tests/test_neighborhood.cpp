@@ -106,6 +106,10 @@ const std::vector<NaCase> kNaCases = {
     NaCase("gqa4_k5", 15, 17, {.kernel_h = 5, .kernel_w = 5}).heads(8, 2).dim(40),
     NaCase("mha3_batch2", 12, 10, {.kernel_h = 3, .kernel_w = 5}).heads(3, 3).batch(2),
     NaCase("tiny_2x3", 2, 3, {.kernel_h = 1, .kernel_w = 3}),
+    // Few enough rows for the decode-shaped (narrow) engine, whose blocks must still be the
+    // policy's patches, one dilation sub-grid each.
+    NaCase("narrow_dil2_3x5", 3, 5, {.kernel_h = 1, .kernel_w = 3, .dilation_h = 2}).heads(1, 1),
+    NaCase("narrow_dil2x2_4x4", 4, 4, {.kernel_h = 1, .kernel_w = 1, .dilation_h = 2, .dilation_w = 2}).heads(1, 1),
     NaCase("f64_dil2_k5", 19, 20, {.kernel_h = 5, .kernel_w = 5, .dilation_h = 2, .dilation_w = 2}).f64().dim(72),
     // Images with interior patches (4 × 4-query lane groups that see only some rows of their
     // patch's key rectangle), ragged patch edges, GQA, dv != d and not a multiple of the vector.
