@@ -181,6 +181,10 @@ const std::vector<SwCase> kSwCases = {
     SwCase("nq_gt_nk_causal").len(333, 90).window(40, -1).causal(),
     SwCase("nq1_decode").len(1, 500).window(100, -1).causal().sinks(4),
     SwCase("nq3_decode_dilated").len(3, 400).window(50, -1).causal().dilation(3),
+    // Decode over several blocks of packed K/V heads (4 per block on AVX-512), each block's lanes
+    // carrying their own dilation residues.
+    SwCase("decode_mha_heads_packed_dilated").len(1, 700).heads(9, 9).window(200, -1).causal().dilation(2),
+    SwCase("nq2_decode_gqa2_dilated_sinks").len(2, 300).heads(12, 6).window(64, -1).causal().dilation(3).sinks(2),
     SwCase("len1").len(1).window(3, -1).causal(),
     SwCase("len7_d40").len(7).dim(40).window(2, 2),
     SwCase("len113_d72_bhsd").len(113).dim(72).window(30, 5).bhsd(),

@@ -305,7 +305,10 @@ class tile_engine {
     const index nk = p_.nk_of(b);
     block* first = blocks(nhb_);
     for (index hb = 0; hb < nhb_; ++hb) start(block_at(first, hb), b, hb, 0, split);
-    const auto sched = policy_.make(p_, b, 0, view(*first), Bc);  // the same for every head
+    // The schedule is the same for every head; making it for each block also fills that block's
+    // per-lane rows (aux: e.g. each lane's residue modulo the dilation), which its masks read.
+    const auto sched = policy_.make(p_, b, 0, view(*first), Bc);
+    for (index hb = 1; hb < nhb_; ++hb) policy_.make(p_, b, hb * hb_, view(block_at(first, hb)), Bc);
     const index n0 = sched.count() * split / splits_, n1 = sched.count() * (split + 1) / splits_;
     for (index n = n0; n < n1; ++n)
       for (index hb = 0; hb < nhb_; ++hb)
