@@ -486,7 +486,9 @@ void check_decode(DecodeCase c) {
     tensor<T> par = fresh_out();
     xattn::softmax_decode(device(threads), q, kc, vc, par, c.lengths, opt);
     EXPECT_TRUE(bitwise_equal("out", out, par));
-  }
+  }  tensor<T> scalar = fresh_out();  // the portable path: one lane, a block per K/V head
+  xattn::softmax_decode<xattn::simd::scalar>(q, kc, vc, scalar, c.lengths, opt);
+  EXPECT_TRUE(within_rule("out (scalar path)", scalar, naive.out, ref.out, rule_eps<T>(naive.max_abs_score)));
 }
 
 class SoftmaxDecode : public ::testing::TestWithParam<DecodeCase> {};

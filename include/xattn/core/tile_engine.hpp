@@ -282,7 +282,9 @@ class tile_engine {
     }
     return reinterpret_cast<block*>(base);
   }
-  index block_bytes() const { return index(sizeof(block) + sizeof(T) * (q_size() + o_size_)); }  // kAlign multiples
+  index block_bytes() const {  // whole kAlign units, so that every block of blocks() stays aligned
+    return S::round_up(index(sizeof(block) + sizeof(T) * (q_size() + o_size_)), index(simd::kAlign));
+  }
   block& block_at(block* first, index i) const {
     return *reinterpret_cast<block*>(reinterpret_cast<std::byte*>(first) + i * block_bytes());
   }
