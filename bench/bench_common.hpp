@@ -257,6 +257,22 @@ inline void report_flops(benchmark::State& st, double seconds, double flops_per_
   st.counters["pct_peak"] = 100.0 * gflops / fma_peak(threads);
 }
 
+/// The timed loop of a FLOP-counted benchmark: body() per iteration (the FMA peak is measured
+/// first if no peak/fma row ran, never inside the loop), then report_flops. Returns the seconds of
+/// one iteration.
+template <class Body>
+double run_flops(benchmark::State& st, int threads, double flops_per_iter, double tokens_per_iter, const Body& body) {
+  fma_peak(threads);
+  wall_timer t;
+  for (auto _ : st) {
+    body();
+    benchmark::ClobberMemory();
+  }
+  const double seconds = t.seconds();
+  report_flops(st, seconds, flops_per_iter, tokens_per_iter, threads);
+  return seconds / static_cast<double>(st.iterations());
+}
+
 /// GBps and pct_bw (of the read bandwidth at `threads`) of a loop that read bytes_per_iter per iteration.
 inline void report_bandwidth(benchmark::State& st, double seconds, double bytes_per_iter, int threads) {
   const double gbs = bytes_per_iter * static_cast<double>(st.iterations()) / seconds * 1e-9;

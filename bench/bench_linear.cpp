@@ -95,14 +95,8 @@ void bm_chunk(benchmark::State& st, shape s) {
       else xattn::linear_attention(dev, q, k, v, out, copt);
     }
   };
-  fma_peak(s.threads);  // measured now if peak/fma did not run, so never inside the timed loop
-  body();               // the per-thread workspaces grow here, not in the timed loop
-  wall_timer t;
-  for (auto _ : st) {
-    body();
-    benchmark::ClobberMemory();
-  }
-  report_flops(st, t.seconds(), chunk_flops(s, Naive), double(kBatch * s.n), s.threads);
+  body();  // the per-thread workspaces grow here, not in the timed loop
+  run_flops(st, s.threads, chunk_flops(s, Naive), double(kBatch * s.n), body);
 }
 
 // Causal softmax attention at N = 32768, D = 128, H = 8, with bench_softmax's name and FLOP count
@@ -114,13 +108,8 @@ void bm_softmax_long(benchmark::State& st, int threads) {
   const tensor4 &q = *ts[0], &k = *ts[1], &v = *ts[2];
   tensor4& out = *ts[3];
   const auto& dev = device(threads);
-  fma_peak(threads);
-  wall_timer t;
-  for (auto _ : st) {
-    xattn::softmax_attention(dev, q, k, v, out, {.causal = true});
-    benchmark::ClobberMemory();
-  }
-  report_flops(st, t.seconds(), 4.0 * kBatch * heads * kDim * double(n) * double(n + 1) / 2, double(kBatch * n), threads);
+  run_flops(st, threads, 4.0 * kBatch * heads * kDim * double(n) * double(n + 1) / 2, double(kBatch * n),
+            [&] { xattn::softmax_attention(dev, q, k, v, out, {.causal = true}); });
 }
 
 void add(const std::string& name, auto fn, auto arg) {

@@ -44,14 +44,10 @@ void bm_sliding_window(benchmark::State& st, shape s) {
   tensor4& out = *ts[3];
   const auto& dev = device(s.threads);
   const xattn::sliding_window_options opt{.window_left = s.w - 1, .causal = true};
-  fma_peak(s.threads);
-  wall_timer t;
-  for (auto _ : st) {
+  run_flops(st, s.threads, sliding_window_flops(s), double(kBatch * s.n), [&] {
     if constexpr (Naive) xattn::reference::sliding_window_attention(q, k, v, out, opt);
     else xattn::sliding_window_attention(dev, q, k, v, out, opt);
-    benchmark::ClobberMemory();
-  }
-  report_flops(st, t.seconds(), sliding_window_flops(s), double(kBatch * s.n), s.threads);
+  });
 }
 
 std::string name(const char* impl, const shape& s) {
@@ -94,15 +90,11 @@ void bm_neighborhood(benchmark::State& st, na_shape s) {
   Eigen::TensorMap<image> out(ts[3]->data(), idims);
   const xattn::neighborhood_2d_options opt{.kernel_h = s.kernel, .kernel_w = s.kernel};
   const auto& dev = device(s.threads);
-  fma_peak(s.threads);
-  wall_timer t;
-  for (auto _ : st) {
+  const double n = double(s.img * s.img);
+  run_flops(st, s.threads, 4.0 * kBatch * kHeads * kDim * n * double(s.kernel * s.kernel), kBatch * n, [&] {
     if constexpr (Naive) xattn::reference::neighborhood_attention_2d(q, k, v, out, opt);
     else xattn::neighborhood_attention_2d(dev, q, k, v, out, opt);
-    benchmark::ClobberMemory();
-  }
-  const double n = double(s.img * s.img);
-  report_flops(st, t.seconds(), 4.0 * kBatch * kHeads * kDim * n * double(s.kernel * s.kernel), kBatch * n, s.threads);
+  });
 }
 
 void register_neighborhood() {

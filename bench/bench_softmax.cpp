@@ -54,13 +54,7 @@ std::vector<tensor4*> softmax_tensors(const shape& s) {
 
 template <class Body>
 void run_softmax(benchmark::State& st, const shape& s, const Body& body) {
-  fma_peak(s.threads);  // measured now if peak/fma did not run, so never inside the timed loop
-  wall_timer t;
-  for (auto _ : st) {
-    body();
-    benchmark::ClobberMemory();
-  }
-  report_flops(st, t.seconds(), softmax_flops(s), double(kBatch * s.n), s.threads);
+  run_flops(st, s.threads, softmax_flops(s), double(kBatch * s.n), body);
 }
 
 void bm_naive(benchmark::State& st, shape s) {

@@ -54,14 +54,10 @@ void bm_sparse(benchmark::State& st, shape s) {
   tensor4& out = *ts[3];
   const xattn::block_layout layout = bigbird_of(s);
   const auto& dev = device(s.threads);
-  fma_peak(s.threads);
-  wall_timer t;
-  for (auto _ : st) {
+  run_flops(st, s.threads, sparse_flops(layout), double(kBatch * s.n), [&] {
     if constexpr (Naive) xattn::reference::sparse_attention(q, k, v, out, layout);
     else xattn::sparse_attention(dev, q, k, v, out, layout);
-    benchmark::ClobberMemory();
-  }
-  report_flops(st, t.seconds(), sparse_flops(layout), double(kBatch * s.n), s.threads);
+  });
   st.counters["density"] = layout.density();
 }
 
@@ -82,14 +78,8 @@ void bm_top_k_attention(benchmark::State& st, shape s) {
     build_s = std::min(build_s, bt.seconds());
   }
   const auto& dev = device(s.threads);
-  fma_peak(s.threads);
-  wall_timer t;
-  for (auto _ : st) {
-    xattn::sparse_attention(dev, q, k, v, out, layout);
-    benchmark::ClobberMemory();
-  }
-  const double call_s = t.seconds() / double(st.iterations());
-  report_flops(st, t.seconds(), sparse_flops(layout), double(kBatch * s.n), s.threads);
+  const double call_s = run_flops(st, s.threads, sparse_flops(layout), double(kBatch * s.n),
+                                  [&] { xattn::sparse_attention(dev, q, k, v, out, layout); });
   st.counters["density"] = layout.density();
   st.counters["build_ms"] = 1e3 * build_s;
   st.counters["build_pct"] = 100.0 * build_s / call_s;  // builder time / attention call time

@@ -314,7 +314,7 @@ class tile_engine {
     const index n0 = sched.count() * split / splits_, n1 = sched.count() * (split + 1) / splits_;
     for (index n = n0; n < n1; ++n)
       for (index hb = 0; hb < nhb_; ++hb)
-        tile(block_at(first, hb), b, hb, nk, sched, n, kAhead > 0 && n + kAhead < n1 ? n + kAhead : -1);
+        tile(block_at(first, hb), b, hb, nk, sched, n, n + kAhead < n1 ? n + kAhead : -1);
     for (index hb = 0; hb < nhb_; ++hb) {
       const index u = b * nhb_ + hb;
       finish(block_at(first, hb), b, partials ? partials + (u * splits_ + split) * partial_size() : nullptr);
