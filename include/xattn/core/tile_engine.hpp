@@ -11,6 +11,9 @@
 // attention, the window of sliding-window attention, a block layout's row, a 2-D neighborhood
 // (whose query blocks are image patches and whose key tiles are gathered rows). One engine, one
 // template parameter per family; softmax's band schedule compiles to the loop it always was.
+// A partial tile (a causal diagonal, a window's edge) is computed one micro-tile width of lanes at a
+// time, each on the keys its lanes can see (the schedule's lane_keys): 256-lane blocks then waste
+// about as little as narrow ones while copying each K/V tile once per 256 queries.
 //
 // Everything is transposed: queries are the vector lanes. K and V are the broadcast operand of the
 // micro-kernel and need no transposition: each tile is only copied into a contiguous buffer (its rows
@@ -99,11 +102,13 @@ concept gathered_keys = requires(const S& s) {
   { s.key(index{}, index{}) } -> std::convertible_to<index>;
 };
 
-/// A gathered schedule whose lanes split into groups that each see one contiguous range of a tile's
-/// keys, lane_keys(n, l0, l1, c_lo, c_hi), masked by mask_lanes (2-D neighborhoods): wide blocks
-/// compute each vector of lanes on its own range only.
+/// A schedule that tells, per group of lanes, the one contiguous range of a tile's keys they can
+/// see, lane_keys(n, l0, l1, c_lo, c_hi) (every schedule but a custom one: core/schedule.hpp).
+/// Wide blocks compute the partial tiles of such a schedule group by group, each on its range only
+/// (ranged()); a gathered schedule's tiles (2-D neighborhoods) always so, one vector at a time
+/// (grouped()).
 template <class S>
-concept lane_grouped_keys = gathered_keys<S> && requires(const S& s, index& c) {
+concept lane_grouped_keys = requires(const S& s, index& c) {
   { s.lane_keys(index{}, index{}, index{}, c, c) };
 };
 
@@ -227,6 +232,8 @@ class tile_engine {
     qb = qblocks_ - 1 - u % qblocks_;
     b = bh / nhb_, hk = bh % nhb_;
   }
+  static constexpr index kT = 16;  // rows × columns per block of the Q and O transpositions
+
   /// Whether lane r holds a row of its own (not a repeat filling a narrow head's slot).
   bool own_lane(index r) const { return !Narrow || r % slot_ < rows_; }
 
@@ -332,10 +339,20 @@ class tile_engine {
       for (index r = 0; r < blk.valid; ++r)
         if (blk.qi[r] < nq) simd::prefetch(p_.q.row(b, blk.qi[r], blk.qh[r]), sizeof(T) * d);
     std::fill(blk.qt, blk.qt + q_size(), T(0));
-    for (index r = 0; r < blk.valid; ++r) {
-      if (blk.qi[r] >= nq) continue;
-      const T* q = p_.q.row(b, blk.qi[r], blk.qh[r]);
-      for (index c = 0; c < d; ++c) (Narrow ? blk.qt[r * ldq_ + c] : blk.qt[c * br_ + r]) = T(q[c] * qscale);
+    // Q rows into Qᵀ (wide) in blocks of kT rows × kT columns: a column of Qᵀ crosses rows br_
+    // scalars apart (1 KiB at 256 float lanes), which fall into a few L1 sets, so writing a whole
+    // column per query evicted each line before its neighbours were written (this loop took a third
+    // of a 256-lane window block's time before it was blocked).
+    for (index r0 = 0; r0 < blk.valid; r0 += kT) {
+      const T* rows[kT];
+      for (index r = r0; r < r0 + kT; ++r)
+        rows[r - r0] = r < blk.valid && blk.qi[r] < nq ? p_.q.row(b, blk.qi[r], blk.qh[r]) : nullptr;
+      for (index c0 = 0; c0 < d; c0 += kT)
+        for (index r = r0; r < std::min(r0 + kT, blk.valid); ++r) {
+          if (!rows[r - r0]) continue;
+          for (index c = c0; c < std::min(c0 + kT, d); ++c)
+            (Narrow ? blk.qt[r * ldq_ + c] : blk.qt[c * br_ + r]) = T(rows[r - r0][c] * qscale);
+        }
     }
     for (index r = 0; r < br_; ++r) {
       blk.slope[r] = p_.alibi ? T(-double(p_.alibi[blk.qh[r]]) * kLog2e) : T(0);
@@ -396,14 +413,37 @@ class tile_engine {
         std::memcpy(blk.vt + c * ldv_, p_.v.row(b, key(c), hk), sizeof(T) * p_.dv);
         prefetch(c);
       }
-      if constexpr (lane_grouped_keys<Sched>) return grouped(blk, sched, n, blk.kt, ldk_, blk.vt, ldv_);
+      if constexpr (kGather) return grouped(blk, sched, n, blk.kt, ldk_, blk.vt, ldv_);
+      else if constexpr (lane_grouped_keys<Sched>)
+        if (sched.partial(n)) return ranged(blk, b, sched, n, j0);
       // Sᵀ[c][r] = Σ_k K[j0 + c][k] · Qᵀ[k][r]
       mma_ab<Arch, T, S::MR, S::NV, mma_init::zero>(blk.st, br_, blk.kt, ldk_, 1, nc, blk.qt, br_, br_, p_.d);
-      modify(blk, b, sched, n, j0, nc);
+      modify(blk, b, sched, n, j0, 0, nc, 0, br_);
       blk.sm.update(blk.st, br_, nc, br_);
       // Oᵀ[e][r] = alpha[r]·Oᵀ[e][r] + Σ_c V[j0 + c][e] · P[c][r]
       mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_cols>(blk.ot, br_, blk.vt, 1, ldv_, p_.dv, blk.st, br_, br_, nc,
                                                           blk.sm.alpha);
+    }
+  }
+
+  /// A partial tile, one micro-tile width of lanes (NV vectors) at a time, on the keys [c0, c1) of
+  /// the tile that some of those lanes see: on a causal diagonal or a window's edge most of a
+  /// 256-lane block's tile is invisible to any given 32 lanes. Then as tile(): Sᵀ, modifiers and
+  /// masks, the online softmax and Oᵀ, on that range only.
+  template <class Sched>
+  void ranged(block& blk, index b, const Sched& sched, index n, index j0) const {
+    constexpr index W = S::NV * L;
+    for (index r0 = 0; r0 < blk.valid; r0 += W) {
+      index c0, c1;
+      sched.lane_keys(n, r0, r0 + W, c0, c1);
+      if (c0 >= c1) continue;
+      T* st = blk.st + c0 * br_;  // its micro-tiles run up to MR − 1 rows past c1 (s_rows)
+      mma_ab<Arch, T, S::MR, S::NV, mma_init::zero>(st + r0, br_, blk.kt + c0 * ldk_, ldk_, 1, c1 - c0, blk.qt + r0,
+                                                    br_, W, p_.d);
+      modify(blk, b, sched, n, j0, c0, c1, r0, r0 + W);
+      blk.sm.update(st, br_, c1 - c0, r0 + W, r0);
+      mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_cols>(blk.ot + r0, br_, blk.vt + c0 * ldv_, 1, ldv_, p_.dv,
+                                                          st + r0, br_, W, c1 - c0, blk.sm.alpha + r0);
     }
   }
 
@@ -431,7 +471,7 @@ class tile_engine {
       dot_abt<Arch, T>(blk.st + h * slot_, br_, blk.qt + h * slot_ * ldq_, ldq_, m, kt, ldk, nc, ldq_,
                        prefetch_ahead(hk));
     }
-    modify(blk, b, sched, n, j0, nc);
+    modify(blk, b, sched, n, j0, 0, nc, 0, br_);
     blk.sm.update(blk.st, br_, nc, br_);
     for (index h = 0; h < blk.heads; ++h) {
       const index hk = hb * hb_ + h;
@@ -470,38 +510,42 @@ class tile_engine {
     }
   }
 
-  /// Score modifiers and masks on the tile, in the order of softmax_options: softcap, ALiBi, bias,
-  /// then the schedule's mask (partial tiles only) and the boolean mask. Each is one pass over the
-  /// tile and costs nothing when off.
+  /// Score modifiers and masks on rows [c0, c1) × lanes [r0, r1) of the tile, in the order of
+  /// softmax_options: softcap, ALiBi, bias, then the schedule's mask (partial tiles only) and the
+  /// boolean mask. Each is one pass over the tile and costs nothing when off.
   template <class Sched>
-  void modify(block& blk, index b, const Sched& sched, index n, index j0, index nc) const {
+  void modify(block& blk, index b, const Sched& sched, index n, index j0, index c0, index c1, index r0,
+              index r1) const {
     T* st = blk.st;
     if (p_.softcap > 0) {  // Q carried scale/cap: s ← cap·tanh(s)·log2 e
       const V cap = simd::bcast<V>(T(p_.softcap * kLog2e));
-      for (index i = 0; i < nc * br_; i += L) simd::store(st + i, simd::tanh(simd::load<V>(st + i)) * cap);
+      for (index c = c0; c < c1; ++c)
+        for (index r = r0; r < r1; r += L)
+          simd::store(st + c * br_ + r, simd::tanh(simd::load<V>(st + c * br_ + r)) * cap);
     }
     // ALiBi, bias and mask index keys as j0 + c: contiguous tiles only (the 2-D front door takes none).
     if (p_.alibi) {  // s += −slope·|i + off − j|
       const index off = p_.nk_of(b) - p_.nq_of(b);
-      for (index c = 0; c < nc; ++c) {
+      for (index c = c0; c < c1; ++c) {
         const V shift = simd::bcast<V>(T(off - (j0 + c)));
-        for (index r = 0; r < br_; r += L) {
+        for (index r = r0; r < r1; r += L) {
           const V dist = simd::abs(simd::load<V>(blk.qpos + r) + shift);
           simd::store(st + c * br_ + r, simd::fma(simd::load<V>(blk.slope + r), dist, simd::load<V>(st + c * br_ + r)));
         }
       }
     }
+    const index live = std::min(r1, blk.valid);
     if (p_.bias) {
-      for (index r = 0; r < blk.valid; ++r) {
+      for (index r = r0; r < live; ++r) {
         const float* row = p_.bias + b * p_.bias_sb + blk.qh[r] * p_.bias_sh + blk.qi[r] * p_.nk + j0;
-        for (index c = 0; c < nc; ++c) st[c * br_ + r] += T(double(row[c]) * kLog2e);
+        for (index c = c0; c < c1; ++c) st[c * br_ + r] += T(double(row[c]) * kLog2e);
       }
     }
-    if (sched.partial(n)) sched.template mask<V>(st, view(blk), n, j0, nc);
+    if (sched.partial(n)) sched.template mask_lanes<V>(st, view(blk), n, c0, c1, r0, r1);
     if (p_.mask) {
-      for (index r = 0; r < blk.valid; ++r) {
+      for (index r = r0; r < live; ++r) {
         const bool* row = p_.mask + b * p_.mask_sb + blk.qh[r] * p_.mask_sh + blk.qi[r] * p_.nk + j0;
-        for (index c = 0; c < nc; ++c)
+        for (index c = c0; c < c1; ++c)
           if (!row[c]) st[c * br_ + r] = kNegInf;
       }
     }
@@ -510,16 +554,22 @@ class tile_engine {
   /// out[b, i, h, :] = O[:, r] / l[r]; lse = (m + log2 l)·ln 2. Rows with l = 0 (fully masked) and
   /// padded rows (i >= the batch's valid queries) get zeros and LSE −inf.
   void write(const block& blk, index b, index nq, const T* ot, const T* m, const T* l) const {
-    for (index r = 0; r < blk.valid; ++r) {
-      if (!own_lane(r)) continue;
-      const index i = blk.qi[r], h = blk.qh[r];
-      const bool live = i < nq && l[r] > T(0);
-      const T inv = live ? T(1) / l[r] : T(0);
-      T* out = p_.o.row(b, i, h);
-      for (index e = 0; e < p_.dv; ++e) out[e] = ot[o_at(e, r)] * inv;
-      if (p_.lse)
-        p_.lse[(b * p_.hq + h) * p_.nq + i] =
-            live ? T((double(m[r]) + std::log2(double(l[r]))) * kLn2) : kNegInf;
+    for (index r0 = 0; r0 < blk.valid; r0 += kT) {  // blocked as Q in start()
+      const index r1 = std::min(r0 + kT, blk.valid);
+      T inv[kT];
+      for (index r = r0; r < r1; ++r) {
+        const index i = blk.qi[r], h = blk.qh[r];
+        const bool live = i < nq && l[r] > T(0);
+        inv[r - r0] = live ? T(1) / l[r] : T(0);
+        if (p_.lse && own_lane(r))
+          p_.lse[(b * p_.hq + h) * p_.nq + i] = live ? T((double(m[r]) + std::log2(double(l[r]))) * kLn2) : kNegInf;
+      }
+      for (index e0 = 0; e0 < p_.dv; e0 += kT)
+        for (index r = r0; r < r1; ++r) {
+          if (!own_lane(r)) continue;
+          T* out = p_.o.row(b, blk.qi[r], blk.qh[r]);
+          for (index e = e0; e < std::min(e0 + kT, p_.dv); ++e) out[e] = ot[o_at(e, r)] * inv[r - r0];
+        }
     }
   }
 
