@@ -368,6 +368,10 @@ const std::vector<Case> kAccuracyCases = {
     Case("combo_everything_f64_bhsd").f64().batch(3).heads(8, 2).len(70, 90).dim(40, 24).causal().window(30, -1)
         .scale(0.2).softcap(15).alibi().sinks().seqlens({70, 33, 1}, {90, 50, 2}).bias(B::one_head, true)
         .mask(B::batch_one, 0.8, true).bhsd(),
+    // several 256-lane blocks whose partial tiles (diagonal, window edge) run 32 lanes at a time,
+    // every modifier on those ranges
+    Case("combo_everything_long_gqa4").heads(8, 2).len(300, 330).dim(64).causal().window(100, -1).softcap(15)
+        .alibi().sinks().bias(B::one_head).mask(B::batch_one, 0.9).big(),
     // Eigen::TensorMap over caller memory
     Case("map_dense").len(50, 61).dim(64).map(),
     Case("map_causal_bhsd").len(61, 50).dim(64).causal().bhsd().map(),
