@@ -33,8 +33,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <type_traits>
 #include <new>
+#include <type_traits>
 
 #include "microkernel.hpp"
 #include "online_softmax.hpp"
@@ -341,12 +341,16 @@ class tile_engine {
   /// The K rows, then the V rows, of keys [j0, j0 + count) over every K/V head (each key's heads
   /// are one run of memory in bshd), requested one cache line after another in address order,
   /// `quota` lines per call of next() so that the requests spread evenly over the current tile's
-  /// work. Measured on one thread (32k keys, 8 K/V heads, d = 128): requesting the same lines
-  /// key by key for each head (8 lines 4 KiB apart, then the next head) left decode at 17.7–18
-  /// GB/s, in address order it runs at 23.5–25 GB/s. A read probe with the same arithmetic per
-  /// byte shows why: any order that is not front to back within each tile's K and V (head by head,
-  /// or even two keys at a time) keeps the hardware prefetchers from streaming (20–23 GB/s against
-  /// 28–35 in address order).
+  /// work. Measured on one thread (32k keys, 8 K/V heads, d = 128, CPU time): requesting the same
+  /// lines key by key for each head (8 lines, then the next key's 4 KiB further) left decode at
+  /// 17.7–18.4 GB/s; in address order it runs at 23–26 GB/s (a sequential read: 30–35). A read
+  /// probe with the same arithmetic per byte shows why: any order that is not front to back within
+  /// each tile's K and V (head by head, or even two keys at a time) keeps the hardware prefetchers
+  /// from streaming (20–23 GB/s against 28–35 in address order). Every line counts: requesting
+  /// every second line only ran at 12–14 GB/s; so does the timing: the same requests two tiles
+  /// ahead, packed into the first half of the dot products, or partly issued during P·V, all ran
+  /// slower (17–23 GB/s). A line that straddles the end of an unaligned key row may be left out:
+  /// these are hints.
   class ahead_stream {
    public:
     void start(const softmax_problem<T>& p, index b, index j0, index count, index calls) {
