@@ -70,6 +70,10 @@ class neighborhood_rows {
   // one Kᵀ (Vᵀ) vector: 14 offsets per pass on AVX-512's 32 registers (all of kernel 13), 6 on AVX2.
   static constexpr int kMaxNT = (simd::traits<T, Arch>::registers - 3) / 2;
   static constexpr int kMaxE = kMaxNT;
+  // Vᵀ rows at a compile-time stride when the strip fits (kernels up to L + 1 inside the image,
+  // (L + 2) / 2 at its borders): the P·V loop then addresses its E rows from one pointer, where E
+  // pointers at a run-time stride did not fit the general registers and were reloaded.
+  static constexpr int kLdV = 2 * L;
 
   /// Whether this kernel computes the call (else the tile engine's patch path does).
   static bool covers(const neighborhood_spec& s) {
@@ -89,7 +93,7 @@ class neighborhood_rows {
     band_ += band_ % 2;  // query rows go in pairs
     bands_ = (s.height + band_ - 1) / band_;
     // Per-thread scratch (floats), each piece at a whole kAlign unit.
-    slot_ = round((p.d + p.dv) * ld_max_);
+    slot_ = round(p.d * ld_max_ + p.dv * std::max<index>(ld_max_, kLdV));
     qt_size_ = round(p.d * L);
     s_size_ = round(s.kh * nt_max_ * L);
     ot_size_ = round((p.dv + L) * L);  // whole L × L blocks for the transposed write
@@ -107,7 +111,7 @@ class neighborhood_rows {
   /// The geometry of one column strip: lane l holds column x0 + l; its window is offsets
   /// [lo[l], lo[l] + kw) relative to itself, ti = t − tmin indexes the strip's offsets.
   struct strip {
-    index x0 = 0, valid = 0, tmin = 0, nt = 0, ld = 0;
+    index x0 = 0, valid = 0, tmin = 0, nt = 0, ld = 0, ldv = 0;  // ld: columns of Kᵀ rows, ldv: stride of Vᵀ rows
     bool masked = false;                 // lanes with different window starts (a border strip)
     alignas(simd::kAlign) T lo[L], hi[L];  // per lane: kept ti in [lo, hi] (masked strips)
   };
@@ -131,6 +135,7 @@ class neighborhood_rows {
       tmax = std::max(tmax, lo[l] + s_.kw - 1);
     }
     g.tmin = tmin, g.nt = tmax - tmin + 1, g.ld = L - 1 + g.nt;
+    g.ldv = g.ld <= kLdV ? kLdV : g.ld;
     g.masked = g.nt != s_.kw;
     for (index l = 0; l < L; ++l) {  // padding lanes keep every offset (their keys are zeros)
       g.lo[l] = T(l < g.valid ? lo[l] - tmin : 0);
@@ -237,11 +242,11 @@ class neighborhood_rows {
       const index valid = std::clamp<index>(s_.width - std::max<index>(col0, 0), 0, L - lead);
       for (index l = 0; l < lead; ++l) {
         for (index c = 0; c < p_.d; ++c) slot[c * g.ld + j0 + l] = T(0);
-        for (index e = 0; e < p_.dv; ++e) slot[(p_.d + e) * g.ld + j0 + l] = T(0);
+        for (index e = 0; e < p_.dv; ++e) slot[p_.d * g.ld + e * g.ldv + j0 + l] = T(0);
       }
       const index first = r * s_.width + col0 + lead;
       transpose(p_.k, b, hk, first, L - lead, valid, p_.d, T(1), slot + j0 + lead, g.ld);
-      transpose(p_.v, b, hk, first, L - lead, valid, p_.dv, T(1), slot + p_.d * g.ld + j0 + lead, g.ld);
+      transpose(p_.v, b, hk, first, L - lead, valid, p_.dv, T(1), slot + p_.d * g.ld + j0 + lead, g.ldv);
     }
   }
 
@@ -301,36 +306,43 @@ class neighborhood_rows {
 
   /// Oᵀ[e0 … e0+E) of the pair's query rows (two false: row y alone) over key rows [r_lo, r_hi),
   /// divided by l (inv = 1/l), into ot[i]. pr[i] is row i's P buffer, first[i] its first key row.
-  template <int E>
+  template <int E, int LD>
   void values(const strip& g, const ring& rows, index r_lo, index r_hi, const index* first, bool two,
               T* const* pr, const V* inv, index e0, T* const* ot) const {
     V acc[2][E];
     XATTN_UNROLL for (int i = 0; i < 2; ++i) XATTN_UNROLL for (int e = 0; e < E; ++e) acc[i][e] = simd::bcast<V>(T(0));
-    const index nt = g.nt;
-    for (index r = r_lo; r < r_hi; ++r) {
-      const T* vt = rows[r] + (p_.d + e0) * g.ld;
-      const bool u0 = r < first[0] + s_.kh, u1 = two && r >= first[1];
+    const index nt = g.nt, ld = LD > 0 ? LD : g.ldv, kh = s_.kh;
+    index slot = r_lo % rows.rows;  // the ring slot of key row r, advanced with r (no division per row)
+    const auto next_row = [&] {
+      const T* vt = rows.base + slot * rows.slot + p_.d * g.ld + e0 * ld;
+      slot = slot + 1 == rows.rows ? 0 : slot + 1;
+      return vt;
+    };
+    // One query row on key row r (two copies below, so that acc is never indexed at run time:
+    // g++ would keep it in memory).
+    const auto one = [&](V* o, const T* p, const T* vt) {
+      for (index t = 0; t < nt; ++t) {
+        const V a = simd::in_register(simd::load<V>(p + t * L));
+        XATTN_UNROLL for (int e = 0; e < E; ++e) o[e] = simd::fma(a, simd::loadu<V>(vt + e * ld + t), o[e]);
+      }
+    };
+    // Key rows [r_lo, shared_lo) are row y's alone, [shared_lo, shared_hi) both rows', the rest row y+1's.
+    const index shared_lo = two ? first[1] : r_hi, shared_hi = two ? first[0] + kh : r_hi;
+    for (index r = r_lo; r < shared_lo; ++r) one(acc[0], pr[0] + (r - first[0]) * nt * L, next_row());
+    for (index r = shared_lo; r < shared_hi; ++r) {
+      const T* vt = next_row();
       const T* p0 = pr[0] + (r - first[0]) * nt * L;
       const T* p1 = pr[1] + (r - first[1]) * nt * L;
-      if (u0 && u1) {
-        for (index t = 0; t < nt; ++t) {
-          const V a = simd::in_register(simd::load<V>(p0 + t * L)), b = simd::in_register(simd::load<V>(p1 + t * L));
-          XATTN_UNROLL for (int e = 0; e < E; ++e) {
-            const V v = simd::in_register(simd::loadu<V>(vt + e * g.ld + t));
-            acc[0][e] = simd::fma(a, v, acc[0][e]);
-            acc[1][e] = simd::fma(b, v, acc[1][e]);
-          }
-        }
-      } else {
-        const int i = u0 ? 0 : 1;
-        const T* pi = u0 ? p0 : p1;
-        for (index t = 0; t < nt; ++t) {
-          const V a = simd::in_register(simd::load<V>(pi + t * L));
-          XATTN_UNROLL for (int e = 0; e < E; ++e)
-            acc[i][e] = simd::fma(a, simd::loadu<V>(vt + e * g.ld + t), acc[i][e]);
+      for (index t = 0; t < nt; ++t) {
+        const V a = simd::in_register(simd::load<V>(p0 + t * L)), b = simd::in_register(simd::load<V>(p1 + t * L));
+        XATTN_UNROLL for (int e = 0; e < E; ++e) {
+          const V v = simd::in_register(simd::loadu<V>(vt + e * ld + t));
+          acc[0][e] = simd::fma(a, v, acc[0][e]);
+          acc[1][e] = simd::fma(b, v, acc[1][e]);
         }
       }
     }
+    for (index r = shared_hi; r < r_hi; ++r) one(acc[1], pr[1] + (r - first[1]) * nt * L, next_row());
     XATTN_UNROLL for (int e = 0; e < E; ++e) simd::store(ot[0] + (e0 + e) * L, acc[0][e] * inv[0]);
     if (two) XATTN_UNROLL for (int e = 0; e < E; ++e) simd::store(ot[1] + (e0 + e) * L, acc[1][e] * inv[1]);
   }
@@ -425,7 +437,10 @@ class neighborhood_rows {
         }
         for (index ch = 0, e0 = 0; ch < echunks; ++ch) {
           const index ne = p_.dv / echunks + (ch < p_.dv % echunks);
-          with_count<kMaxE>(int(ne), [&]<int E>() { values<E>(g, rows, r_lo, r_hi, first, two, sb, inv, e0, ot); });
+          with_count<kMaxE>(int(ne), [&]<int E>() {
+            if (g.ldv == kLdV) values<E, kLdV>(g, rows, r_lo, r_hi, first, two, sb, inv, e0, ot);
+            else values<E, 0>(g, rows, r_lo, r_hi, first, two, sb, inv, e0, ot);
+          });
           e0 += ne;
         }
         for (int i = 0; i < (two ? 2 : 1); ++i) write(g, b, y + i, h, ot[i]);
