@@ -285,8 +285,9 @@ class neighborhood_rows {
     }
   }
 
-  /// P = 2^(S − m) over the n score vectors of one query row, in place; returns Σ P.
-  static V exponentials(T* s, index n, const V& m) {
+  /// P = 2^(S − m) over the n score vectors of one query row, in place; returns Σ P. Flattened:
+  /// g++ 12 called simd::exp2 out of line here, spilling the two sums around every call.
+  [[gnu::flatten]] static V exponentials(T* s, index n, const V& m) {
     V sum0 = simd::bcast<V>(T(0)), sum1 = sum0;  // two add chains
     index i = 0;
     for (; i + 2 <= n; i += 2) {
