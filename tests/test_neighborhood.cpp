@@ -70,13 +70,22 @@ void check_na(const NaCase& c) {
 
   image<T> out(c.b_, c.h_, c.w_, c.hq_, c.dv());
   out.setConstant(std::numeric_limits<T>::quiet_NaN());
-  xattn::neighborhood_attention_2d(q, k, v, out, o);
+  tensor<T, 3> lse(c.b_, c.hq_, n);
+  lse.setConstant(std::numeric_limits<T>::quiet_NaN());
+  xattn::neighborhood_attention_2d(q, k, v, out, lse, o);
   const tensor<T> out4 = out.reshape(flat_o);
   EXPECT_TRUE(within_rule("out", out4, naive.out, ref4, eps));
+  const attention_result<double> orc = oracle(q4, k4, v4, {.mask = mask});
+  EXPECT_TRUE(within_rule("lse", lse, naive.lse, orc.lse, eps));
+  image<T> no_lse(out.dimensions());
+  xattn::neighborhood_attention_2d(q, k, v, no_lse, o);
+  EXPECT_TRUE(bitwise_equal("out without lse", out, no_lse));
   for (int threads : {2, 3}) {
     image<T> par(out.dimensions());
-    xattn::neighborhood_attention_2d(device(threads), q, k, v, par, o);
+    tensor<T, 3> par_lse(lse.dimensions());
+    xattn::neighborhood_attention_2d(device(threads), q, k, v, par, par_lse, o);
     EXPECT_TRUE(bitwise_equal("out on more threads", out, par));
+    EXPECT_TRUE(bitwise_equal("lse on more threads", lse, par_lse));
   }
   image<T> sc(out.dimensions());
   xattn::neighborhood_attention_2d<xattn::simd::scalar>(q, k, v, sc, o);
@@ -119,6 +128,20 @@ const std::vector<NaCase> kNaCases = {
     NaCase("causal_w_dil2_k7_41x44", 41, 44, {.kernel_h = 7, .kernel_w = 7, .dilation_w = 2, .causal_w = true}),
     NaCase("causal_h_k11_36x33", 36, 33, {.kernel_h = 11, .kernel_w = 3, .causal_h = true}).heads(3, 1).dim(80),
     NaCase("f64_k11_gqa2_33x35", 33, 35, {.kernel_h = 11, .kernel_w = 11}).f64().heads(2, 1).dim(40).vdim(8),
+    // The row-stencil kernel (no dilation, no causal axis, images at least a vector wide): strips of
+    // one vector of columns, border strips whose lanes have different window starts, ragged right
+    // edges, images just above the kernel, odd heights (a last query row without a partner), bands
+    // of rows (few batch × head × strip items), GQA, dv != d, d not a multiple of the vector.
+    NaCase("rows_k3_5x16", 5, 16, {.kernel_h = 3, .kernel_w = 3}).heads(1, 1).dim(16),
+    NaCase("rows_k3_gqa2_9x33", 9, 33, {.kernel_h = 3, .kernel_w = 3}).heads(4, 2).dim(72),
+    NaCase("rows_k7_gqa2_d40_dv56_19x50", 19, 50, {.kernel_h = 7, .kernel_w = 7}).heads(2, 1).dim(40).vdim(56),
+    NaCase("rows_k13_just_above_14x17", 14, 17, {.kernel_h = 13, .kernel_w = 13}).heads(1, 1).dim(72),
+    NaCase("rows_k13_gqa8_15x36", 15, 36, {.kernel_h = 13, .kernel_w = 13}).heads(8, 1).dim(40).vdim(24),
+    NaCase("rows_k5x9_rect_23x29", 23, 29, {.kernel_h = 5, .kernel_w = 9}).heads(3, 3).dim(24).batch(2),
+    NaCase("rows_bands_k7_45x20", 45, 20, {.kernel_h = 7, .kernel_w = 7}).heads(1, 1).dim(32),
+    NaCase("rows_k15_big_34x48", 34, 48, {.kernel_h = 15, .kernel_w = 15}).heads(2, 2).dim(40),
+    NaCase("rows_f64_k7_gqa2_17x21", 17, 21, {.kernel_h = 7, .kernel_w = 7}).f64().heads(4, 2).dim(40).vdim(72),
+    NaCase("rows_f64_k13_13x40", 13, 40, {.kernel_h = 13, .kernel_w = 13}).f64().heads(1, 1).dim(16),
 };
 
 INSTANTIATE_TEST_SUITE_P(Cases, NeighborhoodAccuracy, ::testing::ValuesIn(kNaCases), [](const auto& i) { return i.param.name; });

@@ -13,6 +13,7 @@
 #include <span>
 #include <vector>
 
+#include "core/neighborhood_rows.hpp"
 #include "core/parallel.hpp"
 #include "core/schedule.hpp"
 #include "core/tile_engine.hpp"
@@ -59,6 +60,12 @@ void neighborhood_2d_forward(const Device& dev, const Q& q, const K& k, const V&
   const auto p = make_softmax_problem(fn, q4, k4, v4, o4, lse, softmax_options{.scale = opt.scale});
   require(p.group <= 64, fn, "k", "at most 64 q heads per k/v head, got ", p.group);
   neighborhood_policy policy{make_neighborhood_spec(fn, q.dimension(1), q.dimension(2), opt)};
+  // Plain windows on images at least a vector wide: the row-stencil kernel (one image row of
+  // queries in the lanes). Dilation, causal axes and narrower images: the tile engine's patches.
+  if (neighborhood_rows<T, Arch>::covers(policy.s)) {
+    neighborhood_rows<T, Arch>(p, policy.s).run(dev);
+    return;
+  }
   neighborhood_patch(simd::lanes_v<T, Arch>, p.group, policy.ph, policy.pw);
   softmax_forward<Arch>(p, dev, policy);
 }
@@ -128,6 +135,23 @@ template <class Arch = simd::default_arch, thread_pool_device D, row_major_tenso
 void neighborhood_attention_2d(const D& device, const Q& q, const K& k, const V& v, O&& out,
                                const neighborhood_2d_options& opt = {}) {
   detail::neighborhood_2d_forward<Arch>(device, q, k, v, out, static_cast<std::nullptr_t*>(nullptr), opt);
+}
+
+/// The same, also writing each query's log-sum-exp to `lse` [batch, Hq, height·width] (queries in
+/// row-major image order).
+template <class Arch = simd::default_arch, row_major_tensor<5> Q, row_major_tensor<5> K, row_major_tensor<5> V,
+          row_major_tensor<5> O, row_major_tensor<3> L>
+void neighborhood_attention_2d(const Q& q, const K& k, const V& v, O&& out, L&& lse,
+                               const neighborhood_2d_options& opt = {}) {
+  detail::neighborhood_2d_forward<Arch>(detail::serial_device{}, q, k, v, out, &lse, opt);
+}
+
+/// The same on the threads of `device`, also writing the log-sum-exp.
+template <class Arch = simd::default_arch, thread_pool_device D, row_major_tensor<5> Q, row_major_tensor<5> K,
+          row_major_tensor<5> V, row_major_tensor<5> O, row_major_tensor<3> L>
+void neighborhood_attention_2d(const D& device, const Q& q, const K& k, const V& v, O&& out, L&& lse,
+                               const neighborhood_2d_options& opt = {}) {
+  detail::neighborhood_2d_forward<Arch>(device, q, k, v, out, &lse, opt);
 }
 
 /// out = softmax(scale·QKᵀ + bias + window mask)·V on the calling thread.

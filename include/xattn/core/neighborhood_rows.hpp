@@ -1,0 +1,457 @@
+// xattn/core/neighborhood_rows.hpp — the row-stencil ("shifted lanes") kernel of 2-D neighborhood
+// attention without dilation or causality.
+//
+// The lanes of a vector are L consecutive query columns x0 … x0+L−1 of one image row y (one head).
+// Inside the image, query x sees key columns x − k/2 … x + k/2, so for a column offset t the L lanes
+// see the L consecutive key columns x0+t … x0+t+L−1: one unaligned load from a transposed strip of
+// the key row, no broadcast, no key position computed for nothing. Per key row r a work item keeps
+//     Kᵀ_r[c][j], Vᵀ_r[e][j]       j = 0 … L−1+nt−1 ↔ image column x0 + tmin + j
+// and computes, for each of the kh rows and nt column offsets ti = t − tmin of the window,
+//     S(r, ti)  = Σ_c Qᵀ[c] ⊙ Kᵀ_r[c][ti : ti+L]          (scores in log2 units: Q carries scale·log2 e)
+//     P         = 2^(S − max) over all kh·nt score vectors at once (two passes over a small buffer:
+//                 every query sees all its keys before the exponentials, so nothing is rescaled)
+//     Oᵀ[e]     = Σ_{r, ti} P(r, ti) ⊙ Vᵀ_r[e][ti : ti+L] / Σ P
+// Two query rows y, y+1 go together: their windows share kh − 1 key rows (all kh at the image's top
+// and bottom), and on a shared row one Kᵀ (Vᵀ) load feeds two FMAs, one per query row. The score
+// loop keeps 2 × NT accumulators (all offsets of a row) and the P·V loop 2 × E (a block of value
+// dims) in registers, over the whole d (resp. all kh·nt keys), so nothing but the inputs is loaded.
+//
+// Borders: NATTEN shifts the window to stay inside the image (start clamp(x − k/2, 0, W − k)), so
+// near the left and right edges the lanes of a strip have different starts. Such a strip runs the
+// same kernel over the union of the lanes' offsets (up to 2k − 1 of them) with a per-lane mask:
+// lane l keeps offset t iff its window contains column x0 + l + t. Lanes past the right edge
+// (W not a multiple of L) read zeros and are never written. The top and bottom need nothing: a
+// query row's key rows are whole rows, clamp(y − k/2, 0, H − k) + 0 … k − 1.
+//
+// A work item is (batch, K/V head, column strip, band of image rows); it walks the rows top to
+// bottom, keeping a ring of k + 1 transposed key rows, so each key row is transposed once per item
+// (not once per query row), and the G query heads of the K/V head share every strip. Items are
+// independent and their split depends on the shapes only, so the result does not depend on the
+// thread count, bit for bit (each query's sums run in one fixed order whichever rows it is paired
+// with).
+//
+// Not covered (neighborhood_2d_forward falls back to the tile engine's patch path): dilation > 1
+// and causal axes (other window shapes and per-residue grids), and images narrower than a vector
+// (most lanes would be padding).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <utility>
+
+#include "parallel.hpp"
+#include "simd.hpp"
+#include "softmax_args.hpp"
+#include "tile_engine.hpp"  // kLog2e, kLn2
+#include "window_args.hpp"
+#include "workspace.hpp"
+
+namespace xattn::detail {
+
+/// Calls f.template operator()<N>() for the runtime count n in [1, Max] (the switch from a runtime
+/// count of registers to a compile-time one).
+template <int Max, class F>
+void with_count(int n, F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    ((n == I + 1 ? (f.template operator()<I + 1>(), 0) : 0), ...);
+  }(std::make_integer_sequence<int, Max>{});
+}
+
+template <class T, class Arch>
+class neighborhood_rows {
+ public:
+  using V = simd::vec_t<T, Arch>;
+  static constexpr int L = simd::lanes_v<T, Arch>;
+  // Two query rows × NT score accumulators (or × E output accumulators), two Qᵀ (P) vectors and
+  // one Kᵀ (Vᵀ) vector: 14 offsets per pass on AVX-512's 32 registers (all of kernel 13), 6 on AVX2.
+  static constexpr int kMaxNT = (simd::traits<T, Arch>::registers - 3) / 2;
+  static constexpr int kMaxE = kMaxNT;
+  // Vᵀ rows at a compile-time stride when the strip fits (kernels up to L + 1 inside the image,
+  // (L + 2) / 2 at its borders): the P·V loop then addresses its E rows from one pointer, where E
+  // pointers at a run-time stride did not fit the general registers and were reloaded.
+  static constexpr int kLdV = 2 * L;
+
+  /// Whether this kernel computes the call (else the tile engine's patch path does).
+  static bool covers(const neighborhood_spec& s) {
+    return s.dh == 1 && s.dw == 1 && !s.ch && !s.cw && s.width >= L;
+  }
+
+  neighborhood_rows(const softmax_problem<T>& p, const neighborhood_spec& s) : p_(p), s_(s) {
+    strips_ = (s.width + L - 1) / L;
+    nt_max_ = s.kw + std::min<index>(L - 1, s.kw - 1);  // the lanes' starts differ by at most kw − 1
+    ld_max_ = L - 1 + nt_max_;
+    // Bands of rows: enough items for a few threads even with one image and head, but bands of at
+    // least 16 rows (each band transposes kh key rows that its neighbour transposes too). Shapes
+    // only, so the split does not depend on the thread count.
+    const index base = p.batch * p.hkv * strips_;
+    const index bands = std::clamp<index>((32 + base - 1) / base, 1, std::max<index>(1, s.height / 16));
+    band_ = (s.height + bands - 1) / bands;
+    band_ += band_ % 2;  // query rows go in pairs
+    bands_ = (s.height + band_ - 1) / band_;
+    // Per-thread scratch (floats), each piece at a whole kAlign unit.
+    slot_ = round(p.d * ld_max_ + p.dv * std::max<index>(ld_max_, kLdV));
+    qt_size_ = round(p.d * L);
+    s_size_ = round(s.kh * nt_max_ * L);
+    ot_size_ = round((p.dv + L) * L);  // whole L × L blocks for the transposed write
+  }
+
+  template <class Device>
+  void run(const Device& dev) const {
+    parallel_for(dev, p_.batch * p_.hkv * strips_ * bands_, [&](index item) { work(item); });
+  }
+
+ private:
+  static constexpr index kUnit = index(simd::kAlign / sizeof(T));
+  static index round(index n) { return (n + kUnit - 1) / kUnit * kUnit; }
+
+  /// The geometry of one column strip: lane l holds column x0 + l; its window is offsets
+  /// [lo[l], lo[l] + kw) relative to itself, ti = t − tmin indexes the strip's offsets.
+  struct strip {
+    index x0 = 0, valid = 0, tmin = 0, nt = 0, ld = 0, ldv = 0;  // ld: columns of Kᵀ rows, ldv: stride of Vᵀ rows
+    bool masked = false;                 // lanes with different window starts (a border strip)
+    alignas(simd::kAlign) T lo[L], hi[L];  // per lane: kept ti in [lo, hi] (masked strips)
+  };
+
+  /// The ring of transposed key rows: row r in slot r mod (kh + 1).
+  struct ring {
+    T* base;
+    index rows, slot;
+    T* operator[](index r) const { return base + (r % rows) * slot; }
+  };
+
+  strip make_strip(index si) const {
+    strip g;
+    g.x0 = si * L;
+    g.valid = std::min<index>(L, s_.width - g.x0);
+    index lo[L], tmin = 0, tmax = -s_.width;
+    for (index l = 0; l < g.valid; ++l) {
+      const index x = g.x0 + l;
+      lo[l] = std::clamp<index>(x - s_.kw / 2, 0, s_.width - s_.kw) - x;
+      tmin = l == 0 ? lo[l] : std::min(tmin, lo[l]);
+      tmax = std::max(tmax, lo[l] + s_.kw - 1);
+    }
+    g.tmin = tmin, g.nt = tmax - tmin + 1, g.ld = L - 1 + g.nt;
+    g.ldv = g.ld <= kLdV ? kLdV : g.ld;
+    g.masked = g.nt != s_.kw;
+    for (index l = 0; l < L; ++l) {  // padding lanes keep every offset (their keys are zeros)
+      g.lo[l] = T(l < g.valid ? lo[l] - tmin : 0);
+      g.hi[l] = T(l < g.valid ? lo[l] - tmin + s_.kw - 1 : g.nt - 1);
+    }
+    return g;
+  }
+
+  index row_start(index y) const { return std::clamp<index>(y - s_.kh / 2, 0, s_.height - s_.kh); }
+
+  // Transposes of L rows of the caller's tensor at a time: L vector loads, an L × L transpose in
+  // registers (unpack and lane shuffles) and L vector stores, for float on AVX-512 and AVX2.
+  // Elsewhere, and where a block of lanes leaves the image, element by element. (A gather is no
+  // alternative here: 20 cycles per 16 floats even from L1, 35 when the rows sit 4 KiB apart.)
+  static constexpr bool kAvx512 = std::is_base_of_v<xsimd::avx512f, Arch>;
+  static constexpr bool kBlocks = std::is_same_v<T, float> && (kAvx512 || std::is_base_of_v<xsimd::avx2, Arch>);
+
+  /// out[i] = (src[0][i], …, src[L−1][i]) for i < L.
+  static void transpose_block(const T* const* src, V* out) {
+    if constexpr (kBlocks && kAvx512) {
+      __m512 r[16], t[16];
+      XATTN_UNROLL for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src[i]);
+      // t[2i] lane k = (a[4k], b[4k], a[4k+1], b[4k+1]), t[2i+1] = the same for 4k+2, 4k+3 (a, b = rows 2i, 2i+1)
+      XATTN_UNROLL for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+      }
+      // r[4i+j] lane k = rows 4i … 4i+3 at column 4k + j
+      XATTN_UNROLL for (int i = 0; i < 4; ++i) {
+        const auto lo = [](__m512 a, __m512 b) { return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); };
+        const auto hi = [](__m512 a, __m512 b) { return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); };
+        r[4 * i] = lo(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = hi(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = lo(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = hi(t[4 * i + 1], t[4 * i + 3]);
+      }
+      // column 4k + j = lane k of r[j], r[4+j], r[8+j], r[12+j]
+      XATTN_UNROLL for (int j = 0; j < 4; ++j) {
+        const __m512 u0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x44), u1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xEE);
+        const __m512 u2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x44), u3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xEE);
+        out[j] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+        out[4 + j] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+        out[8 + j] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+        out[12 + j] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+      }
+    } else if constexpr (kBlocks) {
+      __m256 r[8], t[8];
+      XATTN_UNROLL for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src[i]);
+      XATTN_UNROLL for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+      }
+      XATTN_UNROLL for (int i = 0; i < 2; ++i) {
+        const auto lo = [](__m256 a, __m256 b) { return _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(a), _mm256_castps_pd(b))); };
+        const auto hi = [](__m256 a, __m256 b) { return _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(a), _mm256_castps_pd(b))); };
+        r[4 * i] = lo(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = hi(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = lo(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = hi(t[4 * i + 1], t[4 * i + 3]);
+      }
+      XATTN_UNROLL for (int j = 0; j < 4; ++j) {
+        out[j] = _mm256_permute2f128_ps(r[j], r[4 + j], 0x20);
+        out[4 + j] = _mm256_permute2f128_ps(r[j], r[4 + j], 0x31);
+      }
+    }
+  }
+
+  /// dst[c·ld + l] = scale·x[b, first + l, h][c] for l < n (n <= L), c < dim; lanes [valid, n) get zeros.
+  static void transpose(const bshd_view<const T>& x, index b, index h, index first, index n, index valid,
+                        index dim, T scale, T* dst, index ld) {
+    if constexpr (kBlocks) {
+      if (n == L && valid == L) {
+        const T* src[L];
+        for (index l = 0; l < L; ++l) src[l] = x.row(b, first + l, h);
+        const V sc = simd::bcast<V>(scale);
+        index c0 = 0;
+        for (; c0 + L <= dim; c0 += L) {
+          V out[L];
+          transpose_block(src, out);
+          XATTN_UNROLL for (int i = 0; i < L; ++i) (out[i] * sc).store_unaligned(dst + (c0 + i) * ld);
+          for (index l = 0; l < L; ++l) src[l] += L;
+        }
+        for (; c0 < dim; ++c0)
+          for (index l = 0; l < L; ++l) dst[c0 * ld + l] = src[l][c0 % L] * scale;
+        return;
+      }
+    }
+    for (index l = 0; l < n; ++l) {
+      if (l < valid) {
+        const T* src = x.row(b, first + l, h);
+        for (index c = 0; c < dim; ++c) dst[c * ld + l] = src[c] * scale;
+      } else {
+        for (index c = 0; c < dim; ++c) dst[c * ld + l] = T(0);
+      }
+    }
+  }
+
+  /// Kᵀ and Vᵀ of key row r over the strip's columns into `slot` (zeros outside the image), in
+  /// blocks of L columns (the last block overlaps its neighbour when ld is not a multiple of L).
+  void load_row(const strip& g, index b, index hk, index r, T* slot) const {
+    for (index j = 0; j < g.ld; j += L) {
+      const index j0 = std::min(j, g.ld - L), col0 = g.x0 + g.tmin + j0;
+      const index lead = std::clamp<index>(-col0, 0, L);  // columns left of the image
+      const index valid = std::clamp<index>(s_.width - std::max<index>(col0, 0), 0, L - lead);
+      for (index l = 0; l < lead; ++l) {
+        for (index c = 0; c < p_.d; ++c) slot[c * g.ld + j0 + l] = T(0);
+        for (index e = 0; e < p_.dv; ++e) slot[p_.d * g.ld + e * g.ldv + j0 + l] = T(0);
+      }
+      const index first = r * s_.width + col0 + lead;
+      transpose(p_.k, b, hk, first, L - lead, valid, p_.d, T(1), slot + j0 + lead, g.ld);
+      transpose(p_.v, b, hk, first, L - lead, valid, p_.dv, T(1), slot + p_.d * g.ld + j0 + lead, g.ldv);
+    }
+  }
+
+  /// Qᵀ of query row y, head h, scaled by scale·log2 e (zeros on padding lanes).
+  void load_q(const strip& g, index b, index y, index h, T* qt) const {
+    transpose(p_.q, b, h, y * s_.width + g.x0, L, g.valid, p_.d, T(p_.scale * kLog2e), qt, L);
+  }
+
+  /// Scores of R query rows against offsets [ti0, ti0 + NT) of one key row: s[i][n] (vector n of
+  /// row i's buffer at that key row) = Σ_c qt[i][c] ⊙ kt[c][ti0 + n : +L], masked on border strips;
+  /// mx[i] takes their max.
+  template <int R, int NT>
+  void scores(const strip& g, const T* const* qt, const T* kt, index ti0, T* const* s, V* mx) const {
+    V acc[R][NT];
+    XATTN_UNROLL for (int i = 0; i < R; ++i) XATTN_UNROLL for (int n = 0; n < NT; ++n) acc[i][n] = simd::bcast<V>(T(0));
+    const T* kc = kt + ti0;
+    for (index c = 0; c < p_.d; ++c, kc += g.ld) {
+      V q[R];
+      XATTN_UNROLL for (int i = 0; i < R; ++i) q[i] = simd::in_register(simd::load<V>(qt[i] + c * L));
+      XATTN_UNROLL for (int n = 0; n < NT; ++n) {
+        const V k = simd::in_register(simd::loadu<V>(kc + n));
+        XATTN_UNROLL for (int i = 0; i < R; ++i) acc[i][n] = simd::fma(q[i], k, acc[i][n]);
+      }
+    }
+    const V ninf = simd::bcast<V>(-std::numeric_limits<T>::infinity());
+    XATTN_UNROLL for (int n = 0; n < NT; ++n) {
+      if (g.masked) {
+        const V t = simd::bcast<V>(T(ti0 + n));
+        const V lo = simd::load<V>(g.lo), hi = simd::load<V>(g.hi);
+        XATTN_UNROLL for (int i = 0; i < R; ++i) acc[i][n] = simd::keep_between(t, lo, hi, acc[i][n], ninf);
+      }
+      XATTN_UNROLL for (int i = 0; i < R; ++i) {
+        mx[i] = simd::max(mx[i], acc[i][n]);
+        simd::store(s[i] + n * L, acc[i][n]);
+      }
+    }
+  }
+
+  /// P = 2^(S − m) over the n score vectors of one query row, in place; returns Σ P. Flattened:
+  /// g++ 12 called simd::exp2 out of line here, spilling the two sums around every call.
+  [[gnu::flatten]] static V exponentials(T* s, index n, const V& m) {
+    V sum0 = simd::bcast<V>(T(0)), sum1 = sum0;  // two add chains
+    index i = 0;
+    for (; i + 2 <= n; i += 2) {
+      const V p0 = simd::exp2(simd::load<V>(s + i * L) - m), p1 = simd::exp2(simd::load<V>(s + (i + 1) * L) - m);
+      simd::store(s + i * L, p0);
+      simd::store(s + (i + 1) * L, p1);
+      sum0 = sum0 + p0;
+      sum1 = sum1 + p1;
+    }
+    if (i < n) {
+      const V p = simd::exp2(simd::load<V>(s + i * L) - m);
+      simd::store(s + i * L, p);
+      sum0 = sum0 + p;
+    }
+    return sum0 + sum1;
+  }
+
+  /// Oᵀ[e0 … e0+E) of the pair's query rows (two false: row y alone) over key rows [r_lo, r_hi),
+  /// divided by l (inv = 1/l), into ot[i]. pr[i] is row i's P buffer, first[i] its first key row.
+  template <int E, int LD>
+  void values(const strip& g, const ring& rows, index r_lo, index r_hi, const index* first, bool two,
+              T* const* pr, const V* inv, index e0, T* const* ot) const {
+    V acc[2][E];
+    XATTN_UNROLL for (int i = 0; i < 2; ++i) XATTN_UNROLL for (int e = 0; e < E; ++e) acc[i][e] = simd::bcast<V>(T(0));
+    const index nt = g.nt, ld = LD > 0 ? LD : g.ldv, kh = s_.kh;
+    index slot = r_lo % rows.rows;  // the ring slot of key row r, advanced with r (no division per row)
+    const auto next_row = [&] {
+      const T* vt = rows.base + slot * rows.slot + p_.d * g.ld + e0 * ld;
+      slot = slot + 1 == rows.rows ? 0 : slot + 1;
+      return vt;
+    };
+    // One query row on key row r (two copies below, so that acc is never indexed at run time:
+    // g++ would keep it in memory).
+    const auto one = [&](V* o, const T* p, const T* vt) {
+      for (index t = 0; t < nt; ++t) {
+        const V a = simd::in_register(simd::load<V>(p + t * L));
+        XATTN_UNROLL for (int e = 0; e < E; ++e) o[e] = simd::fma(a, simd::loadu<V>(vt + e * ld + t), o[e]);
+      }
+    };
+    // Key rows [r_lo, shared_lo) are row y's alone, [shared_lo, shared_hi) both rows', the rest row y+1's.
+    const index shared_lo = two ? first[1] : r_hi, shared_hi = two ? first[0] + kh : r_hi;
+    for (index r = r_lo; r < shared_lo; ++r) one(acc[0], pr[0] + (r - first[0]) * nt * L, next_row());
+    for (index r = shared_lo; r < shared_hi; ++r) {
+      const T* vt = next_row();
+      const T* p0 = pr[0] + (r - first[0]) * nt * L;
+      const T* p1 = pr[1] + (r - first[1]) * nt * L;
+      for (index t = 0; t < nt; ++t) {
+        const V a = simd::in_register(simd::load<V>(p0 + t * L)), b = simd::in_register(simd::load<V>(p1 + t * L));
+        XATTN_UNROLL for (int e = 0; e < E; ++e) {
+          const V v = simd::in_register(simd::loadu<V>(vt + e * ld + t));
+          acc[0][e] = simd::fma(a, v, acc[0][e]);
+          acc[1][e] = simd::fma(b, v, acc[1][e]);
+        }
+      }
+    }
+    for (index r = shared_hi; r < r_hi; ++r) one(acc[1], pr[1] + (r - first[1]) * nt * L, next_row());
+    XATTN_UNROLL for (int e = 0; e < E; ++e) simd::store(ot[0] + (e0 + e) * L, acc[0][e] * inv[0]);
+    if (two) XATTN_UNROLL for (int e = 0; e < E; ++e) simd::store(ot[1] + (e0 + e) * L, acc[1][e] * inv[1]);
+  }
+
+  /// out[b, y·W + x0 + l, h][e] = ot[e·L + l] for the strip's valid lanes.
+  void write(const strip& g, index b, index y, index h, const T* ot) const {
+    T* out = p_.o.row(b, y * s_.width + g.x0, h);
+    index e0 = 0;
+    if constexpr (kBlocks) {
+      if (g.valid == L) {
+        const T* src[L];
+        for (index i = 0; i < L; ++i) src[i] = ot + i * L;
+        for (; e0 + L <= p_.dv; e0 += L) {
+          V o[L];
+          transpose_block(src, o);
+          XATTN_UNROLL for (int l = 0; l < L; ++l) o[l].store_unaligned(out + l * p_.o.ss + e0);
+          for (index i = 0; i < L; ++i) src[i] += L * L;
+        }
+      }
+    }
+    for (index l = 0; l < g.valid; ++l)
+      for (index e = e0; e < p_.dv; ++e) out[l * p_.o.ss + e] = ot[e * L + l];
+  }
+
+  void work(index item) const {
+    // K/V heads vary fastest: the items running at one time read the same pixels (all heads of a
+    // pixel share its 4 KiB page at H·d = 1024 floats), so page walks and DRAM pages are shared.
+    const index hk = item % p_.hkv, band = item / p_.hkv % bands_, si = item / p_.hkv / bands_ % strips_,
+                b = item / p_.hkv / bands_ / strips_;
+    const strip g = make_strip(si);
+    const index kh = s_.kh, nk = kh * g.nt;
+    T* ws = static_cast<T*>(workspace::of_this_thread().get(
+        sizeof(T) * std::size_t((kh + 1) * slot_ + 2 * qt_size_ + 2 * s_size_ + 2 * ot_size_)));
+    const ring rows{ws, kh + 1, slot_};
+    T* const qt[2] = {ws + (kh + 1) * slot_, ws + (kh + 1) * slot_ + qt_size_};
+    T* const sb[2] = {qt[1] + qt_size_, qt[1] + qt_size_ + s_size_};
+    T* const ot[2] = {sb[1] + s_size_, sb[1] + s_size_ + ot_size_};
+    // Passes over offsets (scores) and over value dims (P·V), as equal as possible.
+    const index chunks = (g.nt + kMaxNT - 1) / kMaxNT, echunks = (p_.dv + kMaxE - 1) / kMaxE;
+    const V ninf = simd::bcast<V>(-std::numeric_limits<T>::infinity());
+
+    const index y_begin = band * band_, y_end = std::min(s_.height, y_begin + band_);
+    index loaded = row_start(y_begin);  // rows [row_start(y_begin), loaded) sit in the ring
+    for (index y = y_begin; y < y_end; y += 2) {
+      const bool two = y + 1 < y_end;
+      const index first[2] = {row_start(y), row_start(two ? y + 1 : y)};
+      const index r_lo = first[0], r_hi = first[1] + kh;  // at most kh + 1 rows
+      for (; loaded < r_hi; ++loaded) load_row(g, b, hk, loaded, rows[loaded]);
+      // The images come from DRAM at these sizes: ask for the next pair's query rows and new key rows
+      // now, while this pair computes (~10 µs at d = 128).
+      if (y + 2 < y_end) {
+        const index ny = std::min(y + 3, y_end - 1), next_hi = row_start(ny) + kh;
+        for (index qy = y + 2; qy <= ny; ++qy)
+          for (index l = 0; l < g.valid; ++l)
+            simd::prefetch(p_.q.row(b, qy * s_.width + g.x0 + l, hk * p_.group), std::size_t(p_.group * p_.d) * sizeof(T));
+        for (index r = r_hi; r < next_hi; ++r)
+          for (index col = std::max<index>(0, g.x0 + g.tmin); col < std::min(s_.width, g.x0 + g.tmin + g.ld); ++col) {
+            simd::prefetch(p_.k.row(b, r * s_.width + col, hk), std::size_t(p_.d) * sizeof(T));
+            simd::prefetch(p_.v.row(b, r * s_.width + col, hk), std::size_t(p_.dv) * sizeof(T));
+          }
+      }
+
+      for (index gi = 0; gi < p_.group; ++gi) {
+        const index h = hk * p_.group + gi;
+        load_q(g, b, y, h, qt[0]);
+        if (two) load_q(g, b, y + 1, h, qt[1]);
+        V mx[2] = {ninf, ninf};
+        for (index r = r_lo; r < r_hi; ++r) {
+          const bool u0 = r < first[0] + kh, u1 = two && r >= first[1];
+          for (index ch = 0, ti0 = 0; ch < chunks; ++ch) {
+            const index nt = g.nt / chunks + (ch < g.nt % chunks);
+            T* const s2[2] = {sb[0] + ((r - first[0]) * g.nt + ti0) * L, sb[1] + ((r - first[1]) * g.nt + ti0) * L};
+            with_count<kMaxNT>(int(nt), [&]<int NT>() {
+              if (u0 && u1) scores<2, NT>(g, qt, rows[r], ti0, s2, mx);
+              else if (u0) scores<1, NT>(g, qt, rows[r], ti0, s2, mx);
+              else scores<1, NT>(g, qt + 1, rows[r], ti0, s2 + 1, mx + 1);
+            });
+            ti0 += nt;
+          }
+        }
+        V inv[2] = {};
+        for (int i = 0; i < (two ? 2 : 1); ++i) {
+          const V l = exponentials(sb[i], nk, mx[i]);
+          inv[i] = simd::bcast<V>(T(1)) / l;
+          if (p_.lse) {  // lse = (m + log2 l)·ln 2
+            alignas(simd::kAlign) T m[L], sum[L];
+            simd::store(m, mx[i]), simd::store(sum, l);
+            for (index x = 0; x < g.valid; ++x)
+              p_.lse[(b * p_.hq + h) * p_.nq + (y + i) * s_.width + g.x0 + x] =
+                  T((double(m[x]) + std::log2(double(sum[x]))) * kLn2);
+          }
+        }
+        for (index ch = 0, e0 = 0; ch < echunks; ++ch) {
+          const index ne = p_.dv / echunks + (ch < p_.dv % echunks);
+          with_count<kMaxE>(int(ne), [&]<int E>() {
+            if (g.ldv == kLdV) values<E, kLdV>(g, rows, r_lo, r_hi, first, two, sb, inv, e0, ot);
+            else values<E, 0>(g, rows, r_lo, r_hi, first, two, sb, inv, e0, ot);
+          });
+          e0 += ne;
+        }
+        for (int i = 0; i < (two ? 2 : 1); ++i) write(g, b, y + i, h, ot[i]);
+      }
+    }
+  }
+
+  const softmax_problem<T>& p_;
+  neighborhood_spec s_;
+  index strips_, nt_max_, ld_max_, band_, bands_, slot_, qt_size_, s_size_, ot_size_;
+};
+
+}  // namespace xattn::detail
