@@ -150,12 +150,24 @@ class neighborhood_rows {
   // registers (unpack and lane shuffles) and L vector stores, for float on AVX-512 and AVX2.
   // Elsewhere, and where a block of lanes leaves the image, element by element. (A gather is no
   // alternative here: 20 cycles per 16 floats even from L1, 35 when the rows sit 4 KiB apart.)
-  static constexpr bool kAvx512 = std::is_base_of_v<xsimd::avx512f, Arch>;
-  static constexpr bool kBlocks = std::is_same_v<T, float> && (kAvx512 || std::is_base_of_v<xsimd::avx2, Arch>);
+  // The intrinsics exist only where the translation unit is compiled for them (a consumer built
+  // without -mavx2 / -mavx512f sees no __m256 / __m512), hence the preprocessor guards.
+#if defined(__AVX512F__)
+  static constexpr bool kAvx512 = std::is_same_v<T, float> && std::is_base_of_v<xsimd::avx512f, Arch>;
+#else
+  static constexpr bool kAvx512 = false;
+#endif
+#if defined(__AVX2__)
+  static constexpr bool kAvx2 = std::is_same_v<T, float> && !kAvx512 && std::is_base_of_v<xsimd::avx2, Arch>;
+#else
+  static constexpr bool kAvx2 = false;
+#endif
+  static constexpr bool kBlocks = kAvx512 || kAvx2;
 
   /// out[i] = (src[0][i], …, src[L−1][i]) for i < L.
-  static void transpose_block(const T* const* src, V* out) {
-    if constexpr (kBlocks && kAvx512) {
+  static void transpose_block([[maybe_unused]] const T* const* src, [[maybe_unused]] V* out) {
+#if defined(__AVX512F__)
+    if constexpr (kAvx512) {
       __m512 r[16], t[16];
       XATTN_UNROLL for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src[i]);
       // t[2i] lane k = (a[4k], b[4k], a[4k+1], b[4k+1]), t[2i+1] = the same for 4k+2, 4k+3 (a, b = rows 2i, 2i+1)
@@ -181,7 +193,10 @@ class neighborhood_rows {
         out[8 + j] = _mm512_shuffle_f32x4(u1, u3, 0x88);
         out[12 + j] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
       }
-    } else if constexpr (kBlocks) {
+    }
+#endif
+#if defined(__AVX2__)
+    if constexpr (kAvx2) {
       __m256 r[8], t[8];
       XATTN_UNROLL for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src[i]);
       XATTN_UNROLL for (int i = 0; i < 4; ++i) {
@@ -201,6 +216,7 @@ class neighborhood_rows {
         out[4 + j] = _mm256_permute2f128_ps(r[j], r[4 + j], 0x31);
       }
     }
+#endif
   }
 
   /// dst[c·ld + l] = scale·x[b, first + l, h][c] for l < n (n <= L), c < dim; lanes [valid, n) get zeros.
