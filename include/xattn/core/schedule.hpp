@@ -67,6 +67,13 @@ inline void keep_lanes(T* st, index l0, index l1, const T* x, T lo, T hi) {
     simd::store(st + r, simd::keep_between(simd::load<V>(x + r), vlo, vhi, simd::load<V>(st + r), ninf));
 }
 
+/// The valid queries [a, b] of lanes [l0, l1) (a > b when none): lanes hold nondecreasing queries
+/// qi (rows are query-major), lanes from `valid` on are padding, queries past i_hi are padding.
+inline void lane_queries(const index* qi, index valid, index i_hi, index l0, index l1, index& a, index& b) {
+  a = l0 < valid ? qi[l0] : i_hi + 1;
+  b = std::min(qi[std::min(l1, valid) - 1], i_hi);
+}
+
 struct band_schedule {
   index first = 0, last = -1;  // key blocks [first, last]; empty when last < first
   index block = 64;            // keys per block
@@ -103,7 +110,8 @@ struct band_schedule {
   }
   /// Keys [c_lo, c_hi) of key tile t that some lane of [l0, l1) sees (empty when c_lo >= c_hi).
   void tile_lane_keys(index t, index l0, index l1, index& c_lo, index& c_hi) const {
-    const index a = l0 < valid ? qi[l0] : i_hi + 1, b = std::min(qi[std::min(l1, valid) - 1], i_hi);
+    index a, b;
+    lane_queries(qi, valid, i_hi, l0, l1, a, b);
     c_lo = c_hi = 0;
     if (a > b) return;
     const index lo = left >= 0 ? a + off - left : 0, hi = right >= 0 ? b + off + right : nk - 1;
@@ -173,7 +181,8 @@ struct window_schedule {
   void lane_keys(index n, index l0, index l1, index& c_lo, index& c_hi) const {
     const index j0 = tile(n) * block, je = std::min(j0 + block, nk);
     c_lo = 0, c_hi = je - j0;
-    const index a = l0 < valid ? qi[l0] : i_hi + 1, b = std::min(qi[std::min(l1, valid) - 1], i_hi);
+    index a, b;
+    lane_queries(qi, valid, i_hi, l0, l1, a, b);
     if (a > b) return void(c_hi = 0);
     if (j0 < w.sinks) return;
     index lo = w.left >= 0 ? a + off - w.left : 0, hi = w.right >= 0 ? b + off + w.right : nk - 1;
