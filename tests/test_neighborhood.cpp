@@ -186,6 +186,16 @@ TEST(NeighborhoodBadInput, ThrowsNamingTheArgumentAndWritesNothing) {
   } catch (const xattn::error& e) {
     EXPECT_NE(std::string(e.what()).find(fn + ": k:"), std::string::npos) << e.what();
   }
+  // the LSE overload: lse must be [batch, q heads, height·width]
+  tensor<float, 3> lse_bad(1, 2, 63);
+  lse_bad.setConstant(5);
+  try {
+    xattn::neighborhood_attention_2d(q, k, v, out, lse_bad, {.kernel_h = 3, .kernel_w = 3});
+    ADD_FAILURE() << "no error for lse's shape";
+  } catch (const xattn::error& e) {
+    EXPECT_NE(std::string(e.what()).find(fn + ": lse:"), std::string::npos) << e.what();
+  }
+  for (index x = 0; x < lse_bad.size(); ++x) ASSERT_EQ(lse_bad.data()[x], 5.f);
   for (index x = 0; x < out.size(); ++x) ASSERT_EQ(out.data()[x], 7.f);
 }
 
