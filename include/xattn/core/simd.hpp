@@ -71,6 +71,9 @@ template <class V> inline V loadu(const elem_t<V>* p) {
 template <class V> inline void store(elem_t<V>* p, const V& v) {  // aligned
   if constexpr (is_scalar_v<V>) *p = v; else v.store_aligned(p);
 }
+template <class V> inline void storeu(elem_t<V>* p, const V& v) {
+  if constexpr (is_scalar_v<V>) *p = v; else v.store_unaligned(p);
+}
 template <class V> inline V bcast(elem_t<V> x) {
   if constexpr (is_scalar_v<V>) return x; else return V(x);
 }

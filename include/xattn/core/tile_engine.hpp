@@ -45,6 +45,7 @@
 #include "schedule.hpp"
 #include "simd.hpp"
 #include "softmax_args.hpp"
+#include "transpose.hpp"
 #include "workspace.hpp"
 
 namespace xattn::detail {
@@ -302,9 +303,14 @@ class tile_engine {
     index b, hk, qb;
     unit_coords(u, b, hk, qb);
     block* blk = blocks(1);
-    start(*blk, b, hk, qb, split);
+    lanes(*blk, hk, qb);
     const auto sched = policy_.make(p_, b, hk, view(*blk), Bc);
     const index n0 = sched.count() * split / splits_, n1 = sched.count() * (split + 1) / splits_;
+    // The first tile's rows are requested before Q is loaded, so that both wait for memory at once
+    // (each later tile is requested while the one before is computed). The keys a block sees
+    // first are mostly the ones no block before it saw (blocks of a head go from the last down).
+    if (n0 < n1) request_visit(b, hk, p_.nk_of(b), sched, n0);
+    start(*blk, b, split);
     for (index n = n0; n < n1; ++n) tile(*blk, b, hk, p_.nk_of(b), sched, n, n + 1 < n1 ? n + 1 : -1);
     finish(*blk, b, partial);
   }
@@ -316,7 +322,10 @@ class tile_engine {
   void work_heads(index b, index split, T* partials) const {
     const index nk = p_.nk_of(b);
     block* first = blocks(nhb_);
-    for (index hb = 0; hb < nhb_; ++hb) start(block_at(first, hb), b, hb, 0, split);
+    for (index hb = 0; hb < nhb_; ++hb) {
+      lanes(block_at(first, hb), hb, 0);
+      start(block_at(first, hb), b, split);
+    }
     // The schedule is the same for every head; making it for each block also fills that block's
     // per-lane rows (aux: e.g. each lane's residue modulo the dilation), which its masks read.
     const auto sched = policy_.make(p_, b, 0, view(*first), Bc);
@@ -399,10 +408,52 @@ class tile_engine {
     index rows_ = 0, row_ = 0, left_ = 0, quota_ = 0;
   };
 
-  /// A block's lanes, Q (scaled), per-lane constants and empty softmax state.
-  void start(block& blk, index b, index hk, index qb, index split) const {
+  /// dst[c·ld + r] = s·rows[r][c] for r < kT, c < d; null rows are skipped. L × L blocks go through
+  /// registers (transpose.hpp) where all L of their rows are present, the rest element by element.
+  static void transpose_in(const T* const* rows, index d, T s, T* dst, index ld) {
+    for (index l0 = 0; l0 < kT; l0 += L) {
+      index c0 = 0;
+      if constexpr (simd::has_transpose<T, Arch>) {
+        if (std::all_of(rows + l0, rows + l0 + L, [](const T* r) { return r != nullptr; })) {
+          const V sv = simd::bcast<V>(s);
+          for (; c0 + L <= d; c0 += L) {
+            const T* src[L];
+            V col[L];
+            for (index l = 0; l < L; ++l) src[l] = rows[l0 + l] + c0;
+            simd::transpose_block<T, Arch>(src, col);
+            XATTN_UNROLL for (index c = 0; c < L; ++c) simd::storeu(dst + (c0 + c) * ld + l0, col[c] * sv);
+          }
+        }
+      }
+      for (index l = l0; l < std::min<index>(l0 + L, kT); ++l)
+        if (rows[l])
+          for (index c = c0; c < d; ++c) dst[c * ld + l] = rows[l][c] * s;
+    }
+  }
+  /// out[r][e] = s[r]·src[e·ld + r] for r < n (n <= kT), e < dv: the inverse of transpose_in, with a
+  /// scale per row.
+  static void transpose_out(const T* src, index ld, index n, index dv, const T* s, T* const* out) {
+    for (index l0 = 0; l0 < n; l0 += L) {
+      index e0 = 0;
+      if constexpr (simd::has_transpose<T, Arch>) {
+        if (l0 + L <= n) {
+          for (; e0 + L <= dv; e0 += L) {
+            const T* rows[L];
+            V row[L];
+            for (index e = 0; e < L; ++e) rows[e] = src + (e0 + e) * ld + l0;
+            simd::transpose_block<T, Arch>(rows, row);
+            XATTN_UNROLL for (index l = 0; l < L; ++l) simd::storeu(out[l0 + l] + e0, row[l] * simd::bcast<V>(s[l0 + l]));
+          }
+        }
+      }
+      for (index l = l0; l < std::min(l0 + L, n); ++l)
+        for (index e = e0; e < dv; ++e) out[l][e] = src[e * ld + l] * s[l];
+    }
+  }
+
+  /// A block's Q (scaled), per-lane constants and empty softmax state (its lanes() already set).
+  void start(block& blk, index b, index split) const {
     const index d = p_.d, nq = p_.nq_of(b);
-    lanes(blk, hk, qb);
 
     // Q scaled so that scores come out in log2 units (or in units of the softcap), zero on padding.
     const double qscale = p_.softcap > 0 ? p_.scale / p_.softcap : p_.scale * kLog2e;
@@ -414,16 +465,18 @@ class tile_engine {
     // scalars apart (1 KiB at 256 float lanes), which fall into a few L1 sets, so writing a whole
     // column per query evicted each line before its neighbours were written (this loop took a third
     // of a 256-lane window block's time before it was blocked).
+    const T qs = T(qscale);
     for (index r0 = 0; r0 < blk.valid; r0 += kT) {
       const T* rows[kT];
       for (index r = r0; r < r0 + kT; ++r)
         rows[r - r0] = r < blk.valid && blk.qi[r] < nq ? p_.q.row(b, blk.qi[r], blk.qh[r]) : nullptr;
-      for (index c0 = 0; c0 < d; c0 += kT)
-        for (index r = r0; r < std::min(r0 + kT, blk.valid); ++r) {
-          if (!rows[r - r0]) continue;
-          for (index c = c0; c < std::min(c0 + kT, d); ++c)
-            (Narrow ? blk.qt[r * ldq_ + c] : blk.qt[c * br_ + r]) = T(rows[r - r0][c] * qscale);
-        }
+      if constexpr (Narrow) {
+        for (index r = r0; r < std::min(r0 + kT, blk.valid); ++r)
+          if (rows[r - r0])
+            for (index c = 0; c < d; ++c) blk.qt[r * ldq_ + c] = rows[r - r0][c] * qs;
+      } else {
+        transpose_in(rows, d, qs, blk.qt + r0, br_);
+      }
     }
     for (index r = 0; r < br_; ++r) {
       blk.slope[r] = p_.alibi ? T(-double(p_.alibi[blk.qh[r]]) * kLog2e) : T(0);
@@ -442,6 +495,22 @@ class tile_engine {
       std::memcpy(partial + o_size_ + br_, blk.sm.l, sizeof(T) * br_);
     } else {
       write(blk, b, p_.nq_of(b), blk.ot, blk.sm.m, blk.sm.l);
+    }
+  }
+
+  /// Asks for the K and V rows of key j, K/V head h (hints: see simd::prefetch).
+  void request(index b, index j, index h) const {
+    simd::prefetch(p_.k.row(b, j, h), sizeof(T) * p_.d);
+    simd::prefetch(p_.v.row(b, j, h), sizeof(T) * p_.dv);
+  }
+  /// Asks for the rows of every key of the schedule's n-th visit.
+  template <class Sched>
+  void request_visit(index b, index h, index nk, const Sched& sched, index n) const {
+    if constexpr (gathered_keys<Sched>) {
+      for (index c = 0; c < sched.keys(n); ++c) request(b, sched.key(n, c), h);
+    } else {
+      const index j0 = sched.tile(n) * Bc;
+      for (index j = j0; j < std::min(j0 + Bc, nk); ++j) request(b, j, h);
     }
   }
 
@@ -468,9 +537,7 @@ class tile_engine {
     // apart), where the hardware prefetchers do not follow.
     auto prefetch_ahead = [&](index head) {
       return [&, head](index c) {
-        if (c >= nn) return;
-        simd::prefetch(p_.k.row(b, next_key(c), head), sizeof(T) * p_.d);
-        simd::prefetch(p_.v.row(b, next_key(c), head), sizeof(T) * p_.dv);
+        if (c < nn) request(b, next_key(c), head);
       };
     };
     if constexpr (Narrow) {
@@ -635,12 +702,17 @@ class tile_engine {
         if (p_.lse && own_lane(r))
           p_.lse[(b * p_.hq + h) * p_.nq + i] = live ? T((double(m[r]) + std::log2(double(l[r]))) * kLn2) : kNegInf;
       }
-      for (index e0 = 0; e0 < p_.dv; e0 += kT)
+      if constexpr (Narrow) {
         for (index r = r0; r < r1; ++r) {
           if (!own_lane(r)) continue;
           T* out = p_.o.row(b, blk.qi[r], blk.qh[r]);
-          for (index e = e0; e < std::min(e0 + kT, p_.dv); ++e) out[e] = ot[o_at(e, r)] * inv[r - r0];
+          for (index e = 0; e < p_.dv; ++e) out[e] = ot[o_at(e, r)] * inv[r - r0];
         }
+      } else {
+        T* out[kT];
+        for (index r = r0; r < r1; ++r) out[r - r0] = p_.o.row(b, blk.qi[r], blk.qh[r]);
+        transpose_out(ot + r0, br_, r1 - r0, p_.dv, inv, out);
+      }
     }
   }
 
