@@ -355,15 +355,14 @@ class neighborhood_rows {
     XATTN_UNROLL for (int q = 0; q < NQ; ++q) XATTN_UNROLL for (int e = 0; e < E; ++e)
       acc[q][e] = init ? simd::bcast<V>(T(0)) : simd::load<V>(o + q * dvp_ + e * L);
     const index kw = s_.kw;
-    const T* pq[NQ];  // P(q, j) = pq[q][j·L]
-    index a[NQ];
-    XATTN_UNROLL for (int q = 0; q < NQ; ++q) pq[q] = p + (l0 + q) - (l0 + q) * L, a[q] = start[l0 + q];
+    index pq[NQ], a[NQ];  // P(q, j) = p[pq[q] + j·L] (pq < 0, but j ≥ a[q] ≥ l0 + q: the sum is not)
+    XATTN_UNROLL for (int q = 0; q < NQ; ++q) pq[q] = (l0 + q) - (l0 + q) * L, a[q] = start[l0 + q];
     const index j_all = a[NQ - 1], j_end = a[0] + kw, j_last = a[NQ - 1] + kw;
     const auto some = [&](index j) {
       const T* v = vt + j * dvp_;
       XATTN_UNROLL for (int q = 0; q < NQ; ++q) {
         if (j < a[q] || j >= a[q] + kw) continue;
-        const V pb = simd::bcast<V>(pq[q][j * L]);
+        const V pb = simd::bcast<V>(p[pq[q] + j * L]);
         XATTN_UNROLL for (int e = 0; e < E; ++e) acc[q][e] = simd::fma(pb, simd::load<V>(v + e * L), acc[q][e]);
       }
     };
@@ -372,7 +371,7 @@ class neighborhood_rows {
     for (; j < j_end; ++j) {
       const T* v = vt + j * dvp_;
       V pb[NQ];
-      XATTN_UNROLL for (int q = 0; q < NQ; ++q) pb[q] = simd::bcast<V>(pq[q][j * L]);
+      XATTN_UNROLL for (int q = 0; q < NQ; ++q) pb[q] = simd::bcast<V>(p[pq[q] + j * L]);
       XATTN_UNROLL for (int e = 0; e < E; ++e) {
         const V x = simd::in_register(simd::load<V>(v + e * L));
         XATTN_UNROLL for (int q = 0; q < NQ; ++q) acc[q][e] = simd::fma(pb[q], x, acc[q][e]);
