@@ -142,6 +142,11 @@ const std::vector<NaCase> kNaCases = {
     NaCase("rows_k15_big_34x48", 34, 48, {.kernel_h = 15, .kernel_w = 15}).heads(2, 2).dim(40),
     NaCase("rows_f64_k7_gqa2_17x21", 17, 21, {.kernel_h = 7, .kernel_w = 7}).f64().heads(4, 2).dim(40).vdim(72),
     NaCase("rows_f64_k13_13x40", 13, 40, {.kernel_h = 13, .kernel_w = 13}).f64().heads(1, 1).dim(16),
+    // P·V by broadcast over untransposed V: a one-column kernel (no column seen by three adjacent
+    // queries), and a dv of several value passes with a partial last vector.
+    NaCase("rows_k3x1_20x21", 20, 21, {.kernel_h = 3, .kernel_w = 1}).heads(2, 1).dim(16),
+    NaCase("rows_k5_dv200_11x19", 11, 19, {.kernel_h = 5, .kernel_w = 5}).heads(2, 1).dim(24).vdim(200),
+    NaCase("rows_f64_k3x5_dv200_7x18", 7, 18, {.kernel_h = 3, .kernel_w = 5}).f64().heads(1, 1).dim(8).vdim(200),
 };
 
 INSTANTIATE_TEST_SUITE_P(Cases, NeighborhoodAccuracy, ::testing::ValuesIn(kNaCases), [](const auto& i) { return i.param.name; });

@@ -5,26 +5,36 @@
 // Inside the image, query x sees key columns x − k/2 … x + k/2, so for a column offset t the L lanes
 // see the L consecutive key columns x0+t … x0+t+L−1: one unaligned load from a transposed strip of
 // the key row, no broadcast, no key position computed for nothing. Per key row r a work item keeps
-//     Kᵀ_r[c][j], Vᵀ_r[e][j]       j = 0 … L−1+nt−1 ↔ image column x0 + tmin + j
+//     Kᵀ_r[c][j], V_r[j][e]        j = 0 … L−1+nt−1 ↔ image column x0 + tmin + j
 // and computes, for each of the kh rows and nt column offsets ti = t − tmin of the window,
 //     S(r, ti)  = Σ_c Qᵀ[c] ⊙ Kᵀ_r[c][ti : ti+L]          (scores in log2 units: Q carries scale·log2 e)
 //     P         = 2^(S − max) over all kh·nt score vectors at once (two passes over a small buffer:
 //                 every query sees all its keys before the exponentials, so nothing is rescaled)
-//     Oᵀ[e]     = Σ_{r, ti} P(r, ti) ⊙ Vᵀ_r[e][ti : ti+L] / Σ P
+//     O[l]      = Σ_{r, j} P(r, j − l)[l] · V_r[j] / Σ P   (query lane l, its kw key columns j)
 // Two query rows y, y+1 go together: their windows share kh − 1 key rows (all kh at the image's top
-// and bottom), and on a shared row one Kᵀ (Vᵀ) load feeds two FMAs, one per query row. The score
-// loop keeps 2 × NT accumulators (all offsets of a row) and the P·V loop 2 × E (a block of value
-// dims) in registers, over the whole d (resp. all kh·nt keys), so nothing but the inputs is loaded.
+// and bottom), and on a shared row one Kᵀ load feeds two FMAs, one per query row. The score loop
+// keeps 2 × NT accumulators (all offsets of a row) in registers over the whole d.
+//
+// P·V runs in the other orientation, on V as it is (only copied out of the caller's tensor, whose
+// rows of one head sit H·d apart and crowd a few L1 sets): per key row, for groups of 3 adjacent
+// query lanes, each P(q, j) broadcast from the score buffer times the value vectors of key column
+// j, 3 × E accumulators (E value vectors) in registers. Three neighbours see all but two of each
+// other's columns, so one V load feeds three FMAs, and no query spends an FMA on a key it does not
+// see (border strips included). O needs no transpose: each query's row is written as it is. Key
+// rows go outermost, so a V row sits in L1 for both query rows and all lane groups; O lives in a
+// per-thread buffer of 2 × L rows between key rows. (Transposing V and O for a shifted-lane P·V,
+// as the scores do, took half of the ~100 16 × 16 transposes per row pair.)
 //
 // Borders: NATTEN shifts the window to stay inside the image (start clamp(x − k/2, 0, W − k)), so
 // near the left and right edges the lanes of a strip have different starts. Such a strip runs the
-// same kernel over the union of the lanes' offsets (up to 2k − 1 of them) with a per-lane mask:
-// lane l keeps offset t iff its window contains column x0 + l + t. Lanes past the right edge
-// (W not a multiple of L) read zeros and are never written. The top and bottom need nothing: a
-// query row's key rows are whole rows, clamp(y − k/2, 0, H − k) + 0 … k − 1.
+// same score kernel over the union of the lanes' offsets (up to 2k − 1 of them) with a per-lane
+// mask: lane l keeps offset t iff its window contains column x0 + l + t; P·V visits each lane's own
+// k columns. Lanes past the right edge (W not a multiple of L) read zeros, and P·V and the write
+// skip them. The top and bottom need nothing: a query row's key rows are whole rows,
+// clamp(y − k/2, 0, H − k) + 0 … k − 1.
 //
 // A work item is (batch, K/V head, column strip, band of image rows); it walks the rows top to
-// bottom, keeping a ring of k + 1 transposed key rows, so each key row is transposed once per item
+// bottom, keeping a ring of k + 1 key rows, so each key row is transposed (copied) once per item
 // (not once per query row), and the G query heads of the K/V head share every strip. Items are
 // independent and their split depends on the shapes only, so the result does not depend on the
 // thread count, bit for bit (each query's sums run in one fixed order whichever rows it is paired
@@ -66,14 +76,14 @@ class neighborhood_rows {
  public:
   using V = simd::vec_t<T, Arch>;
   static constexpr int L = simd::lanes_v<T, Arch>;
-  // Two query rows × NT score accumulators (or × E output accumulators), two Qᵀ (P) vectors and
-  // one Kᵀ (Vᵀ) vector: 14 offsets per pass on AVX-512's 32 registers (all of kernel 13), 6 on AVX2.
+  // Scores: two query rows × NT accumulators, two Qᵀ vectors and one Kᵀ vector: 14 offsets per
+  // pass on AVX-512's 32 registers (all of kernel 13), 6 on AVX2.
   static constexpr int kMaxNT = (simd::traits<T, Arch>::registers - 3) / 2;
-  static constexpr int kMaxE = kMaxNT;
-  // Vᵀ rows at a compile-time stride when the strip fits (kernels up to L + 1 inside the image,
-  // (L + 2) / 2 at its borders): the P·V loop then addresses its E rows from one pointer, where E
-  // pointers at a run-time stride did not fit the general registers and were reloaded.
-  static constexpr int kLdV = 2 * L;
+  // P·V: kQ queries × E output vectors, kQ broadcast P values and one V vector: 9 vectors (d 144)
+  // per pass on AVX-512, 4 on AVX2. Three adjacent queries of a row see all but two of each
+  // other's key columns, so one V load feeds three FMAs.
+  static constexpr int kQ = 3;
+  static constexpr int kMaxE = (simd::traits<T, Arch>::registers - kQ - 1) / kQ;
 
   /// Whether this kernel computes the call (else the tile engine's patch path does).
   static bool covers(const neighborhood_spec& s) {
@@ -92,11 +102,14 @@ class neighborhood_rows {
     band_ = (s.height + bands - 1) / bands;
     band_ += band_ % 2;  // query rows go in pairs
     bands_ = (s.height + band_ - 1) / band_;
-    // Per-thread scratch (floats), each piece at a whole kAlign unit.
-    slot_ = round(p.d * ld_max_ + p.dv * std::max<index>(ld_max_, kLdV));
+    // Per-thread scratch (floats), each piece at a whole kAlign unit. V rows keep d at a whole
+    // number of vectors (zeros after dv), so every value vector of a key is one aligned load.
+    dvp_ = (p.dv + L - 1) / L * L;
+    kt_size_ = round(p.d * ld_max_);
+    slot_ = kt_size_ + round(ld_max_ * dvp_);
     qt_size_ = round(p.d * L);
     s_size_ = round(s.kh * nt_max_ * L);
-    ot_size_ = round((p.dv + L) * L);  // whole L × L blocks for the transposed write
+    ob_size_ = round(L * dvp_);
   }
 
   template <class Device>
@@ -111,12 +124,13 @@ class neighborhood_rows {
   /// The geometry of one column strip: lane l holds column x0 + l; its window is offsets
   /// [lo[l], lo[l] + kw) relative to itself, ti = t − tmin indexes the strip's offsets.
   struct strip {
-    index x0 = 0, valid = 0, tmin = 0, nt = 0, ld = 0, ldv = 0;  // ld: columns of Kᵀ rows, ldv: stride of Vᵀ rows
+    index x0 = 0, valid = 0, tmin = 0, nt = 0, ld = 0;  // ld: columns of Kᵀ rows (and V rows of a slot)
     bool masked = false;                 // lanes with different window starts (a border strip)
     alignas(simd::kAlign) T lo[L], hi[L];  // per lane: kept ti in [lo, hi] (masked strips)
+    index start[L];                      // per valid lane l: its first key column, l + lo[l]
   };
 
-  /// The ring of transposed key rows: row r in slot r mod (kh + 1).
+  /// The ring of key rows (Kᵀ, then V untransposed): row r in slot r mod (kh + 1).
   struct ring {
     T* base;
     index rows, slot;
@@ -135,11 +149,11 @@ class neighborhood_rows {
       tmax = std::max(tmax, lo[l] + s_.kw - 1);
     }
     g.tmin = tmin, g.nt = tmax - tmin + 1, g.ld = L - 1 + g.nt;
-    g.ldv = g.ld <= kLdV ? kLdV : g.ld;
     g.masked = g.nt != s_.kw;
     for (index l = 0; l < L; ++l) {  // padding lanes keep every offset (their keys are zeros)
       g.lo[l] = T(l < g.valid ? lo[l] - tmin : 0);
       g.hi[l] = T(l < g.valid ? lo[l] - tmin + s_.kw - 1 : g.nt - 1);
+      g.start[l] = l < g.valid ? l + lo[l] - tmin : 0;
     }
     return g;
   }
@@ -249,20 +263,29 @@ class neighborhood_rows {
     }
   }
 
-  /// Kᵀ and Vᵀ of key row r over the strip's columns into `slot` (zeros outside the image), in
-  /// blocks of L columns (the last block overlaps its neighbour when ld is not a multiple of L).
+  /// Kᵀ of key row r over the strip's columns into `slot` (zeros outside the image), in blocks of
+  /// L columns (the last block overlaps its neighbour when ld is not a multiple of L), and the
+  /// row's V as it is, one key per dvp values, for the columns inside the image (no window reaches
+  /// past the image, so the others are never read). A copy, not a transpose: V rows sit 4 KiB
+  /// apart in the caller's tensor at 8 heads × d 128, all in the same few L1 sets.
   void load_row(const strip& g, index b, index hk, index r, T* slot) const {
     for (index j = 0; j < g.ld; j += L) {
       const index j0 = std::min(j, g.ld - L), col0 = g.x0 + g.tmin + j0;
       const index lead = std::clamp<index>(-col0, 0, L);  // columns left of the image
       const index valid = std::clamp<index>(s_.width - std::max<index>(col0, 0), 0, L - lead);
-      for (index l = 0; l < lead; ++l) {
+      for (index l = 0; l < lead; ++l)
         for (index c = 0; c < p_.d; ++c) slot[c * g.ld + j0 + l] = T(0);
-        for (index e = 0; e < p_.dv; ++e) slot[p_.d * g.ld + e * g.ldv + j0 + l] = T(0);
-      }
-      const index first = r * s_.width + col0 + lead;
-      transpose(p_.k, b, hk, first, L - lead, valid, p_.d, T(1), slot + j0 + lead, g.ld);
-      transpose(p_.v, b, hk, first, L - lead, valid, p_.dv, T(1), slot + p_.d * g.ld + j0 + lead, g.ldv);
+      transpose(p_.k, b, hk, r * s_.width + col0 + lead, L - lead, valid, p_.d, T(1), slot + j0 + lead, g.ld);
+    }
+    T* vp = slot + kt_size_;
+    const index j_lo = std::max<index>(0, -(g.x0 + g.tmin)), j_hi = std::min(g.ld, s_.width - g.x0 - g.tmin);
+    for (index j = j_lo; j < j_hi; ++j) {
+      const T* src = p_.v.row(b, r * s_.width + g.x0 + g.tmin + j, hk);
+      T* dst = vp + j * dvp_;
+      index e = 0;
+      for (; e + L <= p_.dv; e += L) simd::store(dst + e, simd::loadu<V>(src + e));
+      for (; e < p_.dv; ++e) dst[e] = src[e];
+      for (; e < dvp_; ++e) dst[e] = T(0);
     }
   }
 
@@ -321,67 +344,55 @@ class neighborhood_rows {
     return sum0 + sum1;
   }
 
-  /// Oᵀ[e0 … e0+E) of the pair's query rows (two false: row y alone) over key rows [r_lo, r_hi),
-  /// divided by l (inv = 1/l), into ot[i]. pr[i] is row i's P buffer, first[i] its first key row.
-  template <int E, int LD>
-  void values(const strip& g, const ring& rows, index r_lo, index r_hi, const index* first, bool two,
-              T* const* pr, const V* inv, index e0, T* const* ot) const {
-    V acc[2][E];
-    XATTN_UNROLL for (int i = 0; i < 2; ++i) XATTN_UNROLL for (int e = 0; e < E; ++e) acc[i][e] = simd::bcast<V>(T(0));
-    const index nt = g.nt, ld = LD > 0 ? LD : g.ldv, kh = s_.kh;
-    index slot = r_lo % rows.rows;  // the ring slot of key row r, advanced with r (no division per row)
-    const auto next_row = [&] {
-      const T* vt = rows.base + slot * rows.slot + p_.d * g.ld + e0 * ld;
-      slot = slot + 1 == rows.rows ? 0 : slot + 1;
-      return vt;
-    };
-    // One query row on key row r (two copies below, so that acc is never indexed at run time:
-    // g++ would keep it in memory).
-    const auto one = [&](V* o, const T* p, const T* vt) {
-      for (index t = 0; t < nt; ++t) {
-        const V a = simd::in_register(simd::load<V>(p + t * L));
-        XATTN_UNROLL for (int e = 0; e < E; ++e) o[e] = simd::fma(a, simd::loadu<V>(vt + e * ld + t), o[e]);
+  /// O[q][e0 … e0+E·L) of the NQ queries in lanes l0 … l0+NQ−1 of one query row, over one key
+  /// row: o[q] += Σ_j P(q, j) · V[j], V untransposed, P(q, j) broadcast from the score buffer p
+  /// (query lane l at key column j: p[(j − l)·L + l]). Query q sees the columns
+  /// [start[q], start[q] + kw), which differ by 0 or 1 between neighbours: the columns all NQ see run
+  /// without a test, the few at either end test each query. init: o starts at zero, not at o.
+  template <int NQ, int E>
+  void values(const T* vt, const T* p, index l0, const index* start, T* o, bool init) const {
+    V acc[NQ][E];
+    XATTN_UNROLL for (int q = 0; q < NQ; ++q) XATTN_UNROLL for (int e = 0; e < E; ++e)
+      acc[q][e] = init ? simd::bcast<V>(T(0)) : simd::load<V>(o + q * dvp_ + e * L);
+    const index kw = s_.kw;
+    index pq[NQ], a[NQ];  // P(q, j) = p[pq[q] + j·L] (pq < 0, but j ≥ a[q] ≥ l0 + q: the sum is not)
+    XATTN_UNROLL for (int q = 0; q < NQ; ++q) pq[q] = (l0 + q) - (l0 + q) * L, a[q] = start[l0 + q];
+    const index j_all = a[NQ - 1], j_end = a[0] + kw, j_last = a[NQ - 1] + kw;
+    const auto some = [&](index j) {
+      const T* v = vt + j * dvp_;
+      XATTN_UNROLL for (int q = 0; q < NQ; ++q) {
+        if (j < a[q] || j >= a[q] + kw) continue;
+        const V pb = simd::bcast<V>(p[pq[q] + j * L]);
+        XATTN_UNROLL for (int e = 0; e < E; ++e) acc[q][e] = simd::fma(pb, simd::load<V>(v + e * L), acc[q][e]);
       }
     };
-    // Key rows [r_lo, shared_lo) are row y's alone, [shared_lo, shared_hi) both rows', the rest row y+1's.
-    const index shared_lo = two ? first[1] : r_hi, shared_hi = two ? first[0] + kh : r_hi;
-    for (index r = r_lo; r < shared_lo; ++r) one(acc[0], pr[0] + (r - first[0]) * nt * L, next_row());
-    for (index r = shared_lo; r < shared_hi; ++r) {
-      const T* vt = next_row();
-      const T* p0 = pr[0] + (r - first[0]) * nt * L;
-      const T* p1 = pr[1] + (r - first[1]) * nt * L;
-      for (index t = 0; t < nt; ++t) {
-        const V a = simd::in_register(simd::load<V>(p0 + t * L)), b = simd::in_register(simd::load<V>(p1 + t * L));
-        XATTN_UNROLL for (int e = 0; e < E; ++e) {
-          const V v = simd::in_register(simd::loadu<V>(vt + e * ld + t));
-          acc[0][e] = simd::fma(a, v, acc[0][e]);
-          acc[1][e] = simd::fma(b, v, acc[1][e]);
-        }
+    index j = a[0];
+    for (; j < j_all; ++j) some(j);
+    for (; j < j_end; ++j) {
+      const T* v = vt + j * dvp_;
+      V pb[NQ];
+      XATTN_UNROLL for (int q = 0; q < NQ; ++q) pb[q] = simd::bcast<V>(p[pq[q] + j * L]);
+      XATTN_UNROLL for (int e = 0; e < E; ++e) {
+        const V x = simd::in_register(simd::load<V>(v + e * L));
+        XATTN_UNROLL for (int q = 0; q < NQ; ++q) acc[q][e] = simd::fma(pb[q], x, acc[q][e]);
       }
     }
-    for (index r = shared_hi; r < r_hi; ++r) one(acc[1], pr[1] + (r - first[1]) * nt * L, next_row());
-    XATTN_UNROLL for (int e = 0; e < E; ++e) simd::store(ot[0] + (e0 + e) * L, acc[0][e] * inv[0]);
-    if (two) XATTN_UNROLL for (int e = 0; e < E; ++e) simd::store(ot[1] + (e0 + e) * L, acc[1][e] * inv[1]);
+    for (; j < j_last; ++j) some(j);
+    XATTN_UNROLL for (int q = 0; q < NQ; ++q) XATTN_UNROLL for (int e = 0; e < E; ++e)
+      simd::store(o + q * dvp_ + e * L, acc[q][e]);
   }
 
-  /// out[b, y·W + x0 + l, h][e] = ot[e·L + l] for the strip's valid lanes.
-  void write(const strip& g, index b, index y, index h, const T* ot) const {
-    T* out = p_.o.row(b, y * s_.width + g.x0, h);
-    index e0 = 0;
-    if constexpr (kBlocks) {
-      if (g.valid == L) {
-        const T* src[L];
-        for (index i = 0; i < L; ++i) src[i] = ot + i * L;
-        for (; e0 + L <= p_.dv; e0 += L) {
-          V o[L];
-          transpose_block(src, o);
-          XATTN_UNROLL for (int l = 0; l < L; ++l) o[l].store_unaligned(out + l * p_.o.ss + e0);
-          for (index i = 0; i < L; ++i) src[i] += L * L;
-        }
-      }
+  /// out[b, y·W + x0 + l, h] = o[l] · inv[l] for the strip's valid lanes.
+  void write(const strip& g, index b, index y, index h, const T* o, const T* inv) const {
+    for (index l = 0; l < g.valid; ++l) {
+      T* out = p_.o.row(b, y * s_.width + g.x0 + l, h);
+      const T* src = o + l * dvp_;
+      const V s = simd::bcast<V>(inv[l]);
+      index e = 0;
+      if constexpr (!simd::is_scalar_v<V>)
+        for (; e + L <= p_.dv; e += L) (simd::load<V>(src + e) * s).store_unaligned(out + e);
+      for (; e < p_.dv; ++e) out[e] = src[e] * inv[l];
     }
-    for (index l = 0; l < g.valid; ++l)
-      for (index e = e0; e < p_.dv; ++e) out[l * p_.o.ss + e] = ot[e * L + l];
   }
 
   void work(index item) const {
@@ -392,13 +403,15 @@ class neighborhood_rows {
     const strip g = make_strip(si);
     const index kh = s_.kh, nk = kh * g.nt;
     T* ws = static_cast<T*>(workspace::of_this_thread().get(
-        sizeof(T) * std::size_t((kh + 1) * slot_ + 2 * qt_size_ + 2 * s_size_ + 2 * ot_size_)));
+        sizeof(T) * std::size_t((kh + 1) * slot_ + 2 * qt_size_ + 2 * s_size_ + 2 * ob_size_)));
     const ring rows{ws, kh + 1, slot_};
     T* const qt[2] = {ws + (kh + 1) * slot_, ws + (kh + 1) * slot_ + qt_size_};
     T* const sb[2] = {qt[1] + qt_size_, qt[1] + qt_size_ + s_size_};
-    T* const ot[2] = {sb[1] + s_size_, sb[1] + s_size_ + ot_size_};
-    // Passes over offsets (scores) and over value dims (P·V), as equal as possible.
-    const index chunks = (g.nt + kMaxNT - 1) / kMaxNT, echunks = (p_.dv + kMaxE - 1) / kMaxE;
+    T* const ob[2] = {sb[1] + s_size_, sb[1] + s_size_ + ob_size_};
+    // Passes over offsets (scores) and over value vectors (P·V), as equal as possible; groups of
+    // at most kQ query lanes, as equal as possible.
+    const index chunks = (g.nt + kMaxNT - 1) / kMaxNT, nv = dvp_ / L, echunks = (nv + kMaxE - 1) / kMaxE;
+    const index groups = (g.valid + kQ - 1) / kQ;
     const V ninf = simd::bcast<V>(-std::numeric_limits<T>::infinity());
 
     const index y_begin = band * band_, y_end = std::min(s_.height, y_begin + band_);
@@ -440,10 +453,10 @@ class neighborhood_rows {
             ti0 += nt;
           }
         }
-        V inv[2] = {};
+        alignas(simd::kAlign) T inv[2][L];
         for (int i = 0; i < (two ? 2 : 1); ++i) {
           const V l = exponentials(sb[i], nk, mx[i]);
-          inv[i] = simd::bcast<V>(T(1)) / l;
+          simd::store(inv[i], simd::bcast<V>(T(1)) / l);
           if (p_.lse) {  // lse = (m + log2 l)·ln 2
             alignas(simd::kAlign) T m[L], sum[L];
             simd::store(m, mx[i]), simd::store(sum, l);
@@ -452,22 +465,35 @@ class neighborhood_rows {
                   T((double(m[x]) + std::log2(double(sum[x]))) * kLn2);
           }
         }
-        for (index ch = 0, e0 = 0; ch < echunks; ++ch) {
-          const index ne = p_.dv / echunks + (ch < p_.dv % echunks);
-          with_count<kMaxE>(int(ne), [&]<int E>() {
-            if (g.ldv == kLdV) values<E, kLdV>(g, rows, r_lo, r_hi, first, two, sb, inv, e0, ot);
-            else values<E, 0>(g, rows, r_lo, r_hi, first, two, sb, inv, e0, ot);
-          });
-          e0 += ne;
+        // P·V key row by key row (its V stays in L1 for both query rows and all lane groups), each
+        // query's sums in key-row order whichever row it is paired with.
+        for (index r = r_lo; r < r_hi; ++r) {
+          const T* vt = rows[r] + kt_size_;
+          for (int i = 0; i < (two ? 2 : 1); ++i) {
+            if (r < first[i] || r >= first[i] + kh) continue;
+            const T* p = sb[i] + (r - first[i]) * g.nt * L;
+            for (index gr = 0, l0 = 0; gr < groups; ++gr) {
+              const index nq = g.valid / groups + (gr < g.valid % groups);
+              for (index ch = 0, e0 = 0; ch < echunks; ++ch) {
+                const index ne = nv / echunks + (ch < nv % echunks);
+                T* o = ob[i] + l0 * dvp_ + e0 * L;
+                with_count<kQ>(int(nq), [&]<int NQ>() {
+                  with_count<kMaxE>(int(ne), [&]<int E>() { values<NQ, E>(vt + e0 * L, p, l0, g.start, o, r == first[i]); });
+                });
+                e0 += ne;
+              }
+              l0 += nq;
+            }
+          }
         }
-        for (int i = 0; i < (two ? 2 : 1); ++i) write(g, b, y + i, h, ot[i]);
+        for (int i = 0; i < (two ? 2 : 1); ++i) write(g, b, y + i, h, ob[i], inv[i]);
       }
     }
   }
 
   const softmax_problem<T>& p_;
   neighborhood_spec s_;
-  index strips_, nt_max_, ld_max_, band_, bands_, slot_, qt_size_, s_size_, ot_size_;
+  index strips_, nt_max_, ld_max_, band_, bands_, dvp_, kt_size_, slot_, qt_size_, s_size_, ob_size_;
 };
 
 }  // namespace xattn::detail
