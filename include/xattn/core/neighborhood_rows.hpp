@@ -57,6 +57,7 @@
 #include "simd.hpp"
 #include "softmax_args.hpp"
 #include "tile_engine.hpp"  // kLog2e, kLn2
+#include "transpose.hpp"
 #include "window_args.hpp"
 #include "workspace.hpp"
 
@@ -161,77 +162,10 @@ class neighborhood_rows {
   index row_start(index y) const { return std::clamp<index>(y - s_.kh / 2, 0, s_.height - s_.kh); }
 
   // Transposes of L rows of the caller's tensor at a time: L vector loads, an L × L transpose in
-  // registers (unpack and lane shuffles) and L vector stores, for float on AVX-512 and AVX2.
-  // Elsewhere, and where a block of lanes leaves the image, element by element. (A gather is no
-  // alternative here: 20 cycles per 16 floats even from L1, 35 when the rows sit 4 KiB apart.)
-  // The intrinsics exist only where the translation unit is compiled for them (a consumer built
-  // without -mavx2 / -mavx512f sees no __m256 / __m512), hence the preprocessor guards.
-#if defined(__AVX512F__)
-  static constexpr bool kAvx512 = std::is_same_v<T, float> && std::is_base_of_v<xsimd::avx512f, Arch>;
-#else
-  static constexpr bool kAvx512 = false;
-#endif
-#if defined(__AVX2__)
-  static constexpr bool kAvx2 = std::is_same_v<T, float> && !kAvx512 && std::is_base_of_v<xsimd::avx2, Arch>;
-#else
-  static constexpr bool kAvx2 = false;
-#endif
-  static constexpr bool kBlocks = kAvx512 || kAvx2;
-
-  /// out[i] = (src[0][i], …, src[L−1][i]) for i < L.
-  static void transpose_block([[maybe_unused]] const T* const* src, [[maybe_unused]] V* out) {
-#if defined(__AVX512F__)
-    if constexpr (kAvx512) {
-      __m512 r[16], t[16];
-      XATTN_UNROLL for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src[i]);
-      // t[2i] lane k = (a[4k], b[4k], a[4k+1], b[4k+1]), t[2i+1] = the same for 4k+2, 4k+3 (a, b = rows 2i, 2i+1)
-      XATTN_UNROLL for (int i = 0; i < 8; ++i) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-      }
-      // r[4i+j] lane k = rows 4i … 4i+3 at column 4k + j
-      XATTN_UNROLL for (int i = 0; i < 4; ++i) {
-        const auto lo = [](__m512 a, __m512 b) { return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); };
-        const auto hi = [](__m512 a, __m512 b) { return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b))); };
-        r[4 * i] = lo(t[4 * i], t[4 * i + 2]);
-        r[4 * i + 1] = hi(t[4 * i], t[4 * i + 2]);
-        r[4 * i + 2] = lo(t[4 * i + 1], t[4 * i + 3]);
-        r[4 * i + 3] = hi(t[4 * i + 1], t[4 * i + 3]);
-      }
-      // column 4k + j = lane k of r[j], r[4+j], r[8+j], r[12+j]
-      XATTN_UNROLL for (int j = 0; j < 4; ++j) {
-        const __m512 u0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x44), u1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xEE);
-        const __m512 u2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x44), u3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xEE);
-        out[j] = _mm512_shuffle_f32x4(u0, u2, 0x88);
-        out[4 + j] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
-        out[8 + j] = _mm512_shuffle_f32x4(u1, u3, 0x88);
-        out[12 + j] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
-      }
-    }
-#endif
-#if defined(__AVX2__)
-    if constexpr (kAvx2) {
-      __m256 r[8], t[8];
-      XATTN_UNROLL for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src[i]);
-      XATTN_UNROLL for (int i = 0; i < 4; ++i) {
-        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-      }
-      XATTN_UNROLL for (int i = 0; i < 2; ++i) {
-        const auto lo = [](__m256 a, __m256 b) { return _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(a), _mm256_castps_pd(b))); };
-        const auto hi = [](__m256 a, __m256 b) { return _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(a), _mm256_castps_pd(b))); };
-        r[4 * i] = lo(t[4 * i], t[4 * i + 2]);
-        r[4 * i + 1] = hi(t[4 * i], t[4 * i + 2]);
-        r[4 * i + 2] = lo(t[4 * i + 1], t[4 * i + 3]);
-        r[4 * i + 3] = hi(t[4 * i + 1], t[4 * i + 3]);
-      }
-      XATTN_UNROLL for (int j = 0; j < 4; ++j) {
-        out[j] = _mm256_permute2f128_ps(r[j], r[4 + j], 0x20);
-        out[4 + j] = _mm256_permute2f128_ps(r[j], r[4 + j], 0x31);
-      }
-    }
-#endif
-  }
+  // registers (core/transpose.hpp) and L vector stores, for float on AVX-512 and AVX2. Elsewhere,
+  // and where a block of lanes leaves the image, element by element. (A gather is no alternative
+  // here: 20 cycles per 16 floats even from L1, 35 when the rows sit 4 KiB apart.)
+  static constexpr bool kBlocks = simd::has_transpose<T, Arch>;
 
   /// dst[c·ld + l] = scale·x[b, first + l, h][c] for l < n (n <= L), c < dim; lanes [valid, n) get zeros.
   static void transpose(const bshd_view<const T>& x, index b, index h, index first, index n, index valid,
@@ -244,7 +178,7 @@ class neighborhood_rows {
         index c0 = 0;
         for (; c0 + L <= dim; c0 += L) {
           V out[L];
-          transpose_block(src, out);
+          simd::transpose_block<T, Arch>(src, out);
           XATTN_UNROLL for (int i = 0; i < L; ++i) (out[i] * sc).store_unaligned(dst + (c0 + i) * ld);
           for (index l = 0; l < L; ++l) src[l] += L;
         }
