@@ -303,14 +303,9 @@ class tile_engine {
     index b, hk, qb;
     unit_coords(u, b, hk, qb);
     block* blk = blocks(1);
-    lanes(*blk, hk, qb);
+    start(*blk, b, hk, qb, split);
     const auto sched = policy_.make(p_, b, hk, view(*blk), Bc);
     const index n0 = sched.count() * split / splits_, n1 = sched.count() * (split + 1) / splits_;
-    // The first tile's rows are requested before Q is loaded, so that both wait for memory at once
-    // (each later tile is requested while the one before is computed). The keys a block sees
-    // first are mostly the ones no block before it saw (blocks of a head go from the last down).
-    if (n0 < n1) request_visit(b, hk, p_.nk_of(b), sched, n0);
-    start(*blk, b, split);
     for (index n = n0; n < n1; ++n) tile(*blk, b, hk, p_.nk_of(b), sched, n, n + 1 < n1 ? n + 1 : -1);
     finish(*blk, b, partial);
   }
@@ -322,10 +317,7 @@ class tile_engine {
   void work_heads(index b, index split, T* partials) const {
     const index nk = p_.nk_of(b);
     block* first = blocks(nhb_);
-    for (index hb = 0; hb < nhb_; ++hb) {
-      lanes(block_at(first, hb), hb, 0);
-      start(block_at(first, hb), b, split);
-    }
+    for (index hb = 0; hb < nhb_; ++hb) start(block_at(first, hb), b, hb, 0, split);
     // The schedule is the same for every head; making it for each block also fills that block's
     // per-lane rows (aux: e.g. each lane's residue modulo the dilation), which its masks read.
     const auto sched = policy_.make(p_, b, 0, view(*first), Bc);
@@ -451,9 +443,10 @@ class tile_engine {
     }
   }
 
-  /// A block's Q (scaled), per-lane constants and empty softmax state (its lanes() already set).
-  void start(block& blk, index b, index split) const {
+  /// A block's lanes, Q (scaled), per-lane constants and empty softmax state.
+  void start(block& blk, index b, index hk, index qb, index split) const {
     const index d = p_.d, nq = p_.nq_of(b);
+    lanes(blk, hk, qb);
 
     // Q scaled so that scores come out in log2 units (or in units of the softcap), zero on padding.
     const double qscale = p_.softcap > 0 ? p_.scale / p_.softcap : p_.scale * kLog2e;
@@ -503,17 +496,6 @@ class tile_engine {
     simd::prefetch(p_.k.row(b, j, h), sizeof(T) * p_.d);
     simd::prefetch(p_.v.row(b, j, h), sizeof(T) * p_.dv);
   }
-  /// Asks for the rows of every key of the schedule's n-th visit.
-  template <class Sched>
-  void request_visit(index b, index h, index nk, const Sched& sched, index n) const {
-    if constexpr (gathered_keys<Sched>) {
-      for (index c = 0; c < sched.keys(n); ++c) request(b, sched.key(n, c), h);
-    } else {
-      const index j0 = sched.tile(n) * Bc;
-      for (index j = j0; j < std::min(j0 + Bc, nk); ++j) request(b, j, h);
-    }
-  }
-
   /// The n-th visit of the schedule: key tile t = sched.tile(n), keys [j0, j0 + nc); the rows of
   /// visit `ahead` (or none, −1) are requested meanwhile. hk is the K/V head (narrow: head block).
   template <class Sched>
