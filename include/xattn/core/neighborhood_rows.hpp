@@ -174,16 +174,7 @@ class neighborhood_rows {
       if (n == L && valid == L) {
         const T* src[L];
         for (index l = 0; l < L; ++l) src[l] = x.row(b, first + l, h);
-        const V sc = simd::bcast<V>(scale);
-        index c0 = 0;
-        for (; c0 + L <= dim; c0 += L) {
-          V out[L];
-          simd::transpose_block<T, Arch>(src, out);
-          XATTN_UNROLL for (int i = 0; i < L; ++i) (out[i] * sc).store_unaligned(dst + (c0 + i) * ld);
-          for (index l = 0; l < L; ++l) src[l] += L;
-        }
-        for (; c0 < dim; ++c0)
-          for (index l = 0; l < L; ++l) dst[c0 * ld + l] = src[l][c0 % L] * scale;
+        simd::transpose_rows<T, Arch>(src, dim, scale, dst, ld);
         return;
       }
     }

@@ -400,26 +400,19 @@ class tile_engine {
     index rows_ = 0, row_ = 0, left_ = 0, quota_ = 0;
   };
 
-  /// dst[c·ld + r] = s·rows[r][c] for r < kT, c < d; null rows are skipped. L × L blocks go through
-  /// registers (transpose.hpp) where all L of their rows are present, the rest element by element.
+  /// dst[c·ld + r] = s·rows[r][c] for r < kT, c < d; null rows are skipped. Groups of L rows that
+  /// are all present go through registers (simd::transpose_rows), the rest element by element.
   static void transpose_in(const T* const* rows, index d, T s, T* dst, index ld) {
     for (index l0 = 0; l0 < kT; l0 += L) {
-      index c0 = 0;
       if constexpr (simd::has_transpose<T, Arch>) {
         if (std::all_of(rows + l0, rows + l0 + L, [](const T* r) { return r != nullptr; })) {
-          const V sv = simd::bcast<V>(s);
-          for (; c0 + L <= d; c0 += L) {
-            const T* src[L];
-            V col[L];
-            for (index l = 0; l < L; ++l) src[l] = rows[l0 + l] + c0;
-            simd::transpose_block<T, Arch>(src, col);
-            XATTN_UNROLL for (index c = 0; c < L; ++c) simd::storeu(dst + (c0 + c) * ld + l0, col[c] * sv);
-          }
+          simd::transpose_rows<T, Arch>(rows + l0, d, s, dst + l0, ld);
+          continue;
         }
       }
-      for (index l = l0; l < std::min<index>(l0 + L, kT); ++l)
+      for (index l = l0; l < l0 + L; ++l)
         if (rows[l])
-          for (index c = c0; c < d; ++c) dst[c * ld + l] = rows[l][c] * s;
+          for (index c = 0; c < d; ++c) dst[c * ld + l] = rows[l][c] * s;
     }
   }
   /// out[r][e] = s[r]·src[e·ld + r] for r < n (n <= kT), e < dv: the inverse of transpose_in, with a

@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <xsimd/xsimd.hpp>
 
+#include "error.hpp"  // xattn::index
 #include "simd.hpp"
 
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -103,6 +104,25 @@ inline void transpose_block([[maybe_unused]] const T* const* src, [[maybe_unused
     }
   }
 #endif
+}
+
+/// dst[c·ld + l] = s·rows[l][c] for l < L, c < d: L rows (all present) into L columns of dst, in
+/// L × L blocks through transpose_block, the last d mod L columns element by element.
+template <class T, class Arch>
+inline void transpose_rows(const T* const* rows, index d, T s, T* dst, index ld) {
+  using V = vec_t<T, Arch>;
+  constexpr int L = lanes_v<T, Arch>;
+  const V sv = bcast<V>(s);
+  index c0 = 0;
+  for (; c0 + L <= d; c0 += L) {
+    const T* src[L];
+    V col[L];
+    for (int l = 0; l < L; ++l) src[l] = rows[l] + c0;
+    transpose_block<T, Arch>(src, col);
+    XATTN_UNROLL for (int c = 0; c < L; ++c) storeu(dst + (c0 + c) * ld, col[c] * sv);
+  }
+  for (; c0 < d; ++c0)
+    for (int l = 0; l < L; ++l) dst[c0 * ld + l] = rows[l][c0] * s;
 }
 
 }  // namespace xattn::simd
