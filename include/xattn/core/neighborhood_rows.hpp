@@ -167,24 +167,18 @@ class neighborhood_rows {
   // here: 20 cycles per 16 floats even from L1, 35 when the rows sit 4 KiB apart.)
   static constexpr bool kBlocks = simd::has_transpose<T, Arch>;
 
-  /// dst[c·ld + l] = scale·x[b, first + l, h][c] for l < n (n <= L), c < dim; lanes [valid, n) get zeros.
-  static void transpose(const bshd_view<const T>& x, index b, index h, index first, index n, index valid,
-                        index dim, T scale, T* dst, index ld) {
+  /// dst[c·ld + l] = scale·src[l][c] for l < L, c < dim; a null src[l] gives zeros (a column outside
+  /// the image, a lane past its right edge), read from `zeros` (dim zeros) so that border blocks too
+  /// go through registers.
+  static void transpose(const T* const* src, index dim, T scale, T* dst, index ld, const T* zeros) {
     if constexpr (kBlocks) {
-      if (n == L && valid == L) {
-        const T* src[L];
-        for (index l = 0; l < L; ++l) src[l] = x.row(b, first + l, h);
-        simd::transpose_rows<T, Arch>(src, dim, scale, dst, ld);
-        return;
-      }
-    }
-    for (index l = 0; l < n; ++l) {
-      if (l < valid) {
-        const T* src = x.row(b, first + l, h);
-        for (index c = 0; c < dim; ++c) dst[c * ld + l] = src[c] * scale;
-      } else {
-        for (index c = 0; c < dim; ++c) dst[c * ld + l] = T(0);
-      }
+      const T* rows[L];
+      for (index l = 0; l < L; ++l) rows[l] = src[l] ? src[l] : zeros;
+      simd::transpose_rows<T, Arch>(rows, dim, scale, dst, ld);
+    } else {
+      (void)zeros;
+      for (index l = 0; l < L; ++l)
+        for (index c = 0; c < dim; ++c) dst[c * ld + l] = src[l] ? src[l][c] * scale : T(0);
     }
   }
 
@@ -193,14 +187,13 @@ class neighborhood_rows {
   /// row's V as it is, one key per dvp values, for the columns inside the image (no window reaches
   /// past the image, so the others are never read). A copy, not a transpose: V rows sit 4 KiB
   /// apart in the caller's tensor at 8 heads × d 128, all in the same few L1 sets.
-  void load_row(const strip& g, index b, index hk, index r, T* slot) const {
+  void load_row(const strip& g, index b, index hk, index r, T* slot, const T* zeros) const {
     for (index j = 0; j < g.ld; j += L) {
       const index j0 = std::min(j, g.ld - L), col0 = g.x0 + g.tmin + j0;
-      const index lead = std::clamp<index>(-col0, 0, L);  // columns left of the image
-      const index valid = std::clamp<index>(s_.width - std::max<index>(col0, 0), 0, L - lead);
-      for (index l = 0; l < lead; ++l)
-        for (index c = 0; c < p_.d; ++c) slot[c * g.ld + j0 + l] = T(0);
-      transpose(p_.k, b, hk, r * s_.width + col0 + lead, L - lead, valid, p_.d, T(1), slot + j0 + lead, g.ld);
+      const T* src[L];
+      for (index l = 0; l < L; ++l)
+        src[l] = col0 + l >= 0 && col0 + l < s_.width ? p_.k.row(b, r * s_.width + col0 + l, hk) : nullptr;
+      transpose(src, p_.d, T(1), slot + j0, g.ld, zeros);
     }
     T* vp = slot + kt_size_;
     const index j_lo = std::max<index>(0, -(g.x0 + g.tmin)), j_hi = std::min(g.ld, s_.width - g.x0 - g.tmin);
@@ -215,8 +208,10 @@ class neighborhood_rows {
   }
 
   /// Qᵀ of query row y, head h, scaled by scale·log2 e (zeros on padding lanes).
-  void load_q(const strip& g, index b, index y, index h, T* qt) const {
-    transpose(p_.q, b, h, y * s_.width + g.x0, L, g.valid, p_.d, T(p_.scale * kLog2e), qt, L);
+  void load_q(const strip& g, index b, index y, index h, T* qt, const T* zeros) const {
+    const T* src[L];
+    for (index l = 0; l < L; ++l) src[l] = l < g.valid ? p_.q.row(b, y * s_.width + g.x0 + l, h) : nullptr;
+    transpose(src, p_.d, T(p_.scale * kLog2e), qt, L, zeros);
   }
 
   /// Scores of R query rows against offsets [ti0, ti0 + NT) of one key row: s[i][n] (vector n of
@@ -307,32 +302,44 @@ class neighborhood_rows {
       simd::store(o + q * dvp_ + e * L, acc[q][e]);
   }
 
-  /// out[b, y·W + x0 + l, h] = o[l] · inv[l] for the strip's valid lanes.
+  /// out[b, y·W + x0 + l, h] = o[l] · inv[l] for the strip's valid lanes. Rows of whole cache
+  /// lines go around the caches (simd::stream): O is written once, and an ordinary store first
+  /// read each line (its stores took 4 % of the time at 128², kernel 13, one thread; streamed, two
+  /// threads ran 5 % faster). Writing a pair's rows a few at a time during the next pair's scores
+  /// instead was no faster.
   void write(const strip& g, index b, index y, index h, const T* o, const T* inv) const {
+    const bool lines = !simd::is_scalar_v<V> && p_.dv % (64 / index(sizeof(T))) == 0;
     for (index l = 0; l < g.valid; ++l) {
       T* out = p_.o.row(b, y * s_.width + g.x0 + l, h);
       const T* src = o + l * dvp_;
-      const V s = simd::bcast<V>(inv[l]);
       index e = 0;
-      if constexpr (!simd::is_scalar_v<V>)
-        for (; e + L <= p_.dv; e += L) (simd::load<V>(src + e) * s).store_unaligned(out + e);
+      if constexpr (!simd::is_scalar_v<V>) {
+        const V s = simd::bcast<V>(inv[l]);
+        if (lines && reinterpret_cast<std::uintptr_t>(out) % 64 == 0)
+          for (; e + L <= p_.dv; e += L) simd::stream(out + e, simd::load<V>(src + e) * s);
+        for (; e + L <= p_.dv; e += L) simd::storeu(out + e, simd::load<V>(src + e) * s);
+      }
       for (; e < p_.dv; ++e) out[e] = src[e] * inv[l];
     }
   }
 
   void work(index item) const {
     // K/V heads vary fastest: the items running at one time read the same pixels (all heads of a
-    // pixel share its 4 KiB page at H·d = 1024 floats), so page walks and DRAM pages are shared.
+    // pixel share its 4 KiB page at H·d = 1024 floats), so DRAM pages are shared. Strips fastest
+    // (the neighbour strip's halo columns fresher in L3) ran 12 % slower on one thread, with 4 KiB
+    // pages as with 2 MiB ones.
     const index hk = item % p_.hkv, band = item / p_.hkv % bands_, si = item / p_.hkv / bands_ % strips_,
                 b = item / p_.hkv / bands_ / strips_;
     const strip g = make_strip(si);
     const index kh = s_.kh, nk = kh * g.nt;
     T* ws = static_cast<T*>(workspace::of_this_thread().get(
-        sizeof(T) * std::size_t((kh + 1) * slot_ + 2 * qt_size_ + 2 * s_size_ + 2 * ob_size_)));
+        sizeof(T) * std::size_t((kh + 1) * slot_ + 2 * qt_size_ + 2 * s_size_ + 2 * ob_size_ + round(p_.d))));
     const ring rows{ws, kh + 1, slot_};
     T* const qt[2] = {ws + (kh + 1) * slot_, ws + (kh + 1) * slot_ + qt_size_};
     T* const sb[2] = {qt[1] + qt_size_, qt[1] + qt_size_ + s_size_};
     T* const ob[2] = {sb[1] + s_size_, sb[1] + s_size_ + ob_size_};
+    T* const zeros = ob[1] + ob_size_;  // stands in for rows outside the image in transposes
+    std::fill(zeros, zeros + p_.d, T(0));
     // Passes over offsets (scores) and over value vectors (P·V), as equal as possible; groups of
     // at most kQ query lanes, as equal as possible.
     const index chunks = (g.nt + kMaxNT - 1) / kMaxNT, nv = dvp_ / L, echunks = (nv + kMaxE - 1) / kMaxE;
@@ -345,7 +352,7 @@ class neighborhood_rows {
       const bool two = y + 1 < y_end;
       const index first[2] = {row_start(y), row_start(two ? y + 1 : y)};
       const index r_lo = first[0], r_hi = first[1] + kh;  // at most kh + 1 rows
-      for (; loaded < r_hi; ++loaded) load_row(g, b, hk, loaded, rows[loaded]);
+      for (; loaded < r_hi; ++loaded) load_row(g, b, hk, loaded, rows[loaded], zeros);
       // The images come from DRAM at these sizes: ask for the next pair's query rows and new key rows
       // now, while this pair computes (~10 µs at d = 128).
       if (y + 2 < y_end) {
@@ -362,8 +369,8 @@ class neighborhood_rows {
 
       for (index gi = 0; gi < p_.group; ++gi) {
         const index h = hk * p_.group + gi;
-        load_q(g, b, y, h, qt[0]);
-        if (two) load_q(g, b, y + 1, h, qt[1]);
+        load_q(g, b, y, h, qt[0], zeros);
+        if (two) load_q(g, b, y + 1, h, qt[1], zeros);
         V mx[2] = {ninf, ninf};
         for (index r = r_lo; r < r_hi; ++r) {
           const bool u0 = r < first[0] + kh, u1 = two && r >= first[1];
@@ -402,7 +409,7 @@ class neighborhood_rows {
               for (index ch = 0, e0 = 0; ch < echunks; ++ch) {
                 const index ne = nv / echunks + (ch < nv % echunks);
                 T* o = ob[i] + l0 * dvp_ + e0 * L;
-                with_count<kQ>(int(nq), [&]<int NQ>() {
+                    with_count<kQ>(int(nq), [&]<int NQ>() {
                   with_count<kMaxE>(int(ne), [&]<int E>() { values<NQ, E>(vt + e0 * L, p, l0, g.start, o, r == first[i]); });
                 });
                 e0 += ne;
@@ -414,6 +421,7 @@ class neighborhood_rows {
         for (int i = 0; i < (two ? 2 : 1); ++i) write(g, b, y + i, h, ob[i], inv[i]);
       }
     }
+    simd::stream_fence();  // the streamed rows of O are complete before the item is
   }
 
   const softmax_problem<T>& p_;

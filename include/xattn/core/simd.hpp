@@ -74,6 +74,32 @@ template <class V> inline void store(elem_t<V>* p, const V& v) {  // aligned
 template <class V> inline void storeu(elem_t<V>* p, const V& v) {
   if constexpr (is_scalar_v<V>) *p = v; else v.store_unaligned(p);
 }
+/// An aligned store that bypasses the caches (x86: vmovntps/pd, whole lines written without reading
+/// them first); an ordinary aligned store elsewhere. Call stream_fence() before the data is handed
+/// to another thread.
+template <class V> inline void stream(elem_t<V>* p, const V& v) {
+  using T = elem_t<V>;
+  if constexpr (is_scalar_v<V>) {
+    *p = v;
+  } else {
+#if defined(__AVX512F__)
+    if constexpr (sizeof(V) == 64) {
+      if constexpr (std::is_same_v<T, float>) return _mm512_stream_ps(p, v); else return _mm512_stream_pd(p, v);
+    }
+#endif
+#if defined(__AVX__)
+    if constexpr (sizeof(V) == 32) {
+      if constexpr (std::is_same_v<T, float>) return _mm256_stream_ps(p, v); else return _mm256_stream_pd(p, v);
+    }
+#endif
+    v.store_aligned(p);
+  }
+}
+inline void stream_fence() {
+#if defined(__SSE__)
+  _mm_sfence();
+#endif
+}
 template <class V> inline V bcast(elem_t<V> x) {
   if constexpr (is_scalar_v<V>) return x; else return V(x);
 }
