@@ -77,9 +77,10 @@ class neighborhood_rows {
  public:
   using V = simd::vec_t<T, Arch>;
   static constexpr int L = simd::lanes_v<T, Arch>;
-  // Scores: two query rows × NT accumulators, two Qᵀ vectors and one Kᵀ vector: 14 offsets per
+  // Scores: two query rows × NT accumulators, two Qᵀ vectors and one Kᵀ vector, plus on AVX-512
+  // the two or three loaded Kᵀ vectors the shifted ones come from (simd::shift_in): 13 offsets per
   // pass on AVX-512's 32 registers (all of kernel 13), 6 on AVX2.
-  static constexpr int kMaxNT = (simd::traits<T, Arch>::registers - 3) / 2;
+  static constexpr int kMaxNT = (simd::traits<T, Arch>::registers - 3 - (simd::has_shift<T, Arch> ? 3 : 0)) / 2;
   // P·V: kQ queries × E output vectors, kQ broadcast P values and one V vector: 9 vectors (d 144)
   // per pass on AVX-512, 4 on AVX2. Three adjacent queries of a row see all but two of each
   // other's key columns, so one V load feeds three FMAs.
@@ -106,7 +107,7 @@ class neighborhood_rows {
     // Per-thread scratch (floats), each piece at a whole kAlign unit. V rows keep d at a whole
     // number of vectors (zeros after dv), so every value vector of a key is one aligned load.
     dvp_ = (p.dv + L - 1) / L * L;
-    kt_size_ = round(p.d * ld_max_);
+    kt_size_ = round(p.d * ld_max_ + 2 * L);  // the scores' loads run up to 2L past the last row
     slot_ = kt_size_ + round(ld_max_ * dvp_);
     qt_size_ = round(p.d * L);
     s_size_ = round(s.kh * nt_max_ * L);
@@ -195,6 +196,7 @@ class neighborhood_rows {
         src[l] = col0 + l >= 0 && col0 + l < s_.width ? p_.k.row(b, r * s_.width + col0 + l, hk) : nullptr;
       transpose(src, p_.d, T(1), slot + j0, g.ld, zeros);
     }
+    std::fill(slot + p_.d * g.ld, slot + p_.d * g.ld + 2 * L, T(0));  // read by scores, never used
     T* vp = slot + kt_size_;
     const index j_lo = std::max<index>(0, -(g.x0 + g.tmin)), j_hi = std::min(g.ld, s_.width - g.x0 - g.tmin);
     for (index j = j_lo; j < j_hi; ++j) {
@@ -225,6 +227,18 @@ class neighborhood_rows {
     for (index c = 0; c < p_.d; ++c, kc += g.ld) {
       V q[R];
       XATTN_UNROLL for (int i = 0; i < R; ++i) q[i] = simd::in_register(simd::load<V>(qt[i] + c * L));
+      if constexpr (simd::has_shift<T, Arch>) {  // NL loads and shuffles, not NT loads (see shift_in)
+        constexpr int NL = (NT - 1) / L + 2;
+        V k[NL];
+        XATTN_UNROLL for (int j = 0; j < NL; ++j) k[j] = simd::loadu<V>(kc + j * L);
+        [&]<int... n>(std::integer_sequence<int, n...>) {
+          ((void)[&] {
+             const V kn = simd::in_register(simd::shift_in<n % L, T, Arch>(k[n / L], k[n / L + 1]));
+             XATTN_UNROLL for (int i = 0; i < R; ++i) acc[i][n] = simd::fma(q[i], kn, acc[i][n]);
+           }(), ...);
+        }(std::make_integer_sequence<int, NT>{});
+        continue;
+      }
       XATTN_UNROLL for (int n = 0; n < NT; ++n) {
         const V k = simd::in_register(simd::loadu<V>(kc + n));
         XATTN_UNROLL for (int i = 0; i < R; ++i) acc[i][n] = simd::fma(q[i], k, acc[i][n]);

@@ -125,4 +125,29 @@ inline void transpose_rows(const T* const* rows, index d, T s, T* dst, index ld)
     for (int l = 0; l < L; ++l) dst[c0 * ld + l] = rows[l][c0] * s;
 }
 
+/// Whether shift_in exists: float and double on AVX-512 (valignd / valignq, one lane-crossing
+/// shuffle). AVX2 has no such shuffle across its two 128-bit halves.
+#if defined(__AVX512F__)
+template <class T, class Arch>
+inline constexpr bool has_shift = (std::is_same_v<T, float> || std::is_same_v<T, double>) &&
+                                  std::is_base_of_v<xsimd::avx512f, Arch>;
+#else
+template <class T, class Arch>
+inline constexpr bool has_shift = false;
+#endif
+
+/// Lanes N … L−1 of a followed by lanes 0 … N−1 of b: the vector at x + N when a = x[0 : L] and
+/// b = x[L : 2L]. One shuffle in place of an unaligned load, which crosses a cache line for most N
+/// (the 2-D neighborhood's scores load each key row at every column offset).
+template <int N, class T, class Arch>
+inline vec_t<T, Arch> shift_in([[maybe_unused]] const vec_t<T, Arch>& a, [[maybe_unused]] const vec_t<T, Arch>& b) {
+  static_assert(has_shift<T, Arch>, "shift_in: AVX-512 only (see has_shift)");
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>)
+    return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(b), _mm512_castps_si512(a), N));
+  else
+    return _mm512_castsi512_pd(_mm512_alignr_epi64(_mm512_castpd_si512(b), _mm512_castpd_si512(a), N));
+#endif
+}
+
 }  // namespace xattn::simd
