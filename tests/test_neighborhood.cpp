@@ -151,6 +151,19 @@ const std::vector<NaCase> kNaCases = {
 
 INSTANTIATE_TEST_SUITE_P(Cases, NeighborhoodAccuracy, ::testing::ValuesIn(kNaCases), [](const auto& i) { return i.param.name; });
 
+// The row-stencil kernel writes O around the caches only when O is larger than a last-level cache
+// (detail::neighborhood_stream_bytes); with the threshold at zero the small cases take that path.
+TEST(NeighborhoodStreamedOutput, MatchesTheReference) {
+  struct restore {
+    double saved = xattn::detail::neighborhood_stream_bytes;
+    ~restore() { xattn::detail::neighborhood_stream_bytes = saved; }
+  } guard;
+  xattn::detail::neighborhood_stream_bytes = 0;
+  check_na<float>(NaCase("streamed_k7_gqa2_19x40", 19, 40, {.kernel_h = 7, .kernel_w = 7}).heads(4, 2).dim(24).vdim(48));
+  check_na<float>(NaCase("streamed_k13_dv20_17x33", 17, 33, {.kernel_h = 13, .kernel_w = 13}).heads(2, 2).dim(16).vdim(20));
+  check_na<double>(NaCase("streamed_f64_k5_11x21", 11, 21, {.kernel_h = 5, .kernel_w = 5}).f64().heads(2, 1).dim(8).vdim(16));
+}
+
 TEST(NeighborhoodProperty, KernelAsLargeAsTheImageEqualsDense) {
   std::mt19937_64 rng(case_seed("na_dense"));
   image<float> q(2, 9, 11, 4, 32), k(2, 9, 11, 2, 32), v(2, 9, 11, 2, 32), out(2, 9, 11, 4, 32);

@@ -72,6 +72,11 @@ void with_count(int n, F&& f) {
   }(std::make_integer_sequence<int, Max>{});
 }
 
+/// The size of O above which the row-stencil kernel writes O around the caches (see its write()):
+/// a last-level cache on this machine. A variable, so that the tests can take that path on small
+/// images.
+inline double neighborhood_stream_bytes = 32.0 * (1 << 20);
+
 template <class T, class Arch>
 class neighborhood_rows {
  public:
@@ -324,13 +329,15 @@ class neighborhood_rows {
       simd::store(o + q * dvp_ + e * L, acc[q][e]);
   }
 
-  /// out[b, y·W + x0 + l, h] = o[l] · inv[l] for the strip's valid lanes. Rows of whole cache
-  /// lines go around the caches (simd::stream): O is written once, and an ordinary store first
-  /// read each line (its stores took 4 % of the time at 128², kernel 13, one thread; streamed, two
-  /// threads ran 5 % faster). Writing a pair's rows a few at a time during the next pair's scores
-  /// instead was no faster.
+  /// out[b, y·W + x0 + l, h] = o[l] · inv[l] for the strip's valid lanes. When O is larger than a
+  /// last-level cache (neighborhood_stream_bytes), rows of whole cache lines go around the caches
+  /// (simd::stream): O is written once, and an ordinary store first read each line (its stores took
+  /// 4 % of the time at 128², kernel 13, one thread; streamed, two threads ran 5 % faster). A
+  /// smaller O stays in the cache for the caller. Writing a pair's rows a few at a time during the
+  /// next pair's scores instead was no faster.
   void write(const strip& g, index b, index y, index h, const T* o, const T* inv) const {
-    const bool lines = !simd::is_scalar_v<V> && p_.dv % (64 / index(sizeof(T))) == 0;
+    const bool lines = !simd::is_scalar_v<V> && p_.dv % (64 / index(sizeof(T))) == 0 &&
+                       double(p_.batch) * double(p_.nq) * double(p_.hq) * double(p_.dv) * sizeof(T) > neighborhood_stream_bytes;
     for (index l = 0; l < g.valid; ++l) {
       T* out = p_.o.row(b, y * s_.width + g.x0 + l, h);
       const T* src = o + l * dvp_;
