@@ -438,7 +438,7 @@ class neighborhood_rows {
               for (index ch = 0, e0 = 0; ch < echunks; ++ch) {
                 const index ne = nv / echunks + (ch < nv % echunks);
                 T* o = ob[i] + l0 * dvp_ + e0 * L;
-                    with_count<kQ>(int(nq), [&]<int NQ>() {
+                with_count<kQ>(int(nq), [&]<int NQ>() {
                   with_count<kMaxE>(int(ne), [&]<int E>() { values<NQ, E>(vt + e0 * L, p, l0, g.start, o, r == first[i]); });
                 });
                 e0 += ne;
