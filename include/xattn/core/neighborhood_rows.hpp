@@ -117,6 +117,9 @@ class neighborhood_rows {
     qt_size_ = round(p.d * L);
     s_size_ = round(s.kh * nt_max_ * L);
     ob_size_ = round(L * dvp_);
+    // O by whole cache lines around the caches when it is larger than a last-level cache (write())
+    stream_ = !simd::is_scalar_v<V> && p.dv % (64 / index(sizeof(T))) == 0 &&
+              double(p.batch) * double(p.nq) * double(p.hq) * double(p.dv) * sizeof(T) > neighborhood_stream_bytes;
   }
 
   template <class Device>
@@ -167,39 +170,23 @@ class neighborhood_rows {
 
   index row_start(index y) const { return std::clamp<index>(y - s_.kh / 2, 0, s_.height - s_.kh); }
 
-  // Transposes of L rows of the caller's tensor at a time: L vector loads, an L × L transpose in
-  // registers (core/transpose.hpp) and L vector stores, for float on AVX-512 and AVX2. Elsewhere,
-  // and where a block of lanes leaves the image, element by element. (A gather is no alternative
-  // here: 20 cycles per 16 floats even from L1, 35 when the rows sit 4 KiB apart.)
-  static constexpr bool kBlocks = simd::has_transpose<T, Arch>;
-
-  /// dst[c·ld + l] = scale·src[l][c] for l < L, c < dim; a null src[l] gives zeros (a column outside
-  /// the image, a lane past its right edge), read from `zeros` (dim zeros) so that border blocks too
-  /// go through registers.
-  static void transpose(const T* const* src, index dim, T scale, T* dst, index ld, const T* zeros) {
-    if constexpr (kBlocks) {
-      const T* rows[L];
-      for (index l = 0; l < L; ++l) rows[l] = src[l] ? src[l] : zeros;
-      simd::transpose_rows<T, Arch>(rows, dim, scale, dst, ld);
-    } else {
-      (void)zeros;
-      for (index l = 0; l < L; ++l)
-        for (index c = 0; c < dim; ++c) dst[c * ld + l] = src[l] ? src[l][c] * scale : T(0);
-    }
-  }
+  // K and Q go in through simd::transpose_rows, L rows of the caller's tensor at a time: L vector
+  // loads, an L × L transpose in registers and L vector stores for float on AVX-512 and AVX2 (rows
+  // outside the image read zeros); element by element elsewhere. (A gather is no alternative here:
+  // 20 cycles per 16 floats even from L1, 35 when the rows sit 4 KiB apart.)
 
   /// Kᵀ of key row r over the strip's columns into `slot` (zeros outside the image), in blocks of
   /// L columns (the last block overlaps its neighbour when ld is not a multiple of L), and the
   /// row's V as it is, one key per dvp values, for the columns inside the image (no window reaches
   /// past the image, so the others are never read). A copy, not a transpose: V rows sit 4 KiB
   /// apart in the caller's tensor at 8 heads × d 128, all in the same few L1 sets.
-  void load_row(const strip& g, index b, index hk, index r, T* slot, const T* zeros) const {
+  void load_row(const strip& g, index b, index hk, index r, T* slot) const {
     for (index j = 0; j < g.ld; j += L) {
       const index j0 = std::min(j, g.ld - L), col0 = g.x0 + g.tmin + j0;
       const T* src[L];
       for (index l = 0; l < L; ++l)
         src[l] = col0 + l >= 0 && col0 + l < s_.width ? p_.k.row(b, r * s_.width + col0 + l, hk) : nullptr;
-      transpose(src, p_.d, T(1), slot + j0, g.ld, zeros);
+      simd::transpose_rows<T, Arch>(src, p_.d, T(1), slot + j0, g.ld);  // null rows: zeros
     }
     std::fill(slot + p_.d * g.ld, slot + p_.d * g.ld + 2 * L, T(0));  // read by scores, never used
     T* vp = slot + kt_size_;
@@ -215,10 +202,10 @@ class neighborhood_rows {
   }
 
   /// Qᵀ of query row y, head h, scaled by scale·log2 e (zeros on padding lanes).
-  void load_q(const strip& g, index b, index y, index h, T* qt, const T* zeros) const {
+  void load_q(const strip& g, index b, index y, index h, T* qt) const {
     const T* src[L];
     for (index l = 0; l < L; ++l) src[l] = l < g.valid ? p_.q.row(b, y * s_.width + g.x0 + l, h) : nullptr;
-    transpose(src, p_.d, T(p_.scale * kLog2e), qt, L, zeros);
+    simd::transpose_rows<T, Arch>(src, p_.d, T(p_.scale * kLog2e), qt, L);
   }
 
   /// Scores of R query rows against offsets [ti0, ti0 + NT) of one key row: s[i][n] (vector n of
@@ -336,15 +323,13 @@ class neighborhood_rows {
   /// smaller O stays in the cache for the caller. Writing a pair's rows a few at a time during the
   /// next pair's scores instead was no faster.
   void write(const strip& g, index b, index y, index h, const T* o, const T* inv) const {
-    const bool lines = !simd::is_scalar_v<V> && p_.dv % (64 / index(sizeof(T))) == 0 &&
-                       double(p_.batch) * double(p_.nq) * double(p_.hq) * double(p_.dv) * sizeof(T) > neighborhood_stream_bytes;
     for (index l = 0; l < g.valid; ++l) {
       T* out = p_.o.row(b, y * s_.width + g.x0 + l, h);
       const T* src = o + l * dvp_;
       index e = 0;
       if constexpr (!simd::is_scalar_v<V>) {
         const V s = simd::bcast<V>(inv[l]);
-        if (lines && reinterpret_cast<std::uintptr_t>(out) % 64 == 0)
+        if (stream_ && reinterpret_cast<std::uintptr_t>(out) % 64 == 0)
           for (; e + L <= p_.dv; e += L) simd::stream(out + e, simd::load<V>(src + e) * s);
         for (; e + L <= p_.dv; e += L) simd::storeu(out + e, simd::load<V>(src + e) * s);
       }
@@ -362,13 +347,11 @@ class neighborhood_rows {
     const strip g = make_strip(si);
     const index kh = s_.kh, nk = kh * g.nt;
     T* ws = static_cast<T*>(workspace::of_this_thread().get(
-        sizeof(T) * std::size_t((kh + 1) * slot_ + 2 * qt_size_ + 2 * s_size_ + 2 * ob_size_ + round(p_.d))));
+        sizeof(T) * std::size_t((kh + 1) * slot_ + 2 * qt_size_ + 2 * s_size_ + 2 * ob_size_)));
     const ring rows{ws, kh + 1, slot_};
     T* const qt[2] = {ws + (kh + 1) * slot_, ws + (kh + 1) * slot_ + qt_size_};
     T* const sb[2] = {qt[1] + qt_size_, qt[1] + qt_size_ + s_size_};
     T* const ob[2] = {sb[1] + s_size_, sb[1] + s_size_ + ob_size_};
-    T* const zeros = ob[1] + ob_size_;  // stands in for rows outside the image in transposes
-    std::fill(zeros, zeros + p_.d, T(0));
     // Passes over offsets (scores) and over value vectors (P·V), as equal as possible; groups of
     // at most kQ query lanes, as equal as possible.
     const index chunks = (g.nt + kMaxNT - 1) / kMaxNT, nv = dvp_ / L, echunks = (nv + kMaxE - 1) / kMaxE;
@@ -381,7 +364,7 @@ class neighborhood_rows {
       const bool two = y + 1 < y_end;
       const index first[2] = {row_start(y), row_start(two ? y + 1 : y)};
       const index r_lo = first[0], r_hi = first[1] + kh;  // at most kh + 1 rows
-      for (; loaded < r_hi; ++loaded) load_row(g, b, hk, loaded, rows[loaded], zeros);
+      for (; loaded < r_hi; ++loaded) load_row(g, b, hk, loaded, rows[loaded]);
       // The images come from DRAM at these sizes: ask for the next pair's query rows and new key rows
       // now, while this pair computes (~10 µs at d = 128).
       if (y + 2 < y_end) {
@@ -398,8 +381,8 @@ class neighborhood_rows {
 
       for (index gi = 0; gi < p_.group; ++gi) {
         const index h = hk * p_.group + gi;
-        load_q(g, b, y, h, qt[0], zeros);
-        if (two) load_q(g, b, y + 1, h, qt[1], zeros);
+        load_q(g, b, y, h, qt[0]);
+        if (two) load_q(g, b, y + 1, h, qt[1]);
         V mx[2] = {ninf, ninf};
         for (index r = r_lo; r < r_hi; ++r) {
           const bool u0 = r < first[0] + kh, u1 = two && r >= first[1];
@@ -456,6 +439,7 @@ class neighborhood_rows {
   const softmax_problem<T>& p_;
   neighborhood_spec s_;
   index strips_, nt_max_, ld_max_, band_, bands_, dvp_, kt_size_, slot_, qt_size_, s_size_, ob_size_;
+  bool stream_;
 };
 
 }  // namespace xattn::detail

@@ -400,23 +400,8 @@ class tile_engine {
     index rows_ = 0, row_ = 0, left_ = 0, quota_ = 0;
   };
 
-  /// dst[c·ld + r] = s·rows[r][c] for r < kT, c < d; null rows are skipped. Groups of L rows that
-  /// are all present go through registers (simd::transpose_rows), the rest element by element.
-  static void transpose_in(const T* const* rows, index d, T s, T* dst, index ld) {
-    for (index l0 = 0; l0 < kT; l0 += L) {
-      if constexpr (simd::has_transpose<T, Arch>) {
-        if (std::all_of(rows + l0, rows + l0 + L, [](const T* r) { return r != nullptr; })) {
-          simd::transpose_rows<T, Arch>(rows + l0, d, s, dst + l0, ld);
-          continue;
-        }
-      }
-      for (index l = l0; l < l0 + L; ++l)
-        if (rows[l])
-          for (index c = 0; c < d; ++c) dst[c * ld + l] = rows[l][c] * s;
-    }
-  }
-  /// out[r][e] = s[r]·src[e·ld + r] for r < n (n <= kT), e < dv: the inverse of transpose_in, with a
-  /// scale per row.
+  /// out[r][e] = s[r]·src[e·ld + r] for r < n (n <= kT), e < dv: the inverse of the Q transpose in
+  /// start(), with a scale per row.
   static void transpose_out(const T* src, index ld, index n, index dv, const T* s, T* const* out) {
     for (index l0 = 0; l0 < n; l0 += L) {
       index e0 = 0;
@@ -461,7 +446,9 @@ class tile_engine {
           if (rows[r - r0])
             for (index c = 0; c < d; ++c) blk.qt[r * ldq_ + c] = rows[r - r0][c] * qs;
       } else {
-        transpose_in(rows, d, qs, blk.qt + r0, br_);
+        // kT rows in groups of L lanes, none past the block's br_ lanes; null rows (padding) get zeros
+        for (index l0 = 0; l0 < std::min(kT, br_ - r0); l0 += L)
+          simd::transpose_rows<T, Arch>(rows + l0, d, qs, blk.qt + r0 + l0, br_);
       }
     }
     for (index r = 0; r < br_; ++r) {

@@ -106,23 +106,27 @@ inline void transpose_block([[maybe_unused]] const T* const* src, [[maybe_unused
 #endif
 }
 
-/// dst[c·ld + l] = s·rows[l][c] for l < L, c < d: L rows (all present) into L columns of dst, in
-/// L × L blocks through transpose_block, the last d mod L columns element by element.
+/// dst[c·ld + l] = s·rows[l][c] for l < L, c < d: L rows into L columns of dst; a null row gives
+/// zeros (a padding lane, a column outside an image). In L × L blocks through transpose_block where
+/// it exists (a null row reads an L-wide block of zeros), the rest element by element.
 template <class T, class Arch>
 inline void transpose_rows(const T* const* rows, index d, T s, T* dst, index ld) {
   using V = vec_t<T, Arch>;
   constexpr int L = lanes_v<T, Arch>;
-  const V sv = bcast<V>(s);
   index c0 = 0;
-  for (; c0 + L <= d; c0 += L) {
-    const T* src[L];
-    V col[L];
-    for (int l = 0; l < L; ++l) src[l] = rows[l] + c0;
-    transpose_block<T, Arch>(src, col);
-    XATTN_UNROLL for (int c = 0; c < L; ++c) storeu(dst + (c0 + c) * ld, col[c] * sv);
+  if constexpr (has_transpose<T, Arch>) {
+    alignas(kAlign) static constexpr T kZeros[L] = {};
+    const V sv = bcast<V>(s);
+    for (; c0 + L <= d; c0 += L) {
+      const T* src[L];
+      V col[L];
+      for (int l = 0; l < L; ++l) src[l] = rows[l] ? rows[l] + c0 : kZeros;
+      transpose_block<T, Arch>(src, col);
+      XATTN_UNROLL for (int c = 0; c < L; ++c) storeu(dst + (c0 + c) * ld, col[c] * sv);
+    }
   }
   for (; c0 < d; ++c0)
-    for (int l = 0; l < L; ++l) dst[c0 * ld + l] = rows[l][c0] * s;
+    for (int l = 0; l < L; ++l) dst[c0 * ld + l] = rows[l] ? rows[l][c0] * s : T(0);
 }
 
 /// Whether shift_in exists: float and double on AVX-512 (valignd / valignq, one lane-crossing
