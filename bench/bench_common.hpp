@@ -259,10 +259,15 @@ inline void report_flops(benchmark::State& st, double seconds, double flops_per_
 
 /// The timed loop of a FLOP-counted benchmark: body() per iteration (the FMA peak is measured
 /// first if no peak/fma row ran, never inside the loop), then report_flops. Returns the seconds of
-/// one iteration.
+/// one iteration. With warm_up, one untimed call comes first: per-thread workspaces grow and the
+/// pool's threads wake there. It matters where one call outlasts --benchmark_min_time (sliding
+/// window at N = 65536: Google Benchmark then reports that single first call, which ran 2–3 %
+/// slower than the calls after it). The naive references, minutes per call, pass false.
 template <class Body>
-double run_flops(benchmark::State& st, int threads, double flops_per_iter, double tokens_per_iter, const Body& body) {
+double run_flops(benchmark::State& st, int threads, double flops_per_iter, double tokens_per_iter, const Body& body,
+                 bool warm_up = true) {
   fma_peak(threads);
+  if (warm_up) body();
   wall_timer t;
   for (auto _ : st) {
     body();

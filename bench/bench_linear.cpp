@@ -95,7 +95,6 @@ void bm_chunk(benchmark::State& st, shape s) {
       else xattn::linear_attention(dev, q, k, v, out, copt);
     }
   };
-  body();  // the per-thread workspaces grow here, not in the timed loop
   run_flops(st, s.threads, chunk_flops(s, Naive), double(kBatch * s.n), body);
 }
 

@@ -47,7 +47,7 @@ void bm_sliding_window(benchmark::State& st, shape s) {
   run_flops(st, s.threads, sliding_window_flops(s), double(kBatch * s.n), [&] {
     if constexpr (Naive) xattn::reference::sliding_window_attention(q, k, v, out, opt);
     else xattn::sliding_window_attention(dev, q, k, v, out, opt);
-  });
+  }, !Naive);
 }
 
 std::string name(const char* impl, const shape& s) {
@@ -94,7 +94,7 @@ void bm_neighborhood(benchmark::State& st, na_shape s) {
   run_flops(st, s.threads, 4.0 * kBatch * kHeads * kDim * n * double(s.kernel * s.kernel), kBatch * n, [&] {
     if constexpr (Naive) xattn::reference::neighborhood_attention_2d(q, k, v, out, opt);
     else xattn::neighborhood_attention_2d(dev, q, k, v, out, opt);
-  });
+  }, !Naive);
 }
 
 void register_neighborhood() {

@@ -53,8 +53,8 @@ std::vector<tensor4*> softmax_tensors(const shape& s) {
 }
 
 template <class Body>
-void run_softmax(benchmark::State& st, const shape& s, const Body& body) {
-  run_flops(st, s.threads, softmax_flops(s), double(kBatch * s.n), body);
+void run_softmax(benchmark::State& st, const shape& s, const Body& body, bool warm_up = true) {
+  run_flops(st, s.threads, softmax_flops(s), double(kBatch * s.n), body, warm_up);
 }
 
 void bm_naive(benchmark::State& st, shape s) {
@@ -62,7 +62,7 @@ void bm_naive(benchmark::State& st, shape s) {
   const tensor4 &q = *ts[0], &k = *ts[1], &v = *ts[2];
   tensor4& out = *ts[3];
   const xattn::softmax_options opt{.causal = s.causal};
-  run_softmax(st, s, [&] { xattn::reference::softmax_attention(q, k, v, out, opt); });
+  run_softmax(st, s, [&] { xattn::reference::softmax_attention(q, k, v, out, opt); }, false);
 }
 
 void bm_xattn(benchmark::State& st, shape s) {

@@ -57,7 +57,7 @@ void bm_sparse(benchmark::State& st, shape s) {
   run_flops(st, s.threads, sparse_flops(layout), double(kBatch * s.n), [&] {
     if constexpr (Naive) xattn::reference::sparse_attention(q, k, v, out, layout);
     else xattn::sparse_attention(dev, q, k, v, out, layout);
-  });
+  }, !Naive);
   st.counters["density"] = layout.density();
 }
 
