@@ -178,7 +178,7 @@ void register_softmax() {
           std::vector<benchmark::internal::Benchmark*> rows;
           if (threads * score_bytes * sizeof(float) < kMaxBufferBytes) rows.push_back(add(softmax_name("eigen", s), bm_eigen, s));
           rows.push_back(add(softmax_name("xattn", s), bm_xattn, s));
-          if (n == 4096)
+          if (n == 4096 || n == 16384)
             for (auto* row : rows) row->MinTime(kJudgedMinTime);
         }
   for (Eigen::Index k : {4096, 32768})
