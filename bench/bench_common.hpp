@@ -37,10 +37,10 @@ using dims4 = std::array<Eigen::Index, 4>;
 inline constexpr int kMaxThreads = 2;
 
 /// The rows that the README's and the issues' comparisons use (softmax at N = 4096 and 16384,
-/// decode, sliding window, sparse at N = 16384, 2-D neighborhood) are timed over at least this many seconds, whatever
-/// --benchmark_min_time says (Google Benchmark lets a benchmark's own MinTime win). On a shared
-/// machine a 0.3 s window moved such a row by ±5–10 % between runs, and a call longer than the
-/// window (sliding window at N = 65536, ~0.9 s) was timed once.
+/// decode, sliding window, sparse at N = 16384, 2-D neighborhood) are timed over at least this
+/// many seconds, whatever --benchmark_min_time says (Google Benchmark lets a benchmark's own
+/// MinTime win). On a shared machine a 0.3 s window moved such a row by ±5–10 % between runs, and
+/// a call longer than the window (sliding window at N = 65536, ~0.9 s) was timed once.
 inline constexpr double kJudgedMinTime = 2.0;
 
 // ---------------------------------------------------------------------------------------------

@@ -161,8 +161,10 @@ std::string softmax_name(const char* impl, const shape& s) {
          "/threads:" + std::to_string(s.threads);
 }
 
-benchmark::internal::Benchmark* add(const std::string& name, auto fn, auto arg) {
-  return benchmark::RegisterBenchmark(name.c_str(), fn, arg)->UseRealTime()->Unit(benchmark::kMillisecond);
+/// judged: a row the README's and the issues' comparisons use, timed over at least kJudgedMinTime.
+void add(const std::string& name, auto fn, auto arg, bool judged = false) {
+  auto* row = benchmark::RegisterBenchmark(name.c_str(), fn, arg)->UseRealTime()->Unit(benchmark::kMillisecond);
+  if (judged) row->MinTime(kJudgedMinTime);
 }
 
 // Shape by shape, so that each shape's tensors are built once and shared by the three impls.
@@ -175,18 +177,16 @@ void register_softmax() {
           const double score_bytes = double(n) * double(n);
           if (threads == 1 && n <= kNaiveMaxN && score_bytes * sizeof(double) < kMaxBufferBytes)
             add(softmax_name("naive", s), bm_naive, s);
-          std::vector<benchmark::internal::Benchmark*> rows;
-          if (threads * score_bytes * sizeof(float) < kMaxBufferBytes) rows.push_back(add(softmax_name("eigen", s), bm_eigen, s));
-          rows.push_back(add(softmax_name("xattn", s), bm_xattn, s));
-          if (n == 4096 || n == 16384)
-            for (auto* row : rows) row->MinTime(kJudgedMinTime);
+          const bool judged = n == 4096 || n == 16384;  // the targets' shape; sparse's comparison
+          if (threads * score_bytes * sizeof(float) < kMaxBufferBytes) add(softmax_name("eigen", s), bm_eigen, s, judged);
+          add(softmax_name("xattn", s), bm_xattn, s, judged);
         }
   for (Eigen::Index k : {4096, 32768})
     for (int threads = 1; threads <= kMaxThreads; ++threads) {
       const decode_shape s{k, threads};
       const std::string tail = "/K:" + std::to_string(k) + "/threads:" + std::to_string(threads);
       if (threads == 1 && k <= kNaiveMaxK) add("softmax_decode/naive" + tail, bm_decode<true>, s);
-      add("softmax_decode/xattn" + tail, bm_decode<false>, s)->MinTime(kJudgedMinTime);
+      add("softmax_decode/xattn" + tail, bm_decode<false>, s, true);
     }
 }
 
