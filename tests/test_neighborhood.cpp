@@ -185,6 +185,8 @@ TEST(NeighborhoodBadInput, ThrowsNamingTheArgumentAndWritesNothing) {
       {"kernel_h", {.kernel_h = 4}},       {"kernel_w", {.kernel_w = 0}},
       {"kernel_h", {.kernel_h = 9}},       {"kernel_w", {.kernel_w = 5, .dilation_w = 2}},
       {"dilation_h", {.dilation_h = 0}},   {"scale", {.scale = -1.0}},
+      // kernel · dilation wraps around to 4 in 64 bits: must still be rejected (independent checker)
+      {"kernel_h", {.kernel_h = (index(1) << 62) + 1, .dilation_h = 4}},
   };
   for (const auto& [arg, o] : bad) {
     for (int entry = 0; entry < 2; ++entry) {

@@ -228,6 +228,14 @@ TEST_F(SlidingWindowProperty, WindowAsWideAsTheSequenceEqualsDense) {
   EXPECT_TRUE(bitwise_equal("sinks inside the band", sw({.window_left = 1000, .causal = true, .sinks = 10}),
                             dense({.causal = true})));
   EXPECT_TRUE(bitwise_equal("one chunk", sw({.causal = true, .chunk = 300}), dense({.causal = true})));
+  // the largest values: no window · dilation or position + window overflowing (independent checker)
+  constexpr index kMax = std::numeric_limits<index>::max();
+  EXPECT_TRUE(bitwise_equal("largest windows", sw({.window_left = kMax, .window_right = kMax}), dense({})));
+  EXPECT_TRUE(bitwise_equal("largest windows, dilation 3", sw({.window_left = kMax, .window_right = kMax, .dilation = 3}),
+                            sw({.dilation = 3})));
+  EXPECT_TRUE(bitwise_equal("largest dilation", sw({.window_left = 5, .window_right = 5, .dilation = kMax}),
+                            sw({.window_left = 0, .window_right = 0})));
+  EXPECT_TRUE(bitwise_equal("largest chunk", sw({.causal = true, .chunk = kMax}), dense({.causal = true})));
 }
 
 TEST_F(SlidingWindowProperty, PlainWindowEqualsSoftmaxWindow) {

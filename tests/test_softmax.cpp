@@ -563,6 +563,9 @@ class SoftmaxProperty : public ::testing::Test {
 TEST_F(SoftmaxProperty, WindowAsWideAsTheSequenceEqualsDense) {
   expect_same_attention(run_fast(c, in, {.window_left = 90, .window_right = 90}), run_fast(c, in, {}));
   expect_same_attention(run_fast(c, in, {.causal = true, .window_left = 1000}), run_fast(c, in, {.causal = true}));
+  // the largest windows: unbounded, with no position + window overflowing (independent checker)
+  constexpr index kMax = std::numeric_limits<index>::max();
+  expect_same_attention(run_fast(c, in, {.window_left = kMax, .window_right = kMax}), run_fast(c, in, {}));
 }
 
 TEST_F(SoftmaxProperty, CausalEqualsWindowRightZero) {

@@ -232,6 +232,10 @@ TEST(SparseBadInput, InconsistentLayoutsAreRejected) {
   expect_error([] { block_layout(64, 1, 2, 2, {0, 2, 4}, {0, 0, 0, 1}); }, fn, "cols");     // duplicate
   expect_error([] { block_layout(64, 1, 2, 2, {0, 1}, {0}); }, fn, "row_ptr");              // too few rows
   expect_error([] { block_layout(64, 1, 2, 2, {0, 2, 1}, {0, 1}); }, fn, "row_ptr");        // decreasing
+  // decreasing with row 0 past the end of cols: rejected before any entry is read (ASan found the
+  // read when row_ptr was checked row by row; independent checker)
+  expect_error([] { block_layout(64, 1, 2, 2, {0, 2, 1}, {0}); }, fn, "row_ptr");
+  expect_error([] { block_layout(64, index(1) << 32, index(1) << 32, 2, {0, 0}, {}); }, fn, "row_ptr");  // product wraps
   expect_error([] { block_layout(0, 1, 2, 2, {0, 0, 0}, {}); }, fn, "block_size");
   expect_error([] { block_layout::from_mask(64, 1, 2, 2, std::span<const bool>()); },
                "xattn::block_layout::from_mask", "mask");

@@ -45,6 +45,9 @@ class block_layout {
  public:
   block_layout() = default;
 
+  /// ⌈n / b⌉ blocks of b (b > 0) for n >= 0 items, without the overflow of n + b − 1.
+  static index blocks_of(index n, index b) { return n <= 0 ? 0 : (n - 1) / b + 1; }
+
   /// From compressed rows: row r = h·q_blocks + qb lists key blocks cols[row_ptr[r] .. row_ptr[r+1]),
   /// strictly increasing, in [0, k_blocks). heads = 1 shares the rows among all heads. Throws
   /// xattn::error naming the inconsistency.
@@ -85,7 +88,8 @@ class block_layout {
     return build(nq, nk, block_size, o.heads, [&](index, index qb, index diag, std::vector<bool>& row) {
       const index kbs = index(row.size());
       const index hi = o.causal ? std::min(diag, kbs - 1) : kbs - 1;
-      for (index c = std::max<index>(0, diag - o.window_blocks); c <= std::min(hi, diag + o.window_blocks); ++c) row[c] = true;
+      const index wb = std::min(o.window_blocks, kbs);  // (a larger window adds nothing, and diag + it could overflow)
+      for (index c = std::max<index>(0, diag - wb); c <= std::min(hi, diag + wb); ++c) row[c] = true;
       for (index c = 0; c < std::min(o.global_blocks, hi + 1); ++c) row[c] = true;
       if (qb < o.global_blocks)
         for (index c = 0; c <= hi; ++c) row[c] = true;
@@ -108,10 +112,10 @@ class block_layout {
     detail::require(window >= 0, fn, "window", "must be >= 0, got ", window);
     for (index g : global_tokens)
       detail::require(g >= 0 && g < std::min(nq, nk), fn, "global_tokens", "token ", g, " outside [0, ", std::min(nq, nk), ")");
-    const index wb = (window + block_size - 1) / block_size;
+    const index wb = blocks_of(window, block_size);
     return build(nq, nk, block_size, 1, [&](index, index qb, index diag, std::vector<bool>& row) {
       const index hi = causal ? std::min(diag, index(row.size()) - 1) : index(row.size()) - 1;
-      for (index c = std::max<index>(0, diag - wb); c <= std::min(hi, diag + wb); ++c) row[c] = true;
+      for (index c = std::max<index>(0, diag - wb); c <= std::min(hi, diag + std::min(wb, index(row.size()))); ++c) row[c] = true;
       for (index g : global_tokens) {
         if (g / block_size <= hi) row[g / block_size] = true;
         if (g / block_size == qb)
@@ -195,9 +199,9 @@ class block_layout {
                     " is not a positive multiple of ", tile);
     detail::require(heads_ == 1 || heads_ == hq, fn, "layout", "has ", heads_, " heads, expected 1 (shared) or ", hq,
                     " (q heads)");
-    detail::require(qb_ == (nq + block_ - 1) / block_ && kb_ == (nk + block_ - 1) / block_, fn, "layout", "has ",
-                    qb_, "×", kb_, " blocks of ", block_, ", expected ", (nq + block_ - 1) / block_, "×",
-                    (nk + block_ - 1) / block_, " for Nq = ", nq, ", Nk = ", nk);
+    detail::require(qb_ == blocks_of(nq, block_) && kb_ == blocks_of(nk, block_), fn, "layout", "has ",
+                    qb_, "×", kb_, " blocks of ", block_, ", expected ", blocks_of(nq, block_), "×",
+                    blocks_of(nk, block_), " for Nq = ", nq, ", Nk = ", nk);
   }
 
  private:
@@ -205,12 +209,14 @@ class block_layout {
     detail::require(block_ > 0, fn, "block_size", "must be > 0, got ", block_);
     detail::require(heads_ >= 1, fn, "heads", "must be >= 1, got ", heads_);
     detail::require(qb_ >= 1 && kb_ >= 1, fn, "q_blocks", "q_blocks ", qb_, " and k_blocks ", kb_, " must be >= 1");
-    detail::require(index(row_ptr_.size()) == heads_ * qb_ + 1, fn, "row_ptr", "has ", row_ptr_.size(),
-                    " entries, expected heads × q_blocks + 1 = ", heads_ * qb_ + 1);
+    const index rows = index(row_ptr_.size()) - 1;  // heads × q_blocks, tested without the product's overflow
+    detail::require(rows >= 0 && qb_ <= rows / heads_ && heads_ * qb_ == rows, fn, "row_ptr", "has ",
+                    row_ptr_.size(), " entries, expected heads × q_blocks + 1 for heads ", heads_, ", q_blocks ", qb_);
     detail::require(row_ptr_.front() == 0 && row_ptr_.back() == index(cols_.size()), fn, "row_ptr",
                     "must start at 0 and end at cols.size() = ", cols_.size());
-    for (index r = 0; r < heads_ * qb_; ++r) {
+    for (index r = 0; r < heads_ * qb_; ++r)  // all of row_ptr first: then every row lies inside cols
       detail::require(row_ptr_[r] <= row_ptr_[r + 1], fn, "row_ptr", "decreases at row ", r);
+    for (index r = 0; r < heads_ * qb_; ++r) {
       for (index x = row_ptr_[r]; x < row_ptr_[r + 1]; ++x) {
         detail::require(cols_[x] >= 0 && cols_[x] < kb_, fn, "cols", "key block ", cols_[x], " of row ", r,
                         " (head ", r / qb_, ", query block ", r % qb_, ") outside [0, ", kb_, ")");
@@ -226,7 +232,7 @@ class block_layout {
   static block_layout build(index nq, index nk, index block_size, index heads, F&& f) {
     detail::require(block_size > 0, "xattn::block_layout", "block_size", "must be > 0, got ", block_size);
     detail::require(nq > 0 && nk > 0, "xattn::block_layout", "nq", "Nq = ", nq, " and Nk = ", nk, " must be > 0");
-    const index qbs = (nq + block_size - 1) / block_size, kbs = (nk + block_size - 1) / block_size;
+    const index qbs = blocks_of(nq, block_size), kbs = blocks_of(nk, block_size);
     std::vector<index> ptr{0};
     std::vector<int> cols;
     std::vector<bool> row(static_cast<std::size_t>(kbs));
@@ -260,7 +266,7 @@ block_layout block_layout::top_k(const Q& q, const K& k, const top_k_options& o)
                   detail::shape_str(detail::dims_of(k)), " does not match q ", detail::shape_str(detail::dims_of(q)));
   detail::require((o.keep > 0) != (o.mass > 0), fn, "keep", "set exactly one of keep (> 0) and mass (in (0, 1])");
   detail::require(o.mass <= 1, fn, "mass", "must be in (0, 1], got ", o.mass);
-  const index qbs = (nq + B - 1) / B, kbs = (nk + B - 1) / B, G = hq / hkv;
+  const index qbs = blocks_of(nq, B), kbs = blocks_of(nk, B), G = hq / hkv;
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(double(d));
   constexpr index kLanes = 16;
 

@@ -227,7 +227,7 @@ struct window_policy {
     s.qi = lv.qi, s.valid = lv.valid;
     if (w.dilation > 1)
       for (index r = 0; r < lv.width; ++r)
-        lv.aux_row(0)[r] = T(((lv.qi[r] + s.off) % w.dilation + w.dilation) % w.dilation);
+        lv.aux_row(0)[r] = T(window_spec::floor_mod(lv.qi[r] + s.off, w.dilation));
     if (s.i_lo > s.i_hi || s.nk <= 0) return s;
     const index j_right = w.right >= 0 ? std::min(s.nk - 1, s.i_hi + s.off + w.right) : s.nk - 1;
     if (j_right < 0) return s;

@@ -143,8 +143,11 @@ softmax_problem<T> make_softmax_problem(const char* fn, const T* q, std::array<i
   require(opt.window_right >= -1, fn, "window_right", "must be >= -1 (-1 = unbounded), got ", opt.window_right);
   require(std::isfinite(opt.softcap) && opt.softcap >= 0, fn, "softcap", "must be finite and >= 0, got ", opt.softcap);
   p.causal = opt.causal;
-  p.window_left = opt.window_left;
-  p.window_right = opt.causal ? 0 : opt.window_right;
+  // A window at least as long as both sequences together reaches every key: it is unbounded, so
+  // that nothing downstream adds a huge window to a position (signed overflow).
+  const auto reach = [&](index w) { return w >= p.nq + p.nk ? index(-1) : w; };
+  p.window_left = reach(opt.window_left);
+  p.window_right = opt.causal ? 0 : reach(opt.window_right);
   p.softcap = opt.softcap;
 
   check_span<float>(fn, "alibi_slopes", opt.alibi_slopes, p.hq, "q head");

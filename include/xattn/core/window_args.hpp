@@ -93,10 +93,11 @@ inline neighborhood_spec make_neighborhood_spec(const char* fn, index height, in
   require(o.kernel_w >= 1 && o.kernel_w % 2 == 1, fn, "kernel_w", "must be odd and >= 1, got ", o.kernel_w);
   require(o.dilation_h >= 1, fn, "dilation_h", "must be >= 1, got ", o.dilation_h);
   require(o.dilation_w >= 1, fn, "dilation_w", "must be >= 1, got ", o.dilation_w);
-  require(o.kernel_h * o.dilation_h <= height, fn, "kernel_h", "kernel_h · dilation_h = ", o.kernel_h * o.dilation_h,
-          " exceeds the height ", height);
-  require(o.kernel_w * o.dilation_w <= width, fn, "kernel_w", "kernel_w · dilation_w = ", o.kernel_w * o.dilation_w,
-          " exceeds the width ", width);
+  // kernel · dilation <= side, tested as kernel <= side / dilation (the product may overflow)
+  require(o.kernel_h <= height / o.dilation_h, fn, "kernel_h", "kernel_h · dilation_h = ", o.kernel_h, " · ",
+          o.dilation_h, " exceeds the height ", height);
+  require(o.kernel_w <= width / o.dilation_w, fn, "kernel_w", "kernel_w · dilation_w = ", o.kernel_w, " · ",
+          o.dilation_w, " exceeds the width ", width);
   return {height, width, o.kernel_h, o.kernel_w, o.dilation_h, o.dilation_w, o.causal_h, o.causal_w};
 }
 
@@ -114,7 +115,9 @@ void check_image_axes(const char* fn, const Q& q, const K& k, const V& v, const 
 struct window_spec {
   index left = -1, right = -1, dilation = 1, sinks = 0, chunk = 0;
 
-  static index floor_div(index a, index b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+  // b > 0; no intermediate overflows, whatever the size of b
+  static index floor_div(index a, index b) { return a >= 0 ? a / b : -1 - (-(a + 1)) / b; }
+  static index floor_mod(index a, index b) { return a % b < 0 ? a % b + b : a % b; }
   /// Is key j visible to the query at aligned position p = i + Nk − Nq (j < Nk checked by the caller)?
   bool visible(index p, index j) const {
     if (right >= 0 && j > p + right) return false;
@@ -143,8 +146,12 @@ auto make_window_problem(const char* fn, const Q& q, const K& k, const V& v, O& 
   auto p = make_softmax_problem(fn, q, k, v, o, lse, opt.softmax);
   const index right = opt.causal ? 0 : opt.window_right;
   spec.dilation = opt.dilation;
-  spec.left = opt.window_left >= 0 ? opt.window_left * opt.dilation : -1;
-  spec.right = right >= 0 ? right * opt.dilation : -1;
+  // In keys (neighbours × dilation). A window at least as long as both sequences together reaches
+  // every key: unbounded (−1), so that neither the product nor a position plus it overflows.
+  const index reach = (p.nq + p.nk - 1) / opt.dilation + 1;  // neighbours that cover Nq + Nk keys (⌈·⌉)
+  const auto keys = [&](index w) { return w < 0 || w >= reach ? index(-1) : w * opt.dilation; };
+  spec.left = keys(opt.window_left);
+  spec.right = keys(right);
   spec.sinks = opt.sinks;
   spec.chunk = opt.chunk;
   return p;
