@@ -216,6 +216,7 @@ struct window_schedule {
 };
 
 struct window_policy {
+  static constexpr bool two_ended = true;  // the engine's two workers take items from both ends
   window_spec w;
   template <class T>
   window_schedule make(const softmax_problem<T>& p, index b, index /*hk*/, const lane_view<T>& lv, index block) const {
