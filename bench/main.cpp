@@ -169,10 +169,6 @@ class comparison_reporter : public Base {
   // causal softmax (time ratio), causal linear's tokens/s over lightning's; then, at H = 2 and
   // H = 1 and N = 65536, two threads over one. Printed when lightning/xattn ran.
   void print_chunk_summary(std::ostream& os) const {
-    auto find = [&](const std::string& name) -> const result* {
-      const auto it = results_.find(name);
-      return it == results_.end() ? nullptr : &it->second;
-    };
     auto tokens = [](const result* r) {
       const auto it = r->counters.find("tokens_per_s");
       return it == r->counters.end() ? 0.0 : it->second.value;
@@ -213,10 +209,6 @@ class comparison_reporter : public Base {
   // computed from this run's rows; a target whose rows did not run is left out. "met" compares the
   // figure with the target as the issue states it; nothing else is smoothed or retried.
   void print_targets(std::ostream& os) const {
-    auto find = [&](const std::string& name) -> const result* {
-      const auto it = results_.find(name);
-      return it == results_.end() ? nullptr : &it->second;
-    };
     auto counter = [](const result* r, const char* c) {
       const auto it = r->counters.find(c);
       return it == r->counters.end() ? 0.0 : it->second.value;
@@ -279,6 +271,12 @@ class comparison_reporter : public Base {
     for (const auto& t : ts)
       os << "  " << t.what << std::string(w - t.what.size(), ' ') << pad_left(t.figure, 10) << (t.met ? "   met" : "   NOT met") << "\n";
     os << "\n";
+  }
+
+  /// The result of the benchmark named `name` (without its min_time/real_time suffixes), or null.
+  const result* find(const std::string& name) const {
+    const auto it = results_.find(name);
+    return it == results_.end() ? nullptr : &it->second;
   }
 
   static void print_peaks(std::ostream& os) {

@@ -115,7 +115,8 @@ class block_layout {
     const index wb = blocks_of(window, block_size);
     return build(nq, nk, block_size, 1, [&](index, index qb, index diag, std::vector<bool>& row) {
       const index hi = causal ? std::min(diag, index(row.size()) - 1) : index(row.size()) - 1;
-      for (index c = std::max<index>(0, diag - wb); c <= std::min(hi, diag + std::min(wb, index(row.size()))); ++c) row[c] = true;
+      const index w = std::min(wb, index(row.size()));  // (a larger window adds nothing, and diag + it could overflow)
+      for (index c = std::max<index>(0, diag - w); c <= std::min(hi, diag + w); ++c) row[c] = true;
       for (index g : global_tokens) {
         if (g / block_size <= hi) row[g / block_size] = true;
         if (g / block_size == qb)

@@ -124,18 +124,13 @@ class neighborhood_rows {
 
   template <class Device>
   void run(const Device& dev) const {
-    // Two workers take the items from both ends: claims 0, 2, 4, … are items 0, 1, 2, … and
-    // claims 1, 3, 5, … items n − 1, n − 2, …, so each thread mostly walks one end in the one-thread
-    // order (the K/V heads of a strip one after another, sharing the pixels' pages), instead of
-    // every other item of it. At 128², kernel 13, 8 heads: a mean of 201.5–229.5 GFLOPS against
+    // Two workers take the items from both ends (parallel_for's from_both_ends), so each thread
+    // mostly walks one end in the one-thread order (the K/V heads of a strip one after another,
+    // sharing the pixels' pages), instead of every other item of it. At 128², kernel 13, 8 heads: a mean of 201.5–229.5 GFLOPS against
     // 200.5–224.9 in plain order, higher in 7 of 8 alternations (probe `nb`, 20 calls each). On one
     // thread the plain order is the faster (113–120 against 100–116: the same walk, alternating
     // ends, loses that sharing). Which thread computes an item does not change its result.
-    const index n = p_.batch * p_.hkv * strips_ * bands_;
-    const bool ends = std::min<index>(std::max(1, dev.numThreads()), n) == 2;
-    parallel_for(dev, n, [&](index claim) {
-      work(!ends ? claim : claim % 2 == 0 ? claim / 2 : n - 1 - claim / 2);
-    });
+    parallel_for(dev, p_.batch * p_.hkv * strips_ * bands_, [&](index item) { work(item); }, true);
   }
 
  private:

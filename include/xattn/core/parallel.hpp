@@ -32,18 +32,25 @@ struct serial_device {
 
 /// Calls f(item) for every item in [0, n), each exactly once, spread over the device's threads;
 /// the calling thread works too and returns when all items are done.
+///
+/// from_both_ends: with exactly two workers, claims 0, 2, 4, … are items 0, 1, 2, … and claims
+/// 1, 3, 5, … items n − 1, n − 2, …, so that each thread mostly walks one end of the list in the
+/// one-thread order (consecutive items that share data: a window's neighbouring query blocks, a
+/// neighborhood strip's K/V heads), instead of every other item. One worker, or more than two, take
+/// the items in order.
 template <class Device, class F>
-void parallel_for(const Device& dev, index n, const F& f) {
+void parallel_for(const Device& dev, index n, const F& f, bool from_both_ends = false) {
   const int workers = static_cast<int>(std::min<index>(std::max(1, dev.numThreads()), n));
   if (workers <= 1) {
     for (index i = 0; i < n; ++i) f(i);
     return;
   }
+  const bool ends = from_both_ends && workers == 2;
   std::atomic<index> next{0};
   auto work = [&] {
     for (index i = next.fetch_add(1, std::memory_order_relaxed); i < n;
          i = next.fetch_add(1, std::memory_order_relaxed))
-      f(i);
+      f(!ends ? i : i % 2 == 0 ? i / 2 : n - 1 - i / 2);
   };
   Eigen::Barrier done(static_cast<unsigned>(workers - 1));
   for (int t = 1; t < workers; ++t) dev.enqueue_with_barrier(&done, work);

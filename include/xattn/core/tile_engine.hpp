@@ -153,11 +153,10 @@ class tile_engine {
     if (by_key_)
       parallel_for(dev, p_.batch * splits_, [&](index item) { work_heads(item / splits_, item % splits_, partials); });
     else
-      parallel_for(dev, units_ * splits_, [&, n = units_ * splits_, ends = two_ended(dev)](index claim) {
-        const index item = !ends ? claim : claim % 2 == 0 ? claim / 2 : n - 1 - claim / 2;
+      parallel_for(dev, units_ * splits_, [&](index item) {
         const index u = item / splits_, s = item % splits_;
         work(u, s, partials ? partials + item * partial_size() : nullptr);
-      });
+      }, two_ended);
     if (splits_ > 1)
       for (index u = 0; u < units_; ++u) merge(u, partials + u * splits_ * partial_size());
   }
@@ -220,20 +219,14 @@ class tile_engine {
     else return policy.head_uniform();
   }
 
-  /// Whether two workers take the items from both ends (claims 0, 2, 4, … are items 0, 1, 2, …,
-  /// claims 1, 3, 5, … items n − 1, n − 2, …), so that each thread mostly walks its end in the
-  /// one-thread order: the window's consecutive query blocks of one head, whose bands share most
-  /// of their keys (and those keys' pages), instead of every other block. Sliding window, W = 1024,
-  /// two threads (probe, best of 2–6 calls, alternated): N = 65536 faster in 6 of 8 rounds, ~3 % on
-  /// average, N = 8192 the same (both orders in one binary); against the plain build, N = 8192
-  /// +1–3 % (3 of 3), N = 65536 0, 0 and +8 %. Policies opt in (window_policy::two_ended).
-  template <class Device>
-  bool two_ended(const Device& dev) const {
-    if constexpr (requires { requires Policy::two_ended; })
-      return std::min<index>(std::max(1, dev.numThreads()), units_ * splits_) == 2;
-    else
-      return false;
-  }
+  /// Whether two workers take the items from both ends (parallel_for's from_both_ends), so that each
+  /// thread mostly walks its end in the one-thread order: the window's consecutive query blocks of
+  /// one head, whose bands share most of their keys (and those keys' pages), instead of every other
+  /// block. Sliding window, W = 1024, two threads (probe, best of 2–6 calls, alternated): N = 65536
+  /// faster in 6 of 8 rounds, ~3 % on average, N = 8192 the same (both orders in one binary);
+  /// against the plain build, N = 8192 +1–3 % (3 of 3), N = 65536 0, 0 and +8 %. Policies opt in
+  /// (window_policy::two_ended).
+  static constexpr bool two_ended = requires { requires Policy::two_ended; };
 
   /// Unit u → (batch, K/V head — narrow: block of hb_ heads —, query block), head-major —
   /// consecutive items share one head's K and V (a few MiB, which stay in L3) instead of cycling
