@@ -66,6 +66,8 @@ void check_exp2(double lo, double hi, double step, double tol) {
   }
   EXPECT_LT(worst, tol) << "worst relative error at x = " << worst_x;
   EXPECT_EQ((exp2_of<T, Arch>({T(0)})[0]), T(1));
+  // A NaN stays NaN (a NaN score must reach its row, not become a weight of 0).
+  EXPECT_TRUE(std::isnan(exp2_of<T, Arch>({std::numeric_limits<T>::quiet_NaN()})[0]));
 }
 
 TEST(CoreExp2, FloatNativeArch) { check_exp2<float, simd::default_arch>(-130, 0, 1.0 / 4096, 4e-7); }

@@ -60,6 +60,7 @@ void neighborhood_2d_forward(const Device& dev, const Q& q, const K& k, const V&
   const auto p = make_softmax_problem(fn, q4, k4, v4, o4, lse, softmax_options{.scale = opt.scale});
   require(p.group <= 64, fn, "k", "at most 64 q heads per k/v head, got ", p.group);
   neighborhood_policy policy{make_neighborhood_spec(fn, q.dimension(1), q.dimension(2), opt)};
+  if (p.batch == 0 || p.nq == 0) return;  // an empty result
   // Plain windows on images at least a vector wide: the row-stencil kernel (one image row of
   // queries in the lanes). Dilation, causal axes and narrower images: the tile engine's patches.
   if (neighborhood_rows<T, Arch>::covers(policy.s)) {

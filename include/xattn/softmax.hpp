@@ -24,6 +24,16 @@
 
 namespace xattn {
 
+namespace detail {
+/// A decode call's cache_lengths become the options' seqlens_k: one per batch, mandatory.
+inline void use_cache_lengths(softmax_options& opt, std::span<const int> cache_lengths, index batch) {
+  require(opt.seqlens_k.empty(), "xattn::softmax_decode", "seqlens_k", "must be empty: cache_lengths gives the valid keys");
+  require(static_cast<index>(cache_lengths.size()) == batch, "xattn::softmax_decode", "cache_lengths", "has ",
+          cache_lengths.size(), " entries, expected one per batch (", batch, ")");
+  opt.seqlens_k = cache_lengths;
+}
+}  // namespace detail
+
 /// out = softmax(scale·QKᵀ + bias + mask)·V on the calling thread.
 template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O>
 void softmax_attention(const Q& q, const K& k, const V& v, O&& out, const softmax_options& opt = {}) {
@@ -68,9 +78,7 @@ void softmax_attention(const D& device, const Q& q, const K& k, const V& v, O&& 
 template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O>
 void softmax_decode(const Q& q, const K& k_cache, const V& v_cache, O&& out, std::span<const int> cache_lengths,
                     softmax_options opt = {}) {
-  detail::require(opt.seqlens_k.empty(), "xattn::softmax_decode", "seqlens_k",
-                  "must be empty: cache_lengths gives the valid keys");
-  opt.seqlens_k = cache_lengths;
+  detail::use_cache_lengths(opt, cache_lengths, q.dimension(0));
   detail::softmax_forward<Arch>(detail::make_softmax_problem("xattn::softmax_decode", q, k_cache, v_cache, out,
                                                        static_cast<std::nullptr_t*>(nullptr), opt, "cache_lengths"),
                           detail::serial_device{});
@@ -81,9 +89,7 @@ template <class Arch = simd::default_arch, thread_pool_device D, row_major_tenso
           row_major_tensor<4> O>
 void softmax_decode(const D& device, const Q& q, const K& k_cache, const V& v_cache, O&& out,
                     std::span<const int> cache_lengths, softmax_options opt = {}) {
-  detail::require(opt.seqlens_k.empty(), "xattn::softmax_decode", "seqlens_k",
-                  "must be empty: cache_lengths gives the valid keys");
-  opt.seqlens_k = cache_lengths;
+  detail::use_cache_lengths(opt, cache_lengths, q.dimension(0));
   detail::softmax_forward<Arch>(detail::make_softmax_problem("xattn::softmax_decode", q, k_cache, v_cache, out,
                                                        static_cast<std::nullptr_t*>(nullptr), opt, "cache_lengths"),
                           device);

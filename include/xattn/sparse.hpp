@@ -29,6 +29,8 @@ template <class Q, class K, class V, class O, class L>
 auto make_sparse_problem(const char* fn, const Q& q, const K& k, const V& v, O& out, L* lse,
                          const block_layout& layout, const softmax_options& opt) {
   auto p = make_softmax_problem(fn, q, k, v, out, lse, opt);
+  require(p.nq > 0 && p.nk > 0, fn, p.nq > 0 ? "k" : "q", "seq is an empty axis (Nq = ", p.nq, ", Nk = ", p.nk,
+          "): a block layout has at least one query and one key block");
   layout.check_for(fn, p.nq, p.nk, p.hq, kSparseTile);
   require(layout.heads() == 1 || p.group <= 64, fn, "layout", "per-head layouts need at most 64 q heads per k/v head, got ",
           p.group);

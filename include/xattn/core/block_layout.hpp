@@ -267,6 +267,9 @@ block_layout block_layout::top_k(const Q& q, const K& k, const top_k_options& o)
                   detail::shape_str(detail::dims_of(k)), " does not match q ", detail::shape_str(detail::dims_of(q)));
   detail::require((o.keep > 0) != (o.mass > 0), fn, "keep", "set exactly one of keep (> 0) and mass (in (0, 1])");
   detail::require(o.mass <= 1, fn, "mass", "must be in (0, 1], got ", o.mass);
+  detail::require(o.sink_blocks >= 0, fn, "sink_blocks", "must be >= 0, got ", o.sink_blocks);
+  detail::require(!o.scale || (std::isfinite(*o.scale) && *o.scale > 0), fn, "scale", "must be finite and > 0, got ",
+                  o.scale.value_or(0));
   const index qbs = blocks_of(nq, B), kbs = blocks_of(nk, B), G = hq / hkv;
   const double scale = o.scale ? *o.scale : 1.0 / std::sqrt(double(d));
   constexpr index kLanes = 16;
@@ -310,11 +313,18 @@ block_layout block_layout::top_k(const Q& q, const K& k, const top_k_options& o)
         float x = 0;
         for (; c < d; ++c) x += a[c] * b[c];
         for (index u = 0; u < kLanes; ++u) x += acc[u];
-        s[kb] = scale * double(x);
+        // A NaN pooled score (a NaN or Inf in q or k) ranks below every other block, as −inf: the
+        // sort below needs a strict weak order, and the layout stays deterministic.
+        s[kb] = std::isnan(x) ? -std::numeric_limits<double>::infinity() : scale * double(x);
         mx = std::max(mx, s[kb]);
       }
+      const double mu = std::isfinite(mx) ? mx : 0.0;  // every score −inf (or one +inf): no NaN from −inf − −inf
       double sum = 0;
-      for (index kb = 0; kb <= hi; ++kb) sum += s[kb] = std::exp(s[kb] - mx);
+      for (index kb = 0; kb <= hi; ++kb) {
+        s[kb] = std::exp(s[kb] - mu);
+        if (std::isnan(s[kb])) s[kb] = 0;  // +inf − +inf
+        sum += s[kb];
+      }
       keep.assign(keep.size(), false);
       for (index kb = 0; kb < std::min(o.sink_blocks, hi + 1); ++kb) keep[kb] = true;
       keep[diag] = true;

@@ -52,7 +52,7 @@ struct chunk_tiles {
   static constexpr index L = simd::lanes_v<T, Arch>;
   static constexpr int MR = simd::traits<T, Arch>::registers >= 32 ? 8 : 4;
   static constexpr index kAlignElems = index(simd::kAlign / sizeof(T));
-  static constexpr index round_up(index x, index m) { return (x + m - 1) / m * m; }
+  static constexpr index round_up(index x, index m) { return detail::round_up(x, m); }
 };
 
 /// C = A·B (mma_ab) over n columns, n a multiple of the vector width: 2-vector micro-tiles, then a
@@ -565,6 +565,7 @@ class chunk_engine {
 /// Runs a validated chunk problem on `dev` with the kernels of `Arch`.
 template <class Arch, class T, class Device>
 void chunk_forward(const chunk_problem<T>& p, const Device& dev) {
+  if (p.batch == 0) return;  // an empty result (a zero-length sequence still passes its state on)
   chunk_engine<T, Arch>(p).run(dev);
 }
 

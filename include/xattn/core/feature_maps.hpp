@@ -10,13 +10,13 @@
 #include <limits>
 #include <span>
 
+#include "constants.hpp"
 #include "options.hpp"
 #include "simd.hpp"
 
 namespace xattn::detail {
 
 inline constexpr double kSqrtHalf = 0.70710678118654752440;  // 1/√2 of the Taylor map's x⊗x/√2
-inline constexpr double kLog2eF = 1.4426950408889634074;     // exp(x) = 2^(x·log2 e)
 
 template <class V>
 inline void storeu(simd::elem_t<V>* p, const V& v) {
@@ -26,7 +26,7 @@ inline void storeu(simd::elem_t<V>* p, const V& v) {
 /// e^x for x <= 0.
 template <class V>
 inline V exp_nonpositive(const V& x) {
-  return simd::exp2(x * simd::bcast<V>(simd::elem_t<V>(kLog2eF)));
+  return simd::exp2(x * simd::bcast<V>(simd::elem_t<V>(kLog2e)));
 }
 
 /// y[0, D') = φ(x[0, d)). For the per-side softmax this is the query side (softmax over the

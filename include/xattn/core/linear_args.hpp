@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "options.hpp"
-#include "softmax_args.hpp"  // overlaps()
+#include "validate.hpp"
 
 namespace xattn::detail {
 
@@ -44,13 +44,6 @@ struct chunk_problem {
   }
 };
 
-template <std::size_t R>
-std::size_t bytes_of(const std::array<index, R>& d, std::size_t elem) {
-  std::size_t n = elem;
-  for (index x : d) n *= static_cast<std::size_t>(x);
-  return n;
-}
-
 /// What a front door hands to make_chunk_problem: the tensors' data and shapes, and the options
 /// resolved into one form for both families.
 template <class T>
@@ -74,43 +67,17 @@ struct chunk_call {
 template <class T>
 chunk_problem<T> make_chunk_problem(const chunk_call<T>& c) {
   const char* fn = c.fn;
-  const layout l = c.lay;
-  const char* order = l == layout::bshd ? "[batch, seq, heads, head_dim]" : "[batch, heads, seq, head_dim]";
-  require(c.q != nullptr, fn, "q", "null data");
-  require(c.k != nullptr, fn, "k", "null data");
-  require(c.v != nullptr, fn, "v", "null data");
-  require(c.o != nullptr, fn, "out", "null data");
-  for (auto [name, d] : {std::pair{"q", c.qd}, std::pair{"k", c.kd}, std::pair{"v", c.vd}, std::pair{"out", c.od}})
-    for (index x : d) require(x > 0, fn, name, "shape ", shape_str(d), " ", order, " has an empty axis");
-
+  const qkvo<T> t = check_qkvo(fn, c.q, c.qd, c.k, c.kd, c.v, c.vd, c.o, c.od, c.lay);
   chunk_problem<T> p;
-  p.q = make_view(c.q, c.qd, l);
-  p.k = make_view(c.k, c.kd, l);
-  p.v = make_view(c.v, c.vd, l);
-  p.o = make_view(c.o, c.od, l);
-  p.batch = p.q.batch, p.nq = p.q.seq, p.nk = p.k.seq, p.hq = p.q.heads, p.hkv = p.k.heads;
-  p.d = p.q.dim, p.e = p.v.dim;
-  const auto qs = shape_str(c.qd), ks = shape_str(c.kd), vs = shape_str(c.vd);
-  require(p.k.batch == p.batch, fn, "k", "batch ", p.k.batch, " != q batch ", p.batch, " (q ", qs, ", k ", ks, ")");
-  require(p.v.batch == p.batch, fn, "v", "batch ", p.v.batch, " != q batch ", p.batch, " (q ", qs, ", v ", vs, ")");
-  require(p.k.dim == p.d, fn, "k", "head_dim ", p.k.dim, " != q head_dim ", p.d, " (q ", qs, ", k ", ks, ")");
-  require(p.v.seq == p.nk, fn, "v", "seq ", p.v.seq, " != k seq ", p.nk, " (k ", ks, ", v ", vs, ")");
-  require(p.v.heads == p.hkv, fn, "v", "heads ", p.v.heads, " != k heads ", p.hkv, " (k ", ks, ", v ", vs, ")");
-  require(p.hq % p.hkv == 0, fn, "k", "q heads ", p.hq, " not divisible by k/v heads ", p.hkv, " (q ", qs, ", k ", ks, ")");
-  p.group = p.hq / p.hkv;
+  p.q = t.q, p.k = t.k, p.v = t.v, p.o = t.o;
+  p.batch = t.batch, p.nq = t.nq, p.nk = t.nk, p.hq = t.hq, p.hkv = t.hkv, p.group = t.group, p.d = t.d, p.e = t.dv;
   if (c.causal)
-    require(p.nk == p.nq, fn, "k", "seq ", p.nk, " != q seq ", p.nq, ": causal attention needs one sequence (q ", qs,
-            ", k ", ks, ")");
-  const std::array<index, 4> want = l == layout::bshd ? std::array<index, 4>{p.batch, p.nq, p.hq, p.e}
-                                                     : std::array<index, 4>{p.batch, p.hq, p.nq, p.e};
-  require(c.od == want, fn, "out", "shape ", shape_str(c.od), " != expected ", shape_str(want), " ", order, " (q ", qs,
-          ", v ", vs, ")");
-  const std::size_t ob = bytes_of(c.od, sizeof(T));
-  for (auto [name, ptr, d] : {std::tuple{"q", c.q, c.qd}, std::tuple{"k", c.k, c.kd}, std::tuple{"v", c.v, c.vd}})
-    require(!overlaps(c.o, ob, ptr, bytes_of(d, sizeof(T))), fn, "out", "overlaps ", name,
-            " in memory (in-place attention is not supported)");
+    require(p.nk == p.nq, fn, "k", "seq ", p.nk, " != q seq ", p.nq, ": causal attention needs one sequence (q ",
+            shape_str(c.qd), ", k ", shape_str(c.kd), ")");
+  const std::size_t ob = t.out_bytes;
 
   require(std::isfinite(c.scale) && c.scale > 0, fn, "scale", "must be finite and > 0, got ", c.scale);
+  require_representable<T>(fn, "scale", c.scale, "scale", c.scale, folded::multiplier);  // packed into φ(Q) as T
   require(c.block >= 0 && c.block <= kMaxChunkSize, fn, "block_size", "must be in [0, ", kMaxChunkSize,
           "] (0 = default), got ", c.block);
   p.causal = c.causal;
@@ -122,6 +89,7 @@ chunk_problem<T> make_chunk_problem(const chunk_call<T>& c) {
     for (std::size_t h = 0; h < c.decay.size(); ++h)
       require(std::isfinite(c.decay[h]) && c.decay[h] >= 0, fn, "decay", "[", h, "] = ", c.decay[h],
               " must be finite and >= 0");
+    require(!overlaps(c.decay.data(), c.decay.size_bytes(), c.o, ob), fn, "decay", "overlaps out in memory");
     p.decay = c.decay.data();
   }
 
@@ -137,6 +105,7 @@ chunk_problem<T> make_chunk_problem(const chunk_call<T>& c) {
   p.df = c.map->dim(p.d);
   p.normalize = c.normalize;
   require(std::isfinite(c.eps) && c.eps >= 0, fn, "eps", "must be finite and >= 0, got ", c.eps);
+  require_representable<T>(fn, "eps", c.eps, "eps", c.eps);
   p.eps = c.eps;
 
   // States: [batch, q heads, D', e (+1 with the normaliser)], of the call's element type.
@@ -160,6 +129,8 @@ chunk_problem<T> make_chunk_problem(const chunk_call<T>& c) {
                                 std::tuple{"out", static_cast<const T*>(c.o), c.od}})
       require(!overlaps(c.state_out.data, sb, ptr, bytes_of(d, sizeof(T))), fn, "final_state", "overlaps ", name,
               " in memory");
+    require(!overlaps(c.decay.data(), c.decay.size_bytes(), c.state_out.data, sb), fn, "decay",
+            "overlaps final_state in memory");
     require(!c.state_in || c.state_in.data == c.state_out.data || !overlaps(c.state_in.data, sb, c.state_out.data, sb),
             fn, "final_state", "partly overlaps initial_state (the same tensor is fine)");
     p.state_out = static_cast<T*>(c.state_out.data);
@@ -217,7 +188,7 @@ void attach_step_state(const char* fn, P& p, S& state) {
   static_assert(std::is_same_v<scalar_of<S>, T>, "xattn: state must have the element type of q");
   static_assert(!std::is_const_v<std::remove_pointer_t<decltype(state.data())>>, "xattn: state must be writable");
   require(p.nq == 1, fn, "q", "seq ", p.nq, " != 1: a step takes one token per batch");
-  require(state.data() != nullptr, fn, "state", "null data");
+  require(state.data() != nullptr || p.batch == 0, fn, "state", "null data");
   const std::array<index, 4> sd{p.batch, p.hq, p.df, p.cols()}, got = dims_of(state);
   require(got == sd, fn, "state", "shape ", shape_str(got), " != expected [batch, heads, D', e",
           p.normalize ? " + 1" : "", "] = ", shape_str(sd));
@@ -229,6 +200,9 @@ void attach_step_state(const char* fn, P& p, S& state) {
   for (auto [name, ptr, bytes] : {std::tuple{"q", p.q.data, qb}, std::tuple{"k", p.k.data, kb},
                                   std::tuple{"v", p.v.data, vb}, std::tuple{"out", static_cast<const T*>(p.o.data), ob}})
     require(!overlaps(state.data(), sb, ptr, bytes), fn, "state", "overlaps ", name, " in memory");
+  if (p.decay)
+    require(!overlaps(p.decay, sizeof(double) * std::size_t(p.hq), state.data(), sb), fn, "decay",
+            "overlaps state in memory");
   p.state_in = state.data();
   p.state_out = state.data();
 }

@@ -11,6 +11,8 @@
 #include <type_traits>
 #include <xsimd/xsimd.hpp>
 
+#include "constants.hpp"
+
 namespace xattn::simd {
 
 /// The architecture tag of the scalar path.
@@ -195,13 +197,16 @@ template <class V> inline V exp2(const V& x) {
   } else if constexpr (std::is_same_v<T, double>) {
     return xsimd::select(x < V(-1022.0), V(0.0), xsimd::exp2(x));
   } else {
-    constexpr float kLn2 = 0.693147180559945309f;
+    constexpr float kLn2 = float(detail::kLn2);
     constexpr float c6 = kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 720.f;
     constexpr float c5 = kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 120.f;
     constexpr float c4 = kLn2 * kLn2 * kLn2 * kLn2 / 24.f;
     constexpr float c3 = kLn2 * kLn2 * kLn2 / 6.f;
     constexpr float c2 = kLn2 * kLn2 / 2.f;
-    const V xc = xsimd::max(x, V(-127.f));  // keeps the exponent arithmetic in range; -inf → -127
+    // Keeps the exponent arithmetic in range (−inf → −127). The constant goes first: x86's max
+    // returns its second operand when either is NaN, so a NaN stays NaN (2^NaN = NaN) instead of
+    // becoming 2^−127 ≈ 0, which would drop a NaN score from a row (tests/test_core.cpp checks it).
+    const V xc = xsimd::max(V(-127.f), x);
     const V n = xsimd::nearbyint(xc);
     const V f = xc - n;
     V p = xsimd::fma(V(c6), f, V(c5));

@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "options.hpp"
+#include "validate.hpp"
 
 namespace xattn::detail {
 
@@ -44,26 +45,6 @@ struct softmax_problem {
   }
 };
 
-inline bool overlaps(const void* a, std::size_t abytes, const void* b, std::size_t bbytes) {
-  const auto pa = reinterpret_cast<std::uintptr_t>(a), pb = reinterpret_cast<std::uintptr_t>(b);
-  return pa < pb + bbytes && pb < pa + abytes;
-}
-
-/// Checks a per-batch or per-head span: empty, or exactly n entries (each in [0, hi] for lengths).
-template <class S>
-void check_span(const char* fn, const char* arg, std::span<const S> s, index n, const char* per,
-                index hi = -1) {
-  if (s.empty()) return;
-  require(static_cast<index>(s.size()) == n, fn, arg, "has ", s.size(), " entries, expected one per ",
-          per, " (", n, ")");
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (hi >= 0)
-      require(s[i] >= 0 && s[i] <= hi, fn, arg, "[", i, "] = ", s[i], " outside [0, ", hi, "]");
-    else
-      require(std::isfinite(static_cast<double>(s[i])), fn, arg, "[", i, "] is not finite");
-  }
-}
-
 template <class M>
 void check_mask_shape(const char* fn, const char* arg, const tensor_cref<M>& m, index b, index h,
                       index nq, index nk, index& sb, index& sh) {
@@ -77,6 +58,26 @@ void check_mask_shape(const char* fn, const char* arg, const tensor_cref<M>& m, 
   sb = d[0] == 1 ? 0 : d[1] * d[2] * d[3];
 }
 
+/// The option values as the tile engine folds them into T (tile_engine::start and modify): Q
+/// carries scale·log2 e (scale/softcap with a softcap), the softcap becomes cap·log2 e, each ALiBi
+/// slope −slope·log2 e times distances up to Nq + Nk, each sink logit logit·log2 e. A value that
+/// passes as a double but overflows T would turn into inf and then NaN; it is rejected here.
+template <class T>
+void check_folded_options(const char* fn, const softmax_problem<T>& p) {
+  if (p.softcap > 0) {
+    require_representable<T>(fn, "scale", p.scale / p.softcap, "scale / softcap", p.scale, folded::multiplier);
+    require_representable<T>(fn, "softcap", p.softcap * kLog2e, "softcap · log2 e", p.softcap);
+  } else {
+    require_representable<T>(fn, "scale", p.scale * kLog2e, "scale · log2 e", p.scale, folded::multiplier);
+  }
+  const double reach = double(p.nq + p.nk);
+  for (index h = 0; p.alibi && h < p.hq; ++h)
+    require_representable<T>(fn, "alibi_slopes", double(p.alibi[h]) * kLog2e * reach,
+                             "slope · log2 e · (Nq + Nk)", double(p.alibi[h]));
+  for (index h = 0; p.sinks && h < p.hq; ++h)
+    require_representable<T>(fn, "sink_logits", double(p.sinks[h]) * kLog2e, "logit · log2 e", double(p.sinks[h]));
+}
+
 /// Validates q, k, v, out (and lse when given) against the options; throws xattn::error naming
 /// `fn`, the argument and the shapes. `kv_lengths` is the decode call's per-batch cache length.
 template <class T>
@@ -85,53 +86,23 @@ softmax_problem<T> make_softmax_problem(const char* fn, const T* q, std::array<i
                                         std::array<index, 4> vd, T* o, std::array<index, 4> od,
                                         T* lse, const std::array<index, 3>* lsed,
                                         const softmax_options& opt, const char* seqlens_k_name = "seqlens_k") {
-  const layout l = opt.layout;
-  const char* order = l == layout::bshd ? "[batch, seq, heads, head_dim]" : "[batch, heads, seq, head_dim]";
-  require(q != nullptr, fn, "q", "null data");
-  require(k != nullptr, fn, "k", "null data");
-  require(v != nullptr, fn, "v", "null data");
-  require(o != nullptr, fn, "out", "null data");
-  for (auto [name, d] : {std::pair{"q", qd}, std::pair{"k", kd}, std::pair{"v", vd}, std::pair{"out", od}})
-    for (index x : d) require(x > 0, fn, name, "shape ", shape_str(d), " ", order, " has an empty axis");
-
+  const qkvo<T> t = check_qkvo(fn, q, qd, k, kd, v, vd, o, od, opt.layout);
   softmax_problem<T> p;
-  p.q = make_view(q, qd, l);
-  p.k = make_view(k, kd, l);
-  p.v = make_view(v, vd, l);
-  p.o = make_view(o, od, l);
-  p.batch = p.q.batch, p.nq = p.q.seq, p.nk = p.k.seq, p.hq = p.q.heads, p.hkv = p.k.heads;
-  p.d = p.q.dim, p.dv = p.v.dim;
-  const auto qs = shape_str(qd), ks = shape_str(kd), vs = shape_str(vd);
-  require(p.k.batch == p.batch, fn, "k", "batch ", p.k.batch, " != q batch ", p.batch, " (q ", qs, ", k ", ks, ")");
-  require(p.v.batch == p.batch, fn, "v", "batch ", p.v.batch, " != q batch ", p.batch, " (q ", qs, ", v ", vs, ")");
-  require(p.k.dim == p.d, fn, "k", "head_dim ", p.k.dim, " != q head_dim ", p.d, " (q ", qs, ", k ", ks, ")");
-  require(p.v.seq == p.nk, fn, "v", "seq ", p.v.seq, " != k seq ", p.nk, " (k ", ks, ", v ", vs, ")");
-  require(p.v.heads == p.hkv, fn, "v", "heads ", p.v.heads, " != k heads ", p.hkv, " (k ", ks, ", v ", vs, ")");
-  require(p.hq % p.hkv == 0, fn, "k", "q heads ", p.hq, " not divisible by k/v heads ", p.hkv,
-          " (q ", qs, ", k ", ks, ")");
-  p.group = p.hq / p.hkv;
-  const std::array<index, 4> want = l == layout::bshd ? std::array<index, 4>{p.batch, p.nq, p.hq, p.dv}
-                                                     : std::array<index, 4>{p.batch, p.hq, p.nq, p.dv};
-  require(od == want, fn, "out", "shape ", shape_str(od), " != expected ", shape_str(want), " ", order,
-          " (q ", qs, ", v ", vs, ")");
+  p.q = t.q, p.k = t.k, p.v = t.v, p.o = t.o;
+  p.batch = t.batch, p.nq = t.nq, p.nk = t.nk, p.hq = t.hq, p.hkv = t.hkv, p.d = t.d, p.dv = t.dv, p.group = t.group;
+  const std::size_t ob = t.out_bytes;
   if (lsed) {
-    require(lse != nullptr, fn, "lse", "null data");
+    require(lse != nullptr || p.batch * p.hq * p.nq == 0, fn, "lse", "null data");
     const std::array<index, 3> lw{p.batch, p.hq, p.nq};
     require(*lsed == lw, fn, "lse", "shape ", shape_str(*lsed), " != expected [batch, q heads, Nq] = ",
             shape_str(lw));
   }
 
-  const std::size_t ob = static_cast<std::size_t>(od[0] * od[1] * od[2] * od[3]) * sizeof(T);
-  for (auto [name, ptr, d] : {std::tuple{"q", q, qd}, std::tuple{"k", k, kd}, std::tuple{"v", v, vd}}) {
-    const std::size_t ib = static_cast<std::size_t>(d[0] * d[1] * d[2] * d[3]) * sizeof(T);
-    require(!overlaps(o, ob, ptr, ib), fn, "out", "overlaps ", name, " in memory (in-place attention is not supported)");
-    if (lse)
-      require(!overlaps(lse, static_cast<std::size_t>(p.batch * p.hq * p.nq) * sizeof(T), ptr, ib), fn, "lse",
-              "overlaps ", name, " in memory");
+  if (lse) {
+    const std::size_t lb = static_cast<std::size_t>(p.batch * p.hq * p.nq) * sizeof(T);
+    if (const char* name = t.overlapping_input(lse, lb)) require(false, fn, "lse", "overlaps ", name, " in memory");
+    require(!overlaps(lse, lb, o, ob), fn, "lse", "overlaps out in memory");
   }
-  if (lse)
-    require(!overlaps(lse, static_cast<std::size_t>(p.batch * p.hq * p.nq) * sizeof(T), o, ob), fn, "lse",
-            "overlaps out in memory");
 
   if (opt.scale) {
     require(std::isfinite(*opt.scale) && *opt.scale > 0, fn, "scale", "must be finite and > 0, got ", *opt.scale);
@@ -163,6 +134,19 @@ softmax_problem<T> make_softmax_problem(const char* fn, const T* q, std::array<i
   p.bias = opt.bias.data;
   p.mask = opt.mask.data;
   p.lse = lse;
+  check_folded_options(fn, p);
+
+  // Every input of the options must stay apart from what the call writes: out and lse are written
+  // block by block while other blocks still read them.
+  const std::size_t lb = lse ? static_cast<std::size_t>(p.batch * p.hq * p.nq) * sizeof(T) : 0;
+  const std::pair<const char*, byte_range> inputs[] = {
+      {"bias", byte_range_of(opt.bias)},          {"mask", byte_range_of(opt.mask)},
+      {"alibi_slopes", byte_range_of(opt.alibi_slopes)}, {"sink_logits", byte_range_of(opt.sink_logits)},
+      {"seqlens_q", byte_range_of(opt.seqlens_q)}, {seqlens_k_name, byte_range_of(opt.seqlens_k)}};
+  for (const auto& [name, r] : inputs) {
+    require(!r.overlaps({o, ob}), fn, name, "overlaps out in memory");
+    require(!r.overlaps({lse, lb}), fn, name, "overlaps lse in memory");
+  }
   return p;
 }
 

@@ -50,9 +50,6 @@
 
 namespace xattn::detail {
 
-inline constexpr double kLog2e = 1.4426950408889634074;
-inline constexpr double kLn2 = 0.6931471805599453094;
-
 /// Block shapes of one (element type, architecture). Wide blocks (up to 256 query rows) serve
 /// prefill; narrow blocks (one vector of query rows) serve decode, where a block holds the few rows
 /// of one or several K/V head groups.
@@ -77,7 +74,7 @@ struct tile_shape {
   // Keys per tile. Narrow tiles are short: a decode step visits every K/V head of a tile before the
   // next tile (see tile_engine::work_heads), and short tiles keep those reads near-sequential.
   static constexpr index Bc = Narrow ? 16 : 64;
-  static constexpr index round_up(index x, index m) { return (x + m - 1) / m * m; }
+  static constexpr index round_up(index x, index m) { return detail::round_up(x, m); }
 };
 
 /// Key splits per (batch, K/V head, query block) when those are too few to keep threads busy
@@ -661,14 +658,15 @@ class tile_engine {
   }
 
   /// out[b, i, h, :] = O[:, r] / l[r]; lse = (m + log2 l)·ln 2. Rows with l = 0 (fully masked) and
-  /// padded rows (i >= the batch's valid queries) get zeros and LSE −inf.
+  /// padded rows (i >= the batch's valid queries) get zeros and LSE −inf; a row whose sum is NaN
+  /// (it saw a NaN or +inf score) gets NaN.
   void write(const block& blk, index b, index nq, const T* ot, const T* m, const T* l) const {
     for (index r0 = 0; r0 < blk.valid; r0 += kT) {  // blocked as Q in start()
       const index r1 = std::min(r0 + kT, blk.valid);
       T inv[kT];
       for (index r = r0; r < r1; ++r) {
         const index i = blk.qi[r], h = blk.qh[r];
-        const bool live = i < nq && l[r] > T(0);
+        const bool live = i < nq && !(l[r] <= T(0));  // a NaN sum (a NaN score) is live: NaN out
         inv[r - r0] = live ? T(1) / l[r] : T(0);
         if (p_.lse && own_lane(r))
           p_.lse[(b * p_.hq + h) * p_.nq + i] = live ? T((double(m[r]) + std::log2(double(l[r]))) * kLn2) : kNegInf;
@@ -737,6 +735,7 @@ index key_tile(const softmax_problem<T>& p) {
 /// in one vector (decode), wide blocks otherwise.
 template <class Arch, class T, class Device, class Policy = band_policy>
 void softmax_forward(const softmax_problem<T>& p, const Device& dev, const Policy& policy = {}) {
+  if (p.batch == 0 || p.nq == 0) return;  // an empty result
   if (p.nq * p.group <= simd::lanes_v<T, Arch>)
     tile_engine<T, Arch, true, Policy>(p, policy).run(dev);
   else

@@ -93,7 +93,9 @@ inline neighborhood_spec make_neighborhood_spec(const char* fn, index height, in
   require(o.kernel_w >= 1 && o.kernel_w % 2 == 1, fn, "kernel_w", "must be odd and >= 1, got ", o.kernel_w);
   require(o.dilation_h >= 1, fn, "dilation_h", "must be >= 1, got ", o.dilation_h);
   require(o.dilation_w >= 1, fn, "dilation_w", "must be >= 1, got ", o.dilation_w);
-  // kernel · dilation <= side, tested as kernel <= side / dilation (the product may overflow)
+  // kernel · dilation <= side, tested as kernel <= side / dilation (the product may overflow); an
+  // empty image has nothing to attend (an empty result)
+  if (height == 0 || width == 0) return {height, width, o.kernel_h, o.kernel_w, o.dilation_h, o.dilation_w, o.causal_h, o.causal_w};
   require(o.kernel_h <= height / o.dilation_h, fn, "kernel_h", "kernel_h · dilation_h = ", o.kernel_h, " · ",
           o.dilation_h, " exceeds the height ", height);
   require(o.kernel_w <= width / o.dilation_w, fn, "kernel_w", "kernel_w · dilation_w = ", o.kernel_w, " · ",

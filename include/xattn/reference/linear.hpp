@@ -111,7 +111,7 @@ void linear_attention(const xattn::detail::chunk_problem<T>& p) {
           for (index j = 0; j < nk; ++j) fkt[sz(c * nk + j)] = std::exp(double(p.k.row(b, j, hk)[c]) - mx) / sum;
         }
       for (index t = 0; t < nq; ++t) {
-        double* r = &a[sz(t * nk)];
+        double* r = a.data() + t * nk;
         const index last = p.causal ? t : nk - 1;  // keys j <= last are visible
         for (index j = 0; j < nk; ++j) r[j] = 0;
         for (index c = 0; c < df; ++c) {  // r[j] = Σ_c φ(q_t)[c]·φ(k_j)[c]

@@ -35,10 +35,16 @@ void softmax_attention(const xattn::detail::softmax_problem<T>& p) {
         }
       }
       for (index i = 0; i < p.nq; ++i) {
-        double* row = &s[i * p.nk];
+        double* row = s.data() + i * p.nk;
         double m = p.sinks ? double(p.sinks[h]) : neg_inf;
-        for (index j = 0; j < p.nk; ++j) m = std::max(m, row[j]);
+        bool nan = false;  // a NaN score (or +inf, whose weight is inf/inf) makes the row NaN
+        for (index j = 0; j < p.nk; ++j) m = std::max(m, row[j]), nan = nan || std::isnan(row[j]);
         T* out = p.o.row(b, i, h);
+        if (i < nq && (nan || m == std::numeric_limits<double>::infinity())) {
+          for (index e = 0; e < p.dv; ++e) out[e] = std::numeric_limits<T>::quiet_NaN();
+          if (p.lse) p.lse[(b * p.hq + h) * p.nq + i] = std::numeric_limits<T>::quiet_NaN();
+          continue;
+        }
         if (i >= nq || m == neg_inf) {  // padded or fully masked row: zeros, LSE −inf
           for (index e = 0; e < p.dv; ++e) out[e] = T(0);
           if (p.lse) p.lse[(b * p.hq + h) * p.nq + i] = T(neg_inf);
