@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
   Eigen::ThreadPool pool(threads);
   Eigen::ThreadPoolDevice device(&pool, threads);
 
-  const std::vector<xattn::index> global_tokens{0, n / 2};  // e.g. [CLS] and a question token
+  const std::vector<std::ptrdiff_t> global_tokens{0, n / 2};  // e.g. [CLS] and a question token
   const struct {
     const char* name;
     xattn::block_layout layout;

@@ -3,7 +3,7 @@
 // axis), its identity with dense attention, thread-count invariance, and bad input.
 #include "test_util.hpp"
 
-#include <xattn/sliding_window.hpp>
+#include <xattn/neighborhood.hpp>
 
 namespace xattn_test {
 namespace {

@@ -30,7 +30,7 @@
 
 namespace xattn_test {
 
-using xattn::index;
+using index = std::ptrdiff_t;
 template <class T, int R = 4>
 using tensor = Eigen::Tensor<T, R, Eigen::RowMajor>;
 

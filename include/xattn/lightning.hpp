@@ -23,7 +23,7 @@
 
 #include "core/chunk_engine.hpp"
 #include "core/linear_args.hpp"
-#include "core/options.hpp"
+#include "options.hpp"
 #include "core/parallel.hpp"
 
 namespace xattn {
@@ -71,27 +71,27 @@ void lightning_step(const D& device, const Q& q, const K& k, const V& v, O&& out
 /// MiniMax-01 build theirs the same way): ALiBi's geometric sequence. For a power of two H,
 /// s_h = r^(h+1) with r = 2^(−8/H); for other H, those of the largest power of two P < H followed by
 /// every other slope of 2P (the first H − P of slopes 1, 3, 5, ... of 2P, 1-based).
-inline std::vector<double> lightning_slopes(index heads) {
+inline std::vector<double> lightning_slopes(std::ptrdiff_t heads) {
   detail::require(heads >= 1, "xattn::lightning_slopes", "heads", "must be >= 1, got ", heads);
-  auto power_of_two = [](index n) {
+  auto power_of_two = [](std::ptrdiff_t n) {
     const double r = std::exp2(-8.0 / double(n));  // 2^(−2^−(log2 n − 3)) of the original code
     std::vector<double> s(static_cast<std::size_t>(n));
-    for (index i = 0; i < n; ++i) s[std::size_t(i)] = std::pow(r, double(i + 1));
+    for (std::ptrdiff_t i = 0; i < n; ++i) s[std::size_t(i)] = std::pow(r, double(i + 1));
     return s;
   };
   if ((heads & (heads - 1)) == 0) return power_of_two(heads);
-  index p = 1;
+  std::ptrdiff_t p = 1;
   while (2 * p < heads) p *= 2;
   std::vector<double> s = power_of_two(p);
   const std::vector<double> twice = power_of_two(2 * p);
-  for (index i = 0; i < heads - p; ++i) s.push_back(twice[std::size_t(2 * i)]);
+  for (std::ptrdiff_t i = 0; i < heads - p; ++i) s.push_back(twice[std::size_t(2 * i)]);
   return s;
 }
 
 /// The official slopes of layer `layer` (0-based) of `num_layers`, scaled by the per-layer factor
 /// 1 − layer/(num_layers − 1) + 1e-5 (TransNormerLLM's and MiniMax-01's modeling code, the
 /// official repository's TnlAttention): deep layers decay least.
-inline std::vector<double> lightning_slopes(index heads, index layer, index num_layers) {
+inline std::vector<double> lightning_slopes(std::ptrdiff_t heads, std::ptrdiff_t layer, std::ptrdiff_t num_layers) {
   constexpr const char* fn = "xattn::lightning_slopes";
   detail::require(num_layers >= 2, fn, "num_layers", "must be >= 2 (the factor divides by num_layers − 1), got ",
                   num_layers);
@@ -106,13 +106,13 @@ inline std::vector<double> lightning_slopes(index heads, index layer, index num_
 /// flash-linear-attention's chunk_lightning_attn convention, which differs from the official one:
 /// g_gamma_h = −(8/H)·(1 − layer/num_layers)·h for h = 0..H−1 — linear in the head index, head 0
 /// undecayed — returned as rates s_h = −g_gamma_h.
-inline std::vector<double> fla_lightning_decay(index heads, index layer, index num_layers) {
+inline std::vector<double> fla_lightning_decay(std::ptrdiff_t heads, std::ptrdiff_t layer, std::ptrdiff_t num_layers) {
   constexpr const char* fn = "xattn::fla_lightning_decay";
   detail::require(heads >= 1, fn, "heads", "must be >= 1, got ", heads);
   detail::require(num_layers >= 1, fn, "num_layers", "must be >= 1, got ", num_layers);
   detail::require(layer >= 0 && layer < num_layers, fn, "layer", layer, " outside [0, ", num_layers, ")");
   std::vector<double> s(static_cast<std::size_t>(heads));
-  for (index h = 0; h < heads; ++h)
+  for (std::ptrdiff_t h = 0; h < heads; ++h)
     s[std::size_t(h)] = 8.0 / double(heads) * (1.0 - double(layer) / double(num_layers)) * double(h);
   return s;
 }

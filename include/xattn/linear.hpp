@@ -19,7 +19,7 @@
 
 #include "core/chunk_engine.hpp"
 #include "core/linear_args.hpp"
-#include "core/options.hpp"
+#include "options.hpp"
 #include "core/parallel.hpp"
 
 namespace xattn {

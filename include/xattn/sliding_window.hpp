@@ -2,8 +2,9 @@
 // band of keys [i − left·dilation, i + right·dilation] (bottom-right aligned when Nq != Nk, as
 // FlashAttention's window_size), optionally dilated (NATTEN: neighbours at multiples of the
 // dilation), plus always-visible sink tokens (StreamingLLM), optionally restricted to chunks
-// (Llama 4's chunked attention, FA's attention_chunk). Options: xattn::sliding_window_options
-// (core/window_args.hpp); every softmax option applies through its `.softmax` member.
+// (Llama 4's chunked attention, FA's attention_chunk). Options: xattn::sliding_window_options and
+// xattn::streaming_options (options.hpp); every softmax option applies through their `.softmax`
+// member. 2-D neighborhood attention has its own header, neighborhood.hpp.
 //
 // It is the softmax tile engine with another schedule: only key tiles that meet the band (or
 // hold sinks) are visited, so the cost is O(N·w·d), and only the tiles that cut the band's edges
@@ -13,11 +14,11 @@
 #include <span>
 #include <vector>
 
-#include "core/neighborhood_rows.hpp"
 #include "core/parallel.hpp"
 #include "core/schedule.hpp"
 #include "core/tile_engine.hpp"
 #include "core/window_args.hpp"
+#include "options.hpp"
 
 namespace xattn {
 
@@ -30,46 +31,7 @@ void sliding_window_forward(const Device& dev, const Q& q, const K& k, const V& 
   softmax_forward<Arch>(p, dev, window_policy{w});
 }
 
-/// The query patch of a 2-D neighborhood work item: pw columns × ph rows (times the G heads of a K/V
-/// group, in lanes). The engine computes each vector of lanes on the key rows its windows cover, all
-/// of the patch's rectangle columns, so a vector should be a compact square (lanes/G queries:
-/// 4 × 4 at 16 float lanes) and pw its side; ph stacks such squares into about kLanes lanes, which
-/// share the copy of their key rectangle.
-inline void neighborhood_patch(index lanes, index group, index& ph, index& pw) {
-  // 64, 96 and 160 lanes measured the same at kernel 13; 128 was 25 % slower (likely the L1 sets:
-  // Qᵀ and Oᵀ rows 512 B apart put one vector column of them into 8 of the 64 sets).
-  constexpr index kLanes = 64;
-  const index per_vector = std::max<index>(1, lanes / group);
-  pw = 1;
-  while (pw * pw < per_vector) pw *= 2;
-  ph = std::max<index>(1, kLanes / (pw * group));
-}
 
-template <class Arch, class Q, class K, class V, class O, class L, class Device>
-void neighborhood_2d_forward(const Device& dev, const Q& q, const K& k, const V& v, O& out, L* lse,
-                             const neighborhood_2d_options& opt) {
-  constexpr const char* fn = "xattn::neighborhood_attention_2d";
-  using T = scalar_of<Q>;
-  check_image_axes(fn, q, k, v, out);
-  const auto flat = [](const auto& x) {
-    return std::array<index, 4>{x.dimension(0), x.dimension(1) * x.dimension(2), x.dimension(3), x.dimension(4)};
-  };
-  const Eigen::TensorMap<const Eigen::Tensor<T, 4, Eigen::RowMajor>> q4(q.data(), flat(q)), k4(k.data(), flat(k)),
-      v4(v.data(), flat(v));
-  Eigen::TensorMap<Eigen::Tensor<T, 4, Eigen::RowMajor>> o4(out.data(), flat(out));
-  const auto p = make_softmax_problem(fn, q4, k4, v4, o4, lse, softmax_options{.scale = opt.scale});
-  require(p.group <= 64, fn, "k", "at most 64 q heads per k/v head, got ", p.group);
-  neighborhood_policy policy{make_neighborhood_spec(fn, q.dimension(1), q.dimension(2), opt)};
-  if (p.batch == 0 || p.nq == 0) return;  // an empty result
-  // Plain windows on images at least a vector wide: the row-stencil kernel (one image row of
-  // queries in the lanes). Dilation, causal axes and narrower images: the tile engine's patches.
-  if (neighborhood_rows<T, Arch>::covers(policy.s)) {
-    neighborhood_rows<T, Arch>(p, policy.s).run(dev);
-    return;
-  }
-  neighborhood_patch(simd::lanes_v<T, Arch>, p.group, policy.ph, policy.pw);
-  softmax_forward<Arch>(p, dev, policy);
-}
 
 template <class Arch, class Q, class K, class V, class O, class Device>
 void streaming_decode_forward(const Device& dev, const Q& q, const K& k, const V& v, O& out,
@@ -119,40 +81,6 @@ template <class Arch = simd::default_arch, thread_pool_device D, row_major_tenso
 void streaming_decode(const D& device, const Q& q, const K& k_cache, const V& v_cache, O&& out,
                       std::span<const int> tokens, const streaming_options& opt) {
   detail::streaming_decode_forward<Arch>(device, q, k_cache, v_cache, out, tokens, opt);
-}
-
-/// 2-D neighborhood attention (NATTEN's na2d) over q [batch, height, width, Hq, d], k and v
-/// [batch, height, width, Hkv, d | dv], out [batch, height, width, Hq, dv]; on the calling thread.
-/// Options: xattn::neighborhood_2d_options (kernel, dilation and causality per axis). Hkv divides Hq.
-template <class Arch = simd::default_arch, row_major_tensor<5> Q, row_major_tensor<5> K, row_major_tensor<5> V,
-          row_major_tensor<5> O>
-void neighborhood_attention_2d(const Q& q, const K& k, const V& v, O&& out, const neighborhood_2d_options& opt = {}) {
-  detail::neighborhood_2d_forward<Arch>(detail::serial_device{}, q, k, v, out, static_cast<std::nullptr_t*>(nullptr), opt);
-}
-
-/// The same on the threads of `device`.
-template <class Arch = simd::default_arch, thread_pool_device D, row_major_tensor<5> Q, row_major_tensor<5> K,
-          row_major_tensor<5> V, row_major_tensor<5> O>
-void neighborhood_attention_2d(const D& device, const Q& q, const K& k, const V& v, O&& out,
-                               const neighborhood_2d_options& opt = {}) {
-  detail::neighborhood_2d_forward<Arch>(device, q, k, v, out, static_cast<std::nullptr_t*>(nullptr), opt);
-}
-
-/// The same, also writing each query's log-sum-exp to `lse` [batch, Hq, height·width] (queries in
-/// row-major image order).
-template <class Arch = simd::default_arch, row_major_tensor<5> Q, row_major_tensor<5> K, row_major_tensor<5> V,
-          row_major_tensor<5> O, row_major_tensor<3> L>
-void neighborhood_attention_2d(const Q& q, const K& k, const V& v, O&& out, L&& lse,
-                               const neighborhood_2d_options& opt = {}) {
-  detail::neighborhood_2d_forward<Arch>(detail::serial_device{}, q, k, v, out, &lse, opt);
-}
-
-/// The same on the threads of `device`, also writing the log-sum-exp.
-template <class Arch = simd::default_arch, thread_pool_device D, row_major_tensor<5> Q, row_major_tensor<5> K,
-          row_major_tensor<5> V, row_major_tensor<5> O, row_major_tensor<3> L>
-void neighborhood_attention_2d(const D& device, const Q& q, const K& k, const V& v, O&& out, L&& lse,
-                               const neighborhood_2d_options& opt = {}) {
-  detail::neighborhood_2d_forward<Arch>(device, q, k, v, out, &lse, opt);
 }
 
 /// out = softmax(scale·QKᵀ + bias + window mask)·V on the calling thread.

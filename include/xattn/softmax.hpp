@@ -17,7 +17,7 @@
 // forces the scalar path.
 #pragma once
 
-#include "core/options.hpp"
+#include "options.hpp"
 #include "core/parallel.hpp"
 #include "core/softmax_args.hpp"
 #include "core/tile_engine.hpp"

@@ -12,7 +12,7 @@
 // be ⌈Nq/B⌉ × ⌈Nk/B⌉ and its heads 1 or Hq (at most 64 query heads per K/V head when per head).
 #pragma once
 
-#include "core/block_layout.hpp"
+#include "block_layout.hpp"
 #include "core/parallel.hpp"
 #include "core/schedule.hpp"
 #include "core/softmax_args.hpp"

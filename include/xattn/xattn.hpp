@@ -1,8 +1,12 @@
-// xattn/xattn.hpp — the umbrella header: every family of xattn.
+// xattn/xattn.hpp — the umbrella header: every family of xattn. (xattn/mpi.hpp, which needs MPI,
+// is not included: include it yourself.)
 #pragma once
 
+#include "options.hpp"
 #include "softmax.hpp"
 #include "sliding_window.hpp"
+#include "neighborhood.hpp"
+#include "block_layout.hpp"
 #include "sparse.hpp"
 #include "lightning.hpp"
 #include "linear.hpp"

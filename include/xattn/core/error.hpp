@@ -1,4 +1,5 @@
-// xattn/core/error.hpp — the one exception type of the library and the helpers that build it.
+// xattn/core/error.hpp — the helpers that build xattn::error messages, and the index type of the
+// internals (signed, as Eigen's: differences of positions are common).
 #pragma once
 
 #include <array>
@@ -8,18 +9,11 @@
 #include <stdexcept>
 #include <string>
 
-namespace xattn {
+#include "../error.hpp"
+
+namespace xattn::detail {
 
 using index = std::ptrdiff_t;
-
-/// Thrown for bad input, before anything is written. The message names the function, the
-/// argument and the shapes involved: "xattn::softmax_attention: k: head_dim 64 != q head_dim 128".
-class error : public std::invalid_argument {
- public:
-  using std::invalid_argument::invalid_argument;
-};
-
-namespace detail {
 
 /// A shape as it prints in messages, "[2, 128, 8, 64]". Formatted only when a message is built, so
 /// a call that passes validation builds no strings.
@@ -48,5 +42,4 @@ void require(bool ok, const char* fn, const char* arg, const Parts&... what) {
   throw error(s.str());
 }
 
-}  // namespace detail
-}  // namespace xattn
+}  // namespace xattn::detail

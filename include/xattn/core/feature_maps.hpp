@@ -11,7 +11,8 @@
 #include <span>
 
 #include "constants.hpp"
-#include "options.hpp"
+#include "error.hpp"
+#include "../options.hpp"
 #include "simd.hpp"
 
 namespace xattn::detail {

@@ -8,7 +8,7 @@
 #include <tuple>
 #include <vector>
 
-#include "options.hpp"
+#include "../options.hpp"
 #include "validate.hpp"
 
 namespace xattn::detail {

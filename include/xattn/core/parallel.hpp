@@ -19,18 +19,10 @@
 #include <mutex>
 #include <unsupported/Eigen/CXX11/ThreadPool>
 
+#include "../options.hpp"
 #include "error.hpp"
 
 namespace xattn {
-
-/// What the device overloads accept: Eigen::ThreadPoolDevice, or a type with the same two members
-/// (numThreads(), and enqueueNoNotification(f), which runs f on one of its threads some time later).
-template <class D>
-concept thread_pool_device = requires(const D& d) {
-  { d.numThreads() } -> std::convertible_to<int>;
-  d.enqueueNoNotification([] {});
-};
-
 namespace detail {
 
 /// Runs on the calling thread only.

@@ -39,7 +39,7 @@
 #include "simd.hpp"
 #include "softmax_args.hpp"
 #include "window_args.hpp"
-#include "block_layout.hpp"
+#include "../block_layout.hpp"
 
 namespace xattn::detail {
 

@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <limits>
 
-#include "options.hpp"
+#include "../options.hpp"
 #include "validate.hpp"
 
 namespace xattn::detail {

@@ -1,5 +1,5 @@
-// xattn/core/tensor.hpp — what the front doors accept (Eigen tensors and maps, row-major) and the
-// small strided views the engines work on after validation.
+// xattn/core/tensor.hpp — the small strided views the engines work on after validation (what the
+// front doors accept is in options.hpp).
 #pragma once
 
 #include <array>
@@ -7,40 +7,13 @@
 #include <type_traits>
 #include <unsupported/Eigen/CXX11/Tensor>
 
+#include "../options.hpp"
 #include "error.hpp"
 
 namespace xattn {
 
-/// Memory order of the four axes of q, k, v and out. FlashAttention and flash-linear-attention
-/// use [batch, seq, heads, head_dim]; PyTorch's SDPA uses [batch, heads, seq, head_dim].
-enum class layout { bshd, bhsd };
 
-/// An Eigen::Tensor<T, R, Eigen::RowMajor> or an Eigen::TensorMap of one (zero copy).
-template <class X, int R>
-concept row_major_tensor = requires(X& x) {
-  { x.data() };
-  { x.dimension(0) } -> std::convertible_to<index>;
-} && (std::remove_cvref_t<X>::NumDimensions == R) &&
-    (static_cast<int>(Eigen::internal::traits<std::remove_cvref_t<X>>::Layout) ==
-     static_cast<int>(Eigen::RowMajor));
 
-template <class X>
-using scalar_of = std::remove_const_t<typename std::remove_cvref_t<X>::Scalar>;
-
-/// A read-only reference to a 4-D row-major tensor of T, built implicitly from an Eigen::Tensor
-/// or an Eigen::TensorMap; used for the optional inputs of an options struct (bias, mask).
-template <class T>
-struct tensor_cref {
-  const T* data = nullptr;
-  std::array<index, 4> dims{};
-
-  tensor_cref() = default;
-  template <row_major_tensor<4> X>
-    requires std::same_as<scalar_of<X>, T>
-  tensor_cref(const X& x)  // NOLINT: implicit on purpose, so `.bias = my_tensor` reads well
-      : data(x.data()), dims{x.dimension(0), x.dimension(1), x.dimension(2), x.dimension(3)} {}
-  explicit operator bool() const { return data != nullptr; }
-};
 
 namespace detail {
 

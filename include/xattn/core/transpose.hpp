@@ -21,6 +21,8 @@
 
 namespace xattn::simd {
 
+using detail::index;  // the internals' index type
+
 #if defined(__AVX512F__)
 template <class T, class Arch>
 inline constexpr bool transpose_avx512 = std::is_same_v<T, float> && std::is_base_of_v<xsimd::avx512f, Arch>;

@@ -10,53 +10,6 @@
 #include "softmax_args.hpp"
 
 namespace xattn {
-
-/// Options of sliding-window attention. Query i (aligned bottom-right, p = i + Nk − Nq, as
-/// FlashAttention's window_size) sees key j when
-///     p − window_left·dilation <= j <= p + window_right·dilation,  (p − j) % dilation == 0,
-///     and, with chunk > 0, ⌊j / chunk⌋ == ⌊p / chunk⌋,
-/// or when j < sinks and j <= p + window_right·dilation (sink tokens, StreamingLLM).
-/// Fill with designated initializers: `{.window_left = 1024, .causal = true, .sinks = 4}`.
-struct sliding_window_options {
-  index window_left = -1;        // neighbours seen on the left (keys at multiples of dilation); −1 = unbounded
-  index window_right = -1;       // neighbours seen on the right; −1 = unbounded; causal forces 0
-  bool causal = false;           // window_right = 0
-  index dilation = 1;            // neighbours at multiples of the dilation (NATTEN's dilation); >= 1
-  index sinks = 0;               // keys [0, sinks) stay visible to every query (within the right bound); >= 0
-  index chunk = 0;               // > 0: a query sees only keys of its own chunk of this length (FA's attention_chunk, Llama 4)
-  softmax_options softmax = {};  // every other option (scale, softcap, ALiBi, sink logits, lengths, bias, mask, layout, lse);
-                                 // its causal and window fields must stay unset: use the ones above
-};
-
-/// Options of 2-D neighborhood attention (NATTEN's na2d) over [batch, height, width, heads, dim]:
-/// query (y, x) sees the kernel_h × kernel_w keys around it on its dilation grid (keys whose
-/// coordinates differ from it by multiples of the dilation). Near a border the window shifts to
-/// stay inside the image, so every query sees exactly kernel_h × kernel_w keys; along a causal axis
-/// the window is the kernel − 1 preceding positions and the query's own (fewer near the start).
-struct neighborhood_2d_options {
-  index kernel_h = 7;                  // odd, >= 1; kernel_h · dilation_h <= height
-  index kernel_w = 7;                  // odd, >= 1; kernel_w · dilation_w <= width
-  index dilation_h = 1;                // >= 1
-  index dilation_w = 1;                // >= 1
-  bool causal_h = false;               // along the height: keys at rows <= the query's row only
-  bool causal_w = false;               // along the width: keys at columns <= the query's column only
-  std::optional<double> scale = {};    // multiplies QKᵀ; unset = 1/sqrt(head_dim); must be > 0
-};
-
-/// A streaming (StreamingLLM) KV cache: `sinks` fixed slots for the first tokens, then a ring of
-/// `window` slots for the most recent ones. Decoding against it equals sliding-window attention over
-/// the whole history with {.window_left = window − 1, .causal = true, .sinks = sinks}.
-struct streaming_options {
-  index sinks = 4;               // first tokens kept for ever (attention sinks); >= 0
-  index window = 1024;           // most recent tokens kept, the new one included; >= 1
-  softmax_options softmax = {};  // scale, softcap, sink logits, layout; no causal, window, ALiBi, lengths, bias or mask
-};
-
-/// The cache slot of token t (0-based, counted from the start of the generation).
-inline index streaming_slot(index t, const streaming_options& o) {
-  return t < o.sinks ? t : o.sinks + (t - o.sinks) % o.window;
-}
-
 namespace detail {
 
 /// The resolved 2-D neighborhood rule over an image of height × width tokens (flat index y·width + x).
@@ -111,6 +64,24 @@ void check_image_axes(const char* fn, const Q& q, const K& k, const V& v, const 
   for (auto [name, d] : {std::pair{"k", dims_of(k)}, std::pair{"v", dims_of(v)}, std::pair{"out", dims_of(o)}})
     require(d[1] == qd[1] && d[2] == qd[2], fn, name, "image ", d[1], "×", d[2], " != q image ", qd[1], "×", qd[2],
             " (q ", shape_str(qd), ", ", name, " ", shape_str(d), ")");
+}
+
+/// A rank-5 image tensor [batch, height, width, heads, dim] as the rank-4 [batch, height·width,
+/// heads, dim] of its flattened pixels (row-major image order): the shape softmax validation takes.
+template <class X>
+std::array<index, 4> flat_image_dims(const X& x) {
+  return {x.dimension(0), x.dimension(1) * x.dimension(2), x.dimension(3), x.dimension(4)};
+}
+
+/// A 2-D neighborhood call's tensors flattened to rank 4 and validated as softmax attention.
+template <class Q, class K, class V, class O, class L>
+auto make_image_problem(const char* fn, const Q& q, const K& k, const V& v, O& out, L* lse, const softmax_options& opt) {
+  using T = scalar_of<Q>;
+  check_image_axes(fn, q, k, v, out);
+  const Eigen::TensorMap<const Eigen::Tensor<T, 4, Eigen::RowMajor>> q4(q.data(), flat_image_dims(q)),
+      k4(k.data(), flat_image_dims(k)), v4(v.data(), flat_image_dims(v));
+  Eigen::TensorMap<Eigen::Tensor<T, 4, Eigen::RowMajor>> o4(out.data(), flat_image_dims(out));
+  return make_softmax_problem(fn, q4, k4, v4, o4, lse, opt);
 }
 
 /// The resolved window rule (left/right in keys: neighbours × dilation; −1 = unbounded).

@@ -15,6 +15,8 @@
 namespace xattn::reference {
 namespace detail {
 
+using xattn::detail::index;
+
 template <class T>
 void lightning_attention(const xattn::detail::chunk_problem<T>& p) {
   const index n = p.nq, d = p.d, e = p.e;

@@ -16,6 +16,8 @@
 namespace xattn::reference {
 namespace detail {
 
+using xattn::detail::index;
+
 /// φ(x) in double, written from the definitions in core/options.hpp.
 inline std::vector<double> features(const xattn::feature_map& m, const std::vector<double>& x) {
   const std::size_t d = x.size();

@@ -14,6 +14,8 @@
 namespace xattn::reference {
 namespace detail {
 
+using xattn::detail::index;
+
 template <class T>
 void sliding_window_attention(xattn::detail::softmax_problem<T> p, const xattn::detail::window_spec& w) {
   const index hm = p.mask ? p.hq : 1;
@@ -77,16 +79,8 @@ void neighborhood_attention_2d(const xattn::detail::softmax_problem<T>& p, const
 template <row_major_tensor<5> Q, row_major_tensor<5> K, row_major_tensor<5> V, row_major_tensor<5> O>
 void neighborhood_attention_2d(const Q& q, const K& k, const V& v, O&& out, const neighborhood_2d_options& opt = {}) {
   constexpr const char* fn = "xattn::reference::neighborhood_attention_2d";
-  using T = scalar_of<Q>;
-  xattn::detail::check_image_axes(fn, q, k, v, out);
-  const auto flat = [](const auto& x) {
-    return std::array<index, 4>{x.dimension(0), x.dimension(1) * x.dimension(2), x.dimension(3), x.dimension(4)};
-  };
-  const Eigen::TensorMap<const Eigen::Tensor<T, 4, Eigen::RowMajor>> q4(q.data(), flat(q)), k4(k.data(), flat(k)),
-      v4(v.data(), flat(v));
-  Eigen::TensorMap<Eigen::Tensor<T, 4, Eigen::RowMajor>> o4(out.data(), flat(out));
-  const auto p = xattn::detail::make_softmax_problem(fn, q4, k4, v4, o4, static_cast<std::nullptr_t*>(nullptr),
-                                                     softmax_options{.scale = opt.scale});
+  const auto p = xattn::detail::make_image_problem(fn, q, k, v, out, static_cast<std::nullptr_t*>(nullptr),
+                                                   softmax_options{.scale = opt.scale});
   detail::neighborhood_attention_2d(p, xattn::detail::make_neighborhood_spec(fn, q.dimension(1), q.dimension(2), opt));
 }
 

@@ -12,6 +12,8 @@
 namespace xattn::reference {
 namespace detail {
 
+using xattn::detail::index;
+
 template <class T>
 void softmax_attention(const xattn::detail::softmax_problem<T>& p) {
   const double neg_inf = -std::numeric_limits<double>::infinity();

@@ -5,11 +5,13 @@
 
 #include <memory>
 
-#include "../core/block_layout.hpp"
+#include "../block_layout.hpp"
 #include "softmax.hpp"
 
 namespace xattn::reference {
 namespace detail {
+
+using xattn::detail::index;
 
 template <class T>
 void sparse_attention(xattn::detail::softmax_problem<T> p, const block_layout& layout) {

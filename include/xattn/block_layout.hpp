@@ -1,4 +1,4 @@
-// xattn/core/block_layout.hpp — the block layout of sparse attention: for each query block (and
+// xattn/block_layout.hpp — the block layout of sparse attention: for each query block (and
 // per head, or shared by all heads) the sorted list of key blocks it visits, as compressed rows
 // (CSR), and the builders of the usual patterns. Query block qb holds queries [qb·B, (qb + 1)·B),
 // key block kb keys [kb·B, (kb + 1)·B) (B = block_size, the last block of each may be short).
@@ -15,27 +15,28 @@
 #include <span>
 #include <vector>
 
-#include "error.hpp"
-#include "tensor.hpp"
+#include "core/error.hpp"
+#include "core/tensor.hpp"
+#include "options.hpp"
 
 namespace xattn {
 
 /// Parameters of block_layout::bigbird (BigBird's ITC pattern, in blocks).
 struct bigbird_options {
-  index window_blocks = 1;   // key blocks on each side of the diagonal block (BigBird's 3-block window = 1)
-  index global_blocks = 1;   // the first global_blocks blocks see, and are seen by, everything
-  index random_blocks = 2;   // random key blocks per query block, drawn from the rest
+  std::ptrdiff_t window_blocks = 1;   // key blocks on each side of the diagonal block (BigBird's 3-block window = 1)
+  std::ptrdiff_t global_blocks = 1;   // the first global_blocks blocks see, and are seen by, everything
+  std::ptrdiff_t random_blocks = 2;   // random key blocks per query block, drawn from the rest
   std::uint64_t seed = 0;    // the same seed gives the same layout
-  index heads = 1;           // 1 = shared by all heads; else one random draw per head
+  std::ptrdiff_t heads = 1;           // 1 = shared by all heads; else one random draw per head
   bool causal = false;       // keep only key blocks kb <= the diagonal block
 };
 
 /// Parameters of block_layout::top_k (SeerAttention / FlexPrefill-style block selection).
 struct top_k_options {
-  index block_size = 64;     // tokens per block
-  index keep = 0;            // keep the `keep` best key blocks per query block (> 0), or
+  std::ptrdiff_t block_size = 64;     // tokens per block
+  std::ptrdiff_t keep = 0;            // keep the `keep` best key blocks per query block (> 0), or
   double mass = 0;           // ...the fewest blocks whose estimated attention mass reaches `mass` (in (0, 1])
-  index sink_blocks = 1;     // key blocks [0, sink_blocks) are always kept
+  std::ptrdiff_t sink_blocks = 1;     // key blocks [0, sink_blocks) are always kept
   bool causal = false;       // score only key blocks at or before the diagonal block (bottom-right aligned)
   std::optional<double> scale = {};  // of the pooled scores; unset = 1/sqrt(head_dim)
   xattn::layout layout = layout::bshd;
@@ -43,6 +44,8 @@ struct top_k_options {
 
 class block_layout {
  public:
+  using index = std::ptrdiff_t;  // block counts and sizes (a class member: no xattn::index to clash with POSIX index())
+
   block_layout() = default;
 
   /// ⌈n / b⌉ blocks of b (b > 0) for n >= 0 items, without the overflow of n + b − 1.
