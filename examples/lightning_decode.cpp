@@ -1,7 +1,9 @@
 // examples/lightning_decode.cpp — generation with lightning attention: the prompt is prefilled in
 // one call that leaves the state ([batch, heads, d, e]), then each new token is one
 // xattn::lightning_step — the recurrent form, O(d·e) per head and token whatever the length so
-// far, with no KV cache at all.
+// far, with no KV cache at all. Each step reads its token's rows through Eigen::TensorMap, with no
+// copy (one sequence here: with several, the rows of a token are not contiguous in [batch, seq,
+// heads, dim], so keep each new token's q, k, v in a [batch, 1, heads, dim] buffer instead).
 #define EIGEN_USE_THREADS  // before Eigen's Tensor header: enables Eigen::ThreadPoolDevice
 #include <algorithm>
 #include <chrono>
@@ -12,7 +14,7 @@
 
 int main() {
   constexpr int prompt = 1024, steps = 128;             // tokens prefilled, tokens generated
-  constexpr int batch = 2, heads = 8, head_dim = 128;   // 8 query heads, each with its own decay
+  constexpr int batch = 1, heads = 8, head_dim = 128;   // 8 query heads, each with its own decay
   using tensor = Eigen::Tensor<float, 4, Eigen::RowMajor>;
 
   const int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -36,11 +38,16 @@ int main() {
   xattn::lightning_attention(device, rows(q, 0, prompt), rows(k, 0, prompt), rows(v, 0, prompt), prefill_out,
                              {.decay = decay, .final_state = state});
 
-  // Decode: one token at a time; the state is read and updated in place.
+  // Decode: one token at a time; the state is read and updated in place. Token t's rows, mapped
+  // where they are: [1, 1, heads, head_dim] at offset t·heads·head_dim.
+  using row_map = Eigen::TensorMap<const tensor>;
+  const long row = long(heads) * head_dim;
   tensor out(batch, 1, heads, head_dim);
   const auto start = std::chrono::steady_clock::now();
   for (int t = prompt; t < prompt + steps; ++t)
-    xattn::lightning_step(device, rows(q, t, 1), rows(k, t, 1), rows(v, t, 1), out, state, {.decay = decay});
+    xattn::lightning_step(device, row_map(q.data() + t * row, 1, 1, heads, head_dim),
+                          row_map(k.data() + t * row, 1, 1, heads, head_dim),
+                          row_map(v.data() + t * row, 1, 1, heads, head_dim), out, state, {.decay = decay});
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("%d decode steps after a %d-token prompt, batch %d, %d heads, %d threads: %.0f tokens/s\n", steps,
               prompt, batch, heads, threads, batch * steps / seconds);
