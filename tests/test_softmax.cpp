@@ -869,5 +869,23 @@ const std::vector<BadCase> kBadCases = {
 INSTANTIATE_TEST_SUITE_P(Cases, SoftmaxBadInput, ::testing::ValuesIn(kBadCases),
                          [](const auto& info) { return info.param.name; });
 
+TEST(SoftmaxAlibi, SlopesPerBatchAndHeadEqualEachBatchWithItsOwnSlopes) {
+  std::mt19937_64 rng(case_seed("alibi_per_batch"));
+  tensor<float> q(3, 130, 4, 32), k(3, 150, 2, 32), v(3, 150, 2, 32), out(3, 130, 4, 32), ref(3, 130, 4, 32);
+  fill_random(q, rng), fill_random(k, rng), fill_random(v, rng);
+  const std::vector<float> slopes{0.5f, 0.25f, 0.125f, 0.0625f, 0.3f, 0.2f, 0.1f, 0.05f, 1.f, 0.f, 2.f, 0.7f};
+  const xattn::softmax_options opt{.causal = true, .alibi_slopes = slopes};
+  xattn::softmax_attention(device(2), q, k, v, out, opt);
+  xattn::reference::softmax_attention(q, k, v, ref, opt);
+  EXPECT_LT(max_abs_diff(out, ref).max, 2e-5);
+  // Batch 1 alone, with its own four slopes, gives batch 1's rows.
+  const Eigen::array<Eigen::Index, 4> at{1, 0, 0, 0}, qe{1, 130, 4, 32}, ke{1, 150, 2, 32};
+  const tensor<float> q1 = q.slice(at, qe), k1 = k.slice(at, ke), v1 = v.slice(at, ke);
+  tensor<float> o1(1, 130, 4, 32);
+  xattn::softmax_attention(q1, k1, v1, o1, {.causal = true, .alibi_slopes = std::span<const float>(slopes).subspan(4, 4)});
+  const tensor<float> out1 = out.slice(at, qe);
+  EXPECT_TRUE(bitwise_equal("batch 1", o1, out1));
+}
+
 }  // namespace
 }  // namespace xattn_test

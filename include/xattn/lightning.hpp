@@ -8,7 +8,7 @@
 //   (or [batch, heads, seq, dim] with .layout = xattn::layout::bhsd); states [batch, Hq, d, e]
 //
 // Hkv divides Hq (grouped-query attention; each query head keeps its own state, as its decay is its
-// own); e may differ from d. Options: xattn::lightning_options (core/options.hpp). A sequence
+// own); e may differ from d. Options: xattn::lightning_options (options.hpp). A sequence
 // processed in segments, each call passing its final_state to the next one's initial_state, equals
 // one call; lightning_step is the same recurrence one token at a time, for decoding. Bad input
 // throws xattn::error before anything is written. The device overloads run on an

@@ -9,7 +9,7 @@
 // Feature maps (xattn::feature): identity, elu+1, relu, Based's Taylor map, the per-side softmax of
 // Efficient Attention (non-causal only), or a user callable (feature_map::custom); D' =
 // opt.feature_map.dim(d). Causal attention needs Nq = Nk; non-causal accepts Nq != Nk. Hkv divides Hq.
-// Options: xattn::linear_options (core/options.hpp). Bad input throws xattn::error before anything
+// Options: xattn::linear_options (options.hpp). Bad input throws xattn::error before anything
 // is written. The device overloads run on an Eigen::ThreadPoolDevice; results are bitwise identical
 // for any thread count.
 //

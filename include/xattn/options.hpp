@@ -65,7 +65,7 @@ struct softmax_options {
   std::ptrdiff_t window_left = -1;                   // keys j < i + Nk − Nq − window_left are masked; −1 = unbounded (FA's window_size[0])
   std::ptrdiff_t window_right = -1;                  // keys j > i + Nk − Nq + window_right are masked; −1 = unbounded; causal forces 0
   double softcap = 0;                       // s ← cap·tanh(s/cap) on the scaled scores, before bias, ALiBi and masks (FA's softcap); 0 = off
-  std::span<const float> alibi_slopes = {}; // one per query head; adds −slope·|i + Nk − Nq − j| to the scores (FA's alibi_slopes)
+  std::span<const float> alibi_slopes = {}; // one per query head, or B·Hq (per batch and head, row-major); adds −slope·|i + Nk − Nq − j| to the scores (FA's alibi_slopes)
   std::span<const float> sink_logits = {};  // one per query head; a logit that joins the softmax denominator with no value row (gpt-oss "sinks")
   std::span<const int> seqlens_q = {};      // one per batch: valid query rows; rows past it get zeros and LSE −inf (FA varlen)
   std::span<const int> seqlens_k = {};      // one per batch: valid keys; causal and window align with each batch's own lengths

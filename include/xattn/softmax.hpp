@@ -6,7 +6,7 @@
 //   lse [batch, Hq, Nq]          natural-log log-sum-exp of each row (optional)
 //
 // Hkv divides Hq (multi-query / grouped-query attention); Nq != Nk is cross-attention or chunked
-// prefill against a cache; dv may differ from d. Options: xattn::softmax_options (core/options.hpp).
+// prefill against a cache; dv may differ from d. Options: xattn::softmax_options (options.hpp).
 // Fully masked and padded rows give zeros and LSE −inf. Bad input throws xattn::error before
 // anything is written. The device overloads run on an Eigen::ThreadPoolDevice; results are
 // bitwise identical for any thread count.

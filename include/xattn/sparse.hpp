@@ -2,7 +2,7 @@
 // lists for each query block (per head or shared), with every softmax option on top (causal and
 // window masks, lengths, GQA, softcap, ALiBi, sink logits, bias, mask, LSE). Builders of the usual
 // layouts (dense mask, BigBird, Longformer, strided, streaming, per-head mixes, content-based top-k)
-// are in core/block_layout.hpp.
+// are in block_layout.hpp.
 //
 // It is the softmax tile engine with another schedule: each engine block of query rows maps to one
 // layout row, visits only that row's key blocks, and masks only the tiles that the band cuts (or,

@@ -24,7 +24,8 @@ struct softmax_problem {
   bool causal = false;
   index window_left = -1, window_right = -1;  // resolved: causal folded into window_right
   double softcap = 0;
-  const float* alibi = nullptr;   // [hq]
+  const float* alibi = nullptr;   // [hq], or [batch, hq] when alibi_sb = hq
+  index alibi_sb = 0;             // batch stride of the slopes: 0 (one per head) or hq (per batch and head)
   const float* sinks = nullptr;   // [hq]
   const int* seqlens_q = nullptr; // [batch]
   const int* seqlens_k = nullptr; // [batch]
@@ -34,6 +35,7 @@ struct softmax_problem {
   index mask_sb = 0, mask_sh = 0;
 
   index nq_of(index b) const { return seqlens_q ? seqlens_q[b] : nq; }
+  double alibi_of(index b, index h) const { return double(alibi[b * alibi_sb + h]); }
   index nk_of(index b) const { return seqlens_k ? seqlens_k[b] : nk; }
   /// Is key j visible to query i of batch b by the band (causal/window/lengths) alone?
   bool band_visible(index b, index i, index j) const {
@@ -71,7 +73,7 @@ void check_folded_options(const char* fn, const softmax_problem<T>& p) {
     require_representable<T>(fn, "scale", p.scale * kLog2e, "scale · log2 e", p.scale, folded::multiplier);
   }
   const double reach = double(p.nq + p.nk);
-  for (index h = 0; p.alibi && h < p.hq; ++h)
+  for (index h = 0; p.alibi && h < (p.alibi_sb ? p.batch : 1) * p.hq; ++h)
     require_representable<T>(fn, "alibi_slopes", double(p.alibi[h]) * kLog2e * reach,
                              "slope · log2 e · (Nq + Nk)", double(p.alibi[h]));
   for (index h = 0; p.sinks && h < p.hq; ++h)
@@ -121,7 +123,12 @@ softmax_problem<T> make_softmax_problem(const char* fn, const T* q, std::array<i
   p.window_right = opt.causal ? 0 : reach(opt.window_right);
   p.softcap = opt.softcap;
 
-  check_span<float>(fn, "alibi_slopes", opt.alibi_slopes, p.hq, "q head");
+  // One slope per query head, or per (batch, query head) as FlashAttention's [batch, heads].
+  const bool per_batch = !opt.alibi_slopes.empty() && static_cast<index>(opt.alibi_slopes.size()) == p.batch * p.hq &&
+                         p.batch > 1;
+  check_span<float>(fn, "alibi_slopes", opt.alibi_slopes, per_batch ? p.batch * p.hq : p.hq,
+                    per_batch ? "(batch, q head)" : "q head (or per batch and q head)");
+  p.alibi_sb = per_batch ? p.hq : 0;
   check_span<float>(fn, "sink_logits", opt.sink_logits, p.hq, "q head");
   check_span<int>(fn, "seqlens_q", opt.seqlens_q, p.batch, "batch", p.nq);
   check_span<int>(fn, seqlens_k_name, opt.seqlens_k, p.batch, "batch", p.nk);

@@ -458,7 +458,7 @@ class tile_engine {
       }
     }
     for (index r = 0; r < br_; ++r) {
-      blk.slope[r] = p_.alibi ? T(-double(p_.alibi[blk.qh[r]]) * kLog2e) : T(0);
+      blk.slope[r] = p_.alibi ? T(-p_.alibi_of(b, blk.qh[r]) * kLog2e) : T(0);
       blk.sink[r] = p_.sinks ? T(double(p_.sinks[blk.qh[r]]) * kLog2e) : T(0);
     }
     blk.sm.init(p_.sinks && split == 0 ? blk.sink : nullptr, br_);  // the sink joins one split only

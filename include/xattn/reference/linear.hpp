@@ -18,7 +18,7 @@ namespace detail {
 
 using xattn::detail::index;
 
-/// φ(x) in double, written from the definitions in core/options.hpp.
+/// φ(x) in double, written from the definitions in options.hpp.
 inline std::vector<double> features(const xattn::feature_map& m, const std::vector<double>& x) {
   const std::size_t d = x.size();
   std::vector<double> y;

@@ -29,7 +29,7 @@ void softmax_attention(const xattn::detail::softmax_problem<T>& p) {
             x += double(p.q.row(b, i, h)[c]) * double(p.k.row(b, j, hk)[c]);
           x *= p.scale;
           if (p.softcap > 0) x = p.softcap * std::tanh(x / p.softcap);
-          if (p.alibi) x -= double(p.alibi[h]) * double(std::abs(i + off - j));
+          if (p.alibi) x -= p.alibi_of(b, h) * double(std::abs(i + off - j));
           if (p.bias) x += double(p.bias[b * p.bias_sb + h * p.bias_sh + i * p.nk + j]);
           bool visible = i < nq && p.band_visible(b, i, j);
           if (p.mask) visible = visible && p.mask[b * p.mask_sb + h * p.mask_sh + i * p.nk + j];
