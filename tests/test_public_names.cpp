@@ -40,4 +40,23 @@ TEST(PublicNames, OptionsAreAggregatesFilledByDesignatedInitializers) {
   EXPECT_EQ(streaming_slot(20, st), 2 + (20 - 2) % 16);
 }
 
+TEST(PublicNames, LayoutBuildersTakeTheirParametersByName) {
+  const std::vector<std::ptrdiff_t> globals{0, 300};
+  const auto a = block_layout::longformer(1000, 1000, 64, {.window = 128, .global_tokens = globals, .causal = true});
+  const auto b = block_layout::longformer(1000, 1000, 64, 128, globals, true);
+  const auto c = block_layout::strided(1000, 64, {.local_blocks = 2, .stride = 4});
+  const auto d = block_layout::strided(1000, 64, 2, 4);
+  const auto e = block_layout::streaming(1000, 1000, 64, {.sink_blocks = 1, .window_blocks = 3});
+  const auto f = block_layout::streaming(1000, 1000, 64, 1, 3);
+  for (const auto* p : {&a, &c, &e}) {
+    const auto& q = p == &a ? b : p == &c ? d : f;
+    ASSERT_EQ(p->nnz(), q.nnz());
+    for (std::ptrdiff_t qb = 0; qb < p->q_blocks(); ++qb) {
+      const auto x = p->row(0, qb), y = q.row(0, qb);
+      EXPECT_TRUE(std::equal(x.begin(), x.end(), y.begin(), y.end()));
+    }
+  }
+  EXPECT_GT(a.nnz(), 0);
+}
+
 }  // namespace

@@ -31,6 +31,25 @@ struct bigbird_options {
   bool causal = false;       // keep only key blocks kb <= the diagonal block
 };
 
+/// Parameters of block_layout::longformer.
+struct longformer_options {
+  std::ptrdiff_t window = 256;                     // tokens on each side of a query (at block granularity); >= 0
+  std::span<const std::ptrdiff_t> global_tokens;   // tokens that see, and are seen by, every block
+  bool causal = false;                             // keep only key blocks kb <= the diagonal block
+};
+
+/// Parameters of block_layout::strided (Sparse Transformer's fixed pattern; causal).
+struct strided_options {
+  std::ptrdiff_t local_blocks = 4;  // blocks up to and including the diagonal; >= 1
+  std::ptrdiff_t stride = 8;        // the last block of every `stride` blocks is a summary block; >= 1
+};
+
+/// Parameters of block_layout::streaming (StreamingLLM's sinks and window, in blocks; causal).
+struct streaming_layout_options {
+  std::ptrdiff_t sink_blocks = 1;    // key blocks [0, sink_blocks) stay visible; >= 0
+  std::ptrdiff_t window_blocks = 4;  // blocks up to and including the diagonal; >= 1
+};
+
 /// Parameters of block_layout::top_k (SeerAttention / FlexPrefill-style block selection).
 struct top_k_options {
   std::ptrdiff_t block_size = 64;     // tokens per block
@@ -151,6 +170,18 @@ class block_layout {
       for (index c = 0; c <= std::min(hi, sink_blocks - 1); ++c) row[c] = true;
       for (index c = std::max<index>(0, diag - window_blocks + 1); c <= hi; ++c) row[c] = true;
     });
+  }
+
+  /// The same three builders with their parameters by name, as bigbird takes them:
+  /// `longformer(n, n, 64, {.window = 512, .global_tokens = cls})`.
+  static block_layout longformer(index nq, index nk, index block_size, const longformer_options& o) {
+    return longformer(nq, nk, block_size, o.window, o.global_tokens, o.causal);
+  }
+  static block_layout strided(index n, index block_size, const strided_options& o) {
+    return strided(n, block_size, o.local_blocks, o.stride);
+  }
+  static block_layout streaming(index nq, index nk, index block_size, const streaming_layout_options& o) {
+    return streaming(nq, nk, block_size, o.sink_blocks, o.window_blocks);
   }
 
   /// Per-head mixes (DuoAttention, MoA): head h gets heads[h] (each a shared, one-head layout of
