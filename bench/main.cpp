@@ -140,7 +140,6 @@ class comparison_reporter : public Base {
     table_.flush();
     if (markdown_.empty()) return;
     std::ofstream md(markdown_);
-    md << "# xattn_bench: the headline table\n\n";
     print_headline(md, true);
     if (!md) std::cerr << "xattn_bench: could not write " << markdown_ << "\n";
   }
@@ -275,6 +274,7 @@ class comparison_reporter : public Base {
     };
     const std::vector<std::string> head = {"family", "shape", "xattn ms", "naive ms", "eigen ms",
                                            "x naive", "x eigen", "% peak"};
+    const std::string mark = markdown ? " \\*" : " *";  // a bare * would start emphasis or a list in Markdown
     std::vector<std::vector<std::string>> cells;
     for (const auto& h : headline_rows()) {
       const result* x = find(h.xattn);
@@ -287,7 +287,7 @@ class comparison_reporter : public Base {
         peak = bw >= 0 ? fmt("%.1f bw", bw) : fl >= 0 ? fmt("%.1f", fl) : "-";
       }
       cells.push_back({h.family, h.shape, x ? ms(x->ms) : "-",
-                       n ? ms(n->ms) + (h.naive_shape.empty() ? "" : " @" + h.naive_shape + " *") : "-",
+                       n ? ms(n->ms) + (h.naive_shape.empty() ? "" : " @" + h.naive_shape + mark) : "-",
                        e ? ms(e->ms) : "-", n && nx ? fmt("%.0fx", n->ms / nx->ms) : "-",
                        e && x ? fmt("%.2fx", e->ms / x->ms) : "-", peak});
     }
@@ -306,7 +306,7 @@ class comparison_reporter : public Base {
       return out + "\n";
     };
     const std::string threads = std::to_string(kTableThreads);
-    os << (markdown ? "" : "\n") << "xattn_bench: each family at its headline shape, B=1, fp32, xattn on " << threads
+    os << (markdown ? "# " : "\n") << "xattn_bench: each family at its headline shape, B=1, fp32, xattn on " << threads
        << " threads\n\n";
     os << line(head);
     if (markdown) {
@@ -325,7 +325,7 @@ class comparison_reporter : public Base {
        << bullet << "xattn ms, naive ms, eigen ms: wall time of one call; naive is the fp64 reference" << more
        << "(xattn::reference) on one thread, eigen is Eigen GEMMs and an explicit softmax (softmax only).\n"
        << bullet << "x naive = naive time / xattn time at the naive's shape; x eigen = eigen time / xattn time.\n"
-       << bullet << "* the naive reference takes seconds per call (it materialises N x N), so it ran once" << more
+       << bullet << mark.substr(1) << " the naive reference takes seconds per call (it materialises N x N), so it ran once" << more
        << "at the smaller shape shown; its ratio is to xattn (" << threads << " threads) at that shape.\n"
        << bullet << "% peak: xattn's GFLOPS (visited pairs only) over the FMA peak measured first" << more
        << "(peak/fma); \"bw\": decode's K/V bytes read per second over the measured read bandwidth.\n";

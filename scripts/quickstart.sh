@@ -65,11 +65,12 @@ configure() {
   cmake -S "$root" -B "$root/$dir" -G Ninja "$@"
 }
 
+# The build's messages go to stderr, so that the bench's stdout is its table alone.
 run_bench() {
   configure build/release -DCMAKE_BUILD_TYPE=Release \
     -DXATTN_ARCH_FLAGS="${XATTN_ARCH_FLAGS:--march=native}" \
-    -DXATTN_BUILD_TESTS=OFF -DXATTN_BUILD_EXAMPLES=OFF -DXATTN_BUILD_BENCHMARKS=ON
-  cmake --build "$root/build/release" --target xattn_bench -j"$jobs"
+    -DXATTN_BUILD_TESTS=OFF -DXATTN_BUILD_EXAMPLES=OFF -DXATTN_BUILD_BENCHMARKS=ON >&2
+  cmake --build "$root/build/release" --target xattn_bench -j"$jobs" >&2
   exec "$root/build/release/bench/xattn_bench" "$@"
 }
 
