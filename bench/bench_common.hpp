@@ -41,7 +41,7 @@ inline constexpr int kMaxThreads = 2;
 /// --benchmark_min_time says (Google Benchmark lets a benchmark's own MinTime win). On a shared
 /// machine a 0.3 s window moved such a row by ±5–10 % between runs, and a call longer than the
 /// window (sliding window at N = 65536, ~0.9 s) was timed once.
-inline constexpr double kJudgedMinTime = 2.0;
+inline constexpr double kComparedMinTime = 2.0;
 
 // ---------------------------------------------------------------------------------------------
 // The two suites. The headline suite (the default run) times each family once at its headline

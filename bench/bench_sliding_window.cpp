@@ -87,7 +87,7 @@ void register_sliding_window(suite which) {
           benchmark::RegisterBenchmark(name("naive", s).c_str(), bm_sliding_window<true>, s)
               ->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
         benchmark::RegisterBenchmark(name("xattn", s).c_str(), bm_sliding_window<false>, s)
-            ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(kJudgedMinTime);
+            ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(kComparedMinTime);
       }
 }
 
@@ -147,7 +147,7 @@ void register_neighborhood(suite which) {
           benchmark::RegisterBenchmark(("neighborhood2d/naive" + tail).c_str(), bm_neighborhood<true>, s)
               ->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
         benchmark::RegisterBenchmark(("neighborhood2d/xattn" + tail).c_str(), bm_neighborhood<false>, s)
-            ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(kJudgedMinTime);
+            ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(kComparedMinTime);
       }
 }
 

@@ -169,10 +169,10 @@ std::string softmax_name(const char* impl, const shape& s) {
          "/threads:" + std::to_string(s.threads);
 }
 
-/// judged: a row the full suite's comparisons use, timed over at least kJudgedMinTime.
-benchmark::internal::Benchmark* add(const std::string& name, auto fn, auto arg, bool judged = false) {
+/// compared: a row the full suite's comparisons use, timed over at least kComparedMinTime.
+benchmark::internal::Benchmark* add(const std::string& name, auto fn, auto arg, bool compared = false) {
   auto* row = benchmark::RegisterBenchmark(name.c_str(), fn, arg)->UseRealTime()->Unit(benchmark::kMillisecond);
-  if (judged) row->MinTime(kJudgedMinTime);
+  if (compared) row->MinTime(kComparedMinTime);
   return row;
 }
 
@@ -198,9 +198,9 @@ void register_softmax_table() {
   add("softmax_decode/naive/K:32768/threads:1", bm_decode<true>, decode_naive)->Iterations(1);
 }
 
-// The sweep: causal softmax up to N = 32768. Its cost grows as N² (2·N²·d·H FLOPs: 2.2 TFLOP at
-// N = 32768, ~10 s per call on two cores); N = 65536 would take four times that, twice (the untimed
-// call and the timed one), beyond the default run's three minutes.
+// The sweep: causal softmax up to N = 32768. Its cost grows as N² (softmax_flops: 2.2 TFLOP at
+// N = 32768, 7–20 s per call on two shared cores here); N = 65536 would take four times that, most
+// of the default run's three minutes.
 constexpr Eigen::Index kSweepSoftmaxMaxN = 32768;
 
 void sweep_softmax(Eigen::Index n) {
@@ -220,9 +220,9 @@ void register_softmax(suite which) {
           const double score_bytes = double(n) * double(n);
           if (threads == 1 && n <= kNaiveMaxN && score_bytes * sizeof(double) < kMaxBufferBytes)
             add(softmax_name("naive", s), bm_naive, s);
-          const bool judged = n == 4096 || n == 16384;  // the headline shape; sparse's comparison
-          if (threads * score_bytes * sizeof(float) < kMaxBufferBytes) add(softmax_name("eigen", s), bm_eigen, s, judged);
-          add(softmax_name("xattn", s), bm_xattn, s, judged);
+          const bool compared = n == 4096 || n == 16384;  // the headline shape; sparse's comparison
+          if (threads * score_bytes * sizeof(float) < kMaxBufferBytes) add(softmax_name("eigen", s), bm_eigen, s, compared);
+          add(softmax_name("xattn", s), bm_xattn, s, compared);
         }
   for (Eigen::Index k : {4096, 32768})
     for (int threads = 1; threads <= kMaxThreads; ++threads) {
