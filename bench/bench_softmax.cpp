@@ -8,11 +8,12 @@
 //   naive  xattn::reference::softmax_attention: fp64, one thread, an fp64 Nq×Nk score matrix per
 //          head. It runs at a few GFLOPS, so it is kept to N <= 2048 (its buffer stays far below
 //          2 GiB there) and to threads:1.
-//   eigen  per (batch, head): Eigen::Map'd matrices, S = scale·Q·Kᵀ with Eigen's float GEMM into an
+//   eigen  softmax: per (batch, head): Eigen::Map'd matrices, S = scale·Q·Kᵀ with Eigen's float GEMM into an
 //          N×N buffer, an explicit row softmax (causal rows only over their visible keys, the rest
 //          zeroed), then O = P·V with a second GEMM. Eigen's GEMM is single-threaded without
 //          OpenMP, so threads:2 spreads the heads over the pool, one N×N buffer per thread; run
 //          only where those buffers stay under 2 GiB (so not N = 16384 at 2 threads).
+//          decode: per K/V head, its 4 query heads against the cache in two GEMMs (bm_decode_eigen).
 //   xattn  xattn::softmax_attention / softmax_decode, device overload.
 #include "bench_common.hpp"
 
@@ -161,6 +162,46 @@ void bm_decode(benchmark::State& st, decode_shape s) {
   report_bandwidth(st, t.seconds(), decode_bytes(s), s.threads);
 }
 
+/// The Eigen baseline of a decode step: per K/V head g, its kGroup query heads as one matrix,
+/// S = scale·Q_g·K_gᵀ (kGroup × K, one GEMM), a row softmax, O_g = P·V_g (a second GEMM); the
+/// K/V heads spread over the pool, one kGroup × K score buffer per thread.
+constexpr Eigen::Index kDecodeGroup = kDecodeQHeads / kDecodeKvHeads;
+
+void bm_decode_eigen(benchmark::State& st, decode_shape s) {
+  const dims4 qdims{kBatch, 1, kDecodeQHeads, kDecodeDim}, kvdims{kBatch, s.k, kDecodeKvHeads, kDecodeDim};
+  auto ts = cached_tensors({{"q", qdims}, {"k_cache", kvdims}, {"v_cache", kvdims}, {"out", qdims}});
+  const tensor4 &q = *ts[0], &k = *ts[1], &v = *ts[2];
+  tensor4& out = *ts[3];
+  const auto scores = static_cast<std::size_t>(kDecodeGroup * s.k);
+  for (int w = 0; w < s.threads; ++w) scratch(w, scores);  // touched before timing
+  const Eigen::Index kv_stride = kDecodeKvHeads * kDecodeDim;  // bshd: one cached token's row
+  const float scale = 1.0f / std::sqrt(float(kDecodeDim));
+  bandwidth_peak(s.threads);
+  const auto step = [&] {
+    parallel_for(s.threads, kDecodeKvHeads, [&](Eigen::Index g, int worker) {
+      const Eigen::Map<const row_matrix> Q(q.data() + g * kDecodeGroup * kDecodeDim, kDecodeGroup, kDecodeDim);
+      const const_head K(k.data() + g * kDecodeDim, s.k, kDecodeDim, Eigen::OuterStride<>(kv_stride));
+      const const_head V(v.data() + g * kDecodeDim, s.k, kDecodeDim, Eigen::OuterStride<>(kv_stride));
+      Eigen::Map<row_matrix> O(out.data() + g * kDecodeGroup * kDecodeDim, kDecodeGroup, kDecodeDim);
+      Eigen::Map<row_matrix> S(scratch(worker, scores), kDecodeGroup, s.k);
+      S.noalias() = scale * (Q * K.transpose());
+      for (Eigen::Index i = 0; i < kDecodeGroup; ++i) {
+        Eigen::Map<Eigen::ArrayXf> p(S.row(i).data(), s.k);  // row-major: a row is contiguous
+        p = (p - p.maxCoeff()).exp();  // p_j = exp(s_j − max)
+        p /= p.sum();
+      }
+      O.noalias() = S * V;
+    });
+  };
+  step();  // untimed, as xattn's
+  wall_timer t;
+  for (auto _ : st) {
+    step();
+    benchmark::ClobberMemory();
+  }
+  report_bandwidth(st, t.seconds(), decode_bytes(s), s.threads);
+}
+
 // --- registration ------------------------------------------------------------------------------
 
 std::string softmax_name(const char* impl, const shape& s) {
@@ -196,6 +237,8 @@ void register_softmax_table() {
   add("softmax_decode/xattn/K:32768/threads:" + std::to_string(kTableThreads), bm_decode<false>, decode)
       ->MinTime(kTableMinTime);
   add("softmax_decode/naive/K:32768/threads:1", bm_decode<true>, decode_naive)->Iterations(1);
+  add("softmax_decode/eigen/K:32768/threads:" + std::to_string(kTableThreads), bm_decode_eigen, decode)
+      ->MinTime(kTableMinTime);
 }
 
 // The sweep: causal softmax up to N = 32768. Its cost grows as N² (softmax_flops: 2.2 TFLOP at
@@ -229,6 +272,7 @@ void register_softmax(suite which) {
       const decode_shape s{k, threads};
       const std::string tail = "/K:" + std::to_string(k) + "/threads:" + std::to_string(threads);
       if (threads == 1 && k <= kNaiveMaxK) add("softmax_decode/naive" + tail, bm_decode<true>, s);
+      add("softmax_decode/eigen" + tail, bm_decode_eigen, s, true);
       add("softmax_decode/xattn" + tail, bm_decode<false>, s, true);
     }
 }
