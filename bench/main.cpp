@@ -67,7 +67,6 @@ std::string fmt(const char* f, double a, double b = 0) {
   return buf;
 }
 
-/// Collects the results of every run, and prints the comparison table on Finalize.
 // The headline table's rows: the benchmark names of each family's headline shape. naive_xattn is
 // xattn at the naive reference's shape where that is smaller than the headline shape (the naive
 // references take seconds per call at N = 1024 already): the "x naive" ratio is taken there.
@@ -87,7 +86,7 @@ std::vector<headline_row> headline_rows() {
                     sm + "xattn/N:4096" + tail + c + t, sm + "naive/N:512" + tail + c + "/threads:1",
                     sm + "xattn/N:512" + tail + c + t, sm + "eigen/N:4096" + tail + c + t, "N=512"});
   }
-  rows.push_back({"decode", "32 q / 8 kv heads, 32768 keys, d=128", "softmax_decode/xattn/K:32768" + t,
+  rows.push_back({"decode", "1 token, 32 q / 8 kv heads, 32768 keys", "softmax_decode/xattn/K:32768" + t,
                   "softmax_decode/naive/K:32768/threads:1", "", "softmax_decode/eigen/K:32768" + t, ""});
   rows.push_back({"sliding window", "N=16384 W=1024 causal", "sliding_window/xattn/N:16384/W:1024/D:128/H:8" + t,
                   "sliding_window/naive/N:1024/W:256/D:128/H:8/threads:1", "sliding_window/xattn/N:1024/W:256/D:128/H:8" + t,
