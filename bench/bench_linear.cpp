@@ -115,8 +115,29 @@ void add(const std::string& name, auto fn, auto arg) {
   benchmark::RegisterBenchmark(name.c_str(), fn, arg)->UseRealTime()->Unit(benchmark::kMillisecond);
 }
 
+// The headline suite: causal linear attention and lightning over the sweep's N (the rows at
+// N = 16384 timed as the table's); the naive references once at N = 2048, where their ratio is to
+// the sweep's xattn rows at N = 2048.
+constexpr Eigen::Index kTableN = 16384, kNaiveTableN = 2048, kTableHeads = 8;
+
+void sweep_chunk(Eigen::Index n) {
+  for (family f : {family::linear_causal, family::lightning}) {
+    const shape s{f, n, kTableHeads, kSweepThreads};
+    benchmark::RegisterBenchmark(name_of("xattn", s).c_str(), bm_chunk<false>, s)
+        ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(n == kTableN ? kTableMinTime : kSweepMinTime);
+  }
+}
+
 // Shape by shape, so that each shape's tensors are built once and shared by every benchmark of it.
-void register_chunk() {
+void register_chunk(suite which) {
+  if (which == suite::headline) {
+    for (family f : {family::linear_causal, family::lightning}) {
+      const shape s{f, kNaiveTableN, kTableHeads, 1};
+      benchmark::RegisterBenchmark(name_of("naive", s).c_str(), bm_chunk<true>, s)
+          ->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
+    }
+    return;
+  }
   for (Eigen::Index n = 1024; n <= 131072; n *= 2)
     for (family f : {family::lightning, family::linear_causal, family::linear_noncausal})
       for (int threads = 1; threads <= kMaxThreads; ++threads) {
@@ -134,6 +155,7 @@ void register_chunk() {
 }
 
 const registrar chunk_after_softmax{20, &register_chunk};
+const sweep_registrar chunk_sweep_last{40, &sweep_chunk};
 
 }  // namespace
 }  // namespace xattn_bench

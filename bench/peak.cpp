@@ -45,7 +45,7 @@ float reduce(const V& v) {
 
 // ---------------------------------------------------------------------------------------------
 // FMA throughput. Two FMA pipes × 4-cycle latency need 8 independent chains in flight. With 32
-// vector registers (AVX-512) 16 chains leave margin for issue jitter and still sit in registers;
+// vector registers (AVX-512) 16 chains leave margin for dispatch jitter and still sit in registers;
 // with 16 (AVX2, NEON) 12 chains plus a and b fit, where 16 would spill three to the stack.
 // acc ← acc·a + b with a just below 1 converges to b / (1 − a) = 1: no overflow, no denormals.
 
@@ -143,7 +143,7 @@ void bm_bandwidth(benchmark::State& st, int threads) {
   bandwidth_gbs[threads] = gbs;
 }
 
-void register_peaks() {
+void register_peaks(suite) {  // both suites: every pct_peak and pct_bw is relative to these
   for (int t = 1; t <= kMaxThreads; ++t)
     benchmark::RegisterBenchmark(("peak/fma/threads:" + std::to_string(t)).c_str(), bm_fma, t)
         ->UseRealTime()

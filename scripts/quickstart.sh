@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# cmake/quickstart.sh — the README's two commands, from a fresh clone on Debian 12:
+# scripts/quickstart.sh — the README's two commands, from a fresh clone on Debian 12:
 #
-#   bash cmake/quickstart.sh bench [benchmark args]   build and run xattn_bench (build/release)
-#   bash cmake/quickstart.sh test                     build and run the test suite three ways:
+#   bash scripts/quickstart.sh bench [args]   build xattn_bench (build/release) and run it:
+#       no args        the headline suite (about 3 minutes on two cores): one table, each family
+#                      at its headline shape; results.json, table.md and tokens_per_s.png in
+#                      bench-results/ (or --xattn_out=DIR)
+#       --xattn_full   the full suite (every shape and thread count, tens of minutes)
+#       any Google Benchmark flag, e.g. --benchmark_filter=softmax/xattn; --help lists them
+#   bash scripts/quickstart.sh test           build and run the test suite three ways:
 #       native  Release, -march=native                (build/native)
 #       avx2    Release, -mavx2 -mfma                 (build/avx2)
 #       asan    Debug, AddressSanitizer + UBSan       (build/asan)
@@ -12,14 +17,15 @@
 # through sudo when it needs no password), otherwise they name the packages and stop.
 set -euo pipefail
 
-readonly packages=(g++ cmake ninja-build libeigen3-dev libxsimd-dev libgtest-dev libbenchmark-dev)
+readonly packages=(g++ cmake ninja-build libeigen3-dev libxsimd-dev libgtest-dev libbenchmark-dev
+  libbenchmark-tools python3-scipy python3-matplotlib)
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly root
 jobs="$(nproc 2>/dev/null || echo 2)"
 readonly jobs
 
 usage() {
-  sed -n '2,10s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+  sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
   exit 2
 }
 
@@ -59,11 +65,12 @@ configure() {
   cmake -S "$root" -B "$root/$dir" -G Ninja "$@"
 }
 
+# The build's messages go to stderr, so that the bench's stdout is its table alone.
 run_bench() {
   configure build/release -DCMAKE_BUILD_TYPE=Release \
     -DXATTN_ARCH_FLAGS="${XATTN_ARCH_FLAGS:--march=native}" \
-    -DXATTN_BUILD_TESTS=OFF -DXATTN_BUILD_EXAMPLES=OFF -DXATTN_BUILD_BENCHMARKS=ON
-  cmake --build "$root/build/release" --target xattn_bench -j"$jobs"
+    -DXATTN_BUILD_TESTS=OFF -DXATTN_BUILD_EXAMPLES=OFF -DXATTN_BUILD_BENCHMARKS=ON >&2
+  cmake --build "$root/build/release" --target xattn_bench -j"$jobs" >&2
   exec "$root/build/release/bench/xattn_bench" "$@"
 }
 
