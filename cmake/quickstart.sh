@@ -12,7 +12,7 @@
 # through sudo when it needs no password), otherwise they name the packages and stop.
 set -euo pipefail
 
-readonly packages=(g++ cmake ninja-build libeigen3-dev libxsimd-dev libgtest-dev libbenchmark-dev)
+readonly packages=(g++ cmake ninja-build libeigen3-dev libxsimd-dev libgtest-dev libbenchmark-dev libopenmpi-dev openmpi-bin)
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly root
 jobs="$(nproc 2>/dev/null || echo 2)"
