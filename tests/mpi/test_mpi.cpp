@@ -457,14 +457,31 @@ TEST(MpiZigzag, SplitRejectsLengthsNotMultipleOfTwiceTheRanks) {
   EXPECT_EQ(y.dimension(1), 2);
 }
 
+/// What the other ranks print: their failures only, each marked with the rank.
+class failures_of_rank : public ::testing::EmptyTestEventListener {
+ public:
+  explicit failures_of_rank(int rank) : rank_(rank) {}
+  void OnTestStart(const ::testing::TestInfo& t) override { test_ = std::string(t.test_suite_name()) + "." + t.name(); }
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (!r.failed()) return;
+    std::fprintf(stderr, "[rank %d] %s: %s:%d: %s\n", rank_, test_.c_str(), r.file_name() ? r.file_name() : "",
+                 r.line_number(), r.message());
+  }
+
+ private:
+  int rank_;
+  std::string test_;  // the running test (current_test_info() would take the lock held while reporting)
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   ::testing::InitGoogleTest(&argc, argv);
-  if (world_rank() != 0) {  // every rank asserts; only rank 0 prints
+  if (world_rank() != 0) {  // every rank asserts; rank 0 prints the run, the others their failures
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new failures_of_rank(world_rank()));
   }
   int failed = RUN_ALL_TESTS();
   int any = 0;
