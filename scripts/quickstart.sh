@@ -18,7 +18,7 @@
 set -euo pipefail
 
 readonly packages=(g++ cmake ninja-build libeigen3-dev libxsimd-dev libgtest-dev libbenchmark-dev
-  libbenchmark-tools python3-scipy python3-matplotlib)
+  libbenchmark-tools python3-scipy python3-matplotlib libopenmpi-dev openmpi-bin)
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly root
 jobs="$(nproc 2>/dev/null || echo 2)"

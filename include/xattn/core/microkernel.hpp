@@ -16,7 +16,7 @@
 #include <cstring>
 
 #include "simd.hpp"
-#include "error.hpp"  // xattn::index
+#include "error.hpp"  // detail::index
 
 namespace xattn::detail {
 

@@ -12,7 +12,7 @@
 #include <type_traits>
 #include <xsimd/xsimd.hpp>
 
-#include "error.hpp"  // xattn::index
+#include "error.hpp"  // detail::index
 #include "simd.hpp"
 
 #if defined(__AVX2__) || defined(__AVX512F__)
