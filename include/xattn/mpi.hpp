@@ -348,8 +348,16 @@ void chunk_parallel(const char* fn, MPI_Comm comm, const Dev* dev, const Q& q, c
 
   // 1. The state of this slice alone (rank 0 folds the initial state in: λ^n·S0 + S).
   const index per_rank = batch * hq * f.rows * f.cols;
+  // A check only the kernel makes (memory overlaps, a custom map's element types) may still fail
+  // here on one rank: the failure then travels in the all-gather as one extra value, so that every
+  // rank throws instead of the others waiting for a state that never comes.
   Eigen::Tensor<T, 4, Eigen::RowMajor> mine(batch, hq, f.rows, f.cols);
-  slice_state<T>(dev, k, v, f, lin, mine);
+  std::string failure;
+  try {
+    slice_state<T>(dev, k, v, f, lin, mine);
+  } catch (const error& e) {
+    failure = e.what();
+  }
   auto decay_of = [&](index h) { return f.decay.empty() ? 0.0 : f.decay[std::size_t(h)]; };
   const T* s0 = static_cast<const T*>(f.initial_state.data);
   if (s0)
@@ -362,11 +370,18 @@ void chunk_parallel(const char* fn, MPI_Comm comm, const Dev* dev, const Q& q, c
         }
       }
 
-  // 2. One all-gather of the P states.
-  std::vector<T> states(static_cast<std::size_t>(per_rank * size));
+  // 2. One all-gather of the P states, each followed by its rank's failure flag.
+  const index stride = per_rank + 1;
+  std::vector<T> sent(static_cast<std::size_t>(stride)), states(static_cast<std::size_t>(stride * size));
+  std::copy(mine.data(), mine.data() + per_rank, sent.begin());
+  sent.back() = failure.empty() ? T(0) : T(1);
   const auto t_wait = clock::now();
-  MPI_Allgather(mine.data(), int(per_rank), datatype<T>(), states.data(), int(per_rank), datatype<T>(), comm);
+  MPI_Allgather(sent.data(), int(stride), datatype<T>(), states.data(), int(stride), datatype<T>(), comm);
   if (so.stats) so.stats->wait_seconds += seconds_since(t_wait);
+  if (!failure.empty()) throw error(failure);
+  for (int r = 0; r < size; ++r)
+    if (states[std::size_t(r * stride + per_rank)] != T(0))
+      throw error(std::string(fn) + ": rank " + std::to_string(r) + " rejected its input (its own message names it)");
 
   // 3. S_prefix(r) = Σ_{r'<r} λ^(begin_r − end_r')·S_r', summed in rank order (deterministic).
   auto combine = [&](int upto, index at_token, T* dst) {
@@ -379,7 +394,7 @@ void chunk_parallel(const char* fn, MPI_Comm comm, const Dev* dev, const Q& q, c
         std::fill(out_h, out_h + f.rows * f.cols, T(0));
         for (int r = 0; r < upto; ++r) {
           const T w = T(weight(std::exp(-decay_of(h)), double(at_token - ends[std::size_t(r)])));  // λ^gap
-          const T* s = states.data() + r * per_rank + (b * hq + h) * f.rows * f.cols;
+          const T* s = states.data() + r * stride + (b * hq + h) * f.rows * f.cols;
           for (index i = 0; i < f.rows * f.cols; ++i) out_h[i] += w * s[i];
         }
       }

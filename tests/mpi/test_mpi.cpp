@@ -449,6 +449,23 @@ TEST(MpiErrors, MismatchedScalarOptionsAndUnsupportedOnes) {
       {"xattn::mpi::lightning_attention", "initial_state"});
 }
 
+TEST(MpiErrors, AKernelCheckFailingOnOneRankOnly) {
+  // The last rank's custom map cannot take floats: only the kernel sees it, after the collective
+  // check; every rank must still throw, and no rank's out is written.
+  tensor<float> q(1, 8, 2, 4), out(1, 8, 2, 4);
+  q.setConstant(0.25f);
+  out.setConstant(7.0f);
+  const bool last = world_rank() == world_size() - 1;
+  const auto map = last ? xattn::feature_map::custom(4, [](std::span<const double> x, std::span<double> y) {
+    std::copy(x.begin(), x.end(), y.begin());
+  })
+                        : xattn::feature_map::custom(4, [](auto x, auto y) { std::copy(x.begin(), x.end(), y.begin()); });
+  expect_error_everywhere(
+      [&] { xattn::mpi::linear_attention(MPI_COMM_WORLD, q, q, q, out, {.causal = true, .feature_map = map}); },
+      {"linear_attention"});
+  EXPECT_EQ(max_abs_diff(out, tensor<float>(out.constant(7.0f))).max, 0) << "out was written";
+}
+
 TEST(MpiZigzag, SplitRejectsLengthsNotMultipleOfTwiceTheRanks) {
   tensor<float> x(1, 10, 1, 2);
   x.setZero();
