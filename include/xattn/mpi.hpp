@@ -52,7 +52,7 @@ struct timing {
 
 /// What the sequence-split calls need beside the family's own options.
 struct sequence_options {
-  std::ptrdiff_t total_length = 0;   // the whole sequence's tokens (or cache rows); 0 = unchecked, else the slices must add up to it
+  std::ptrdiff_t total_length = 0;   // the whole sequence's tokens (sharded_decode: valid cache rows summed over the batch); 0 = unchecked
   timing* stats = nullptr;  // when set, this rank's seconds are added to it
 };
 
@@ -678,10 +678,9 @@ void decode_impl(MPI_Comm comm, const Dev* dev, const Q& q, const K& k, const V&
   const auto reports = c.settle(comm, valid, cap, so.stats);
   index total = 0;
   for (const auto& r : reports) total += r.local[0];
-  if (so.total_length != 0 && total != so.total_length * batch)
+  if (so.total_length != 0 && total != so.total_length)
     throw error(std::string(fn) + ": shard_lengths: the shards hold " + std::to_string(total) +
-                " valid keys over the batch, not total_length " + std::to_string(so.total_length) + " × batch " +
-                std::to_string(batch));
+                " valid keys summed over ranks and batch, not total_length " + std::to_string(so.total_length));
 
   // This shard's partial: out and lse of every (b, row, head) packed as [dv values, lse].
   const index rows = batch * nq * hq, per_rank = rows * (dv + 1);

@@ -398,6 +398,13 @@ TEST(MpiErrors, SlicesThatDoNotAddUp) {
       [&] { xattn::mpi::ring_attention(MPI_COMM_WORLD, q, q, q, out, lse, {.causal = true}, {.total_length = 3}); },
       {"xattn::mpi::ring_attention", "total_length"});
   EXPECT_EQ(max_abs_diff(out, tensor<float>(out.constant(7.0f))).max, 0) << "out was written";
+  const std::vector<int> lens = {5};  // 5 valid rows per shard: 5·P in all, not 5·P + 1
+  tensor<float> qd(1, 1, 2, 4), od(1, 1, 2, 4);
+  qd.setConstant(0.5f), od.setConstant(7.0f);
+  expect_error_everywhere(
+      [&] { xattn::mpi::sharded_decode(MPI_COMM_WORLD, qd, q, q, od, lens, {}, {.total_length = 5 * world_size() + 1}); },
+      {"xattn::mpi::sharded_decode", "total_length"});
+  EXPECT_EQ(max_abs_diff(od, tensor<float>(od.constant(7.0f))).max, 0) << "out was written";
 }
 
 TEST(MpiErrors, LastRankWithDifferentHeads) {
