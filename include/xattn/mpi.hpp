@@ -492,6 +492,26 @@ inline void check_ring_options(checker& c, const softmax_options& opt) {
   c.agree("causal", opt.causal), c.agree("layout", index(opt.layout));
 }
 
+/// The extents of an attention call's four tensors, once their shapes agree.
+struct extents {
+  index batch = 0, nq = 0, nk = 0, hq = 0, hkv = 0, d = 0, dv = 0;
+};
+
+/// q [B, Nq, Hq, d], k [B, Nk, Hkv, d], v [B, Nk, Hkv, dv], out [B, Nq, Hq, dv] in the order `l`;
+/// Hkv divides Hq. Failures are recorded in `c` (thrown collectively later), naming k and v as given.
+inline extents check_shapes(checker& c, const std::array<index, 4>& qd, const std::array<index, 4>& kd,
+                            const std::array<index, 4>& vd, const std::array<index, 4>& od, layout l,
+                            const char* kname, const char* vname) {
+  extents x{qd[0], seq(qd, l), seq(kd, l), heads(qd, l), heads(kd, l), qd[3], vd[3]};
+  c.require(kd[0] == x.batch && kd[3] == x.d, kname, "shape ", shape(kd), " does not match q ", shape(qd));
+  c.require(vd[0] == x.batch && seq(vd, l) == x.nk && heads(vd, l) == x.hkv, vname, "shape ", shape(vd),
+            " does not match ", kname, " ", shape(kd));
+  c.require(x.hkv > 0 && x.hq % x.hkv == 0, kname, "q heads ", x.hq, " not divisible by k/v heads ", x.hkv);
+  c.require(od[0] == x.batch && seq(od, l) == x.nq && heads(od, l) == x.hq && od[3] == x.dv, "out", "shape ",
+            shape(od), " != expected for q ", shape(qd), " and ", vname, " ", shape(vd));
+  return x;
+}
+
 template <class Dev, class Q, class K, class V, class O, class L>
 void ring_impl(MPI_Comm comm, const Dev* dev, const Q& q, const K& k, const V& v, O& out, L* lse,
                const softmax_options& opt, const ring_options& ro) {
@@ -506,14 +526,8 @@ void ring_impl(MPI_Comm comm, const Dev* dev, const Q& q, const K& k, const V& v
   const auto qd = dims(q), kd = dims(k), vd = dims(v), od = dims(out);
   checker c(fn);
   check_tensor(c, "q", q), check_tensor(c, "k", k), check_tensor(c, "v", v), check_tensor(c, "out", out);
-  const index batch = qd[0], nq = seq(qd, l), nk = seq(kd, l), hq = heads(qd, l), hkv = heads(kd, l);
-  const index d = qd[3], dv = vd[3];
-  c.require(kd[0] == batch && kd[3] == d, "k", "shape ", shape(kd), " does not match q ", shape(qd));
-  c.require(vd[0] == batch && seq(vd, l) == nk && heads(vd, l) == hkv, "v", "shape ", shape(vd),
-            " does not match k ", shape(kd));
-  c.require(hkv > 0 && hq % hkv == 0, "k", "q heads ", hq, " not divisible by k/v heads ", hkv);
-  c.require(od[0] == batch && seq(od, l) == nq && heads(od, l) == hq && od[3] == dv, "out", "shape ", shape(od),
-            " != expected for q ", shape(qd), " and v ", shape(vd));
+  const extents x = check_shapes(c, qd, kd, vd, od, l, "k", "v");
+  const index batch = x.batch, nq = x.nq, nk = x.nk, hq = x.hq, hkv = x.hkv, d = x.d, dv = x.dv;
   if (lse)
     c.require(lse->dimension(0) == batch && lse->dimension(1) == hq && lse->dimension(2) == nq, "lse", "shape [",
               lse->dimension(0), ", ", lse->dimension(1), ", ", lse->dimension(2), "] != expected [", batch, ", ",
@@ -655,14 +669,8 @@ void decode_impl(MPI_Comm comm, const Dev* dev, const Q& q, const K& k, const V&
   const auto qd = dims(q), kd = dims(k), vd = dims(v), od = dims(out);
   checker c(fn);
   check_tensor(c, "q", q), check_tensor(c, "k_shard", k), check_tensor(c, "v_shard", v), check_tensor(c, "out", out);
-  const index batch = qd[0], nq = seq(qd, l), cap = seq(kd, l), hq = heads(qd, l), hkv = heads(kd, l);
-  const index d = qd[3], dv = vd[3];
-  c.require(kd[0] == batch && kd[3] == d, "k_shard", "shape ", shape(kd), " does not match q ", shape(qd));
-  c.require(vd[0] == batch && seq(vd, l) == cap && heads(vd, l) == hkv, "v_shard", "shape ", shape(vd),
-            " does not match k_shard ", shape(kd));
-  c.require(hkv > 0 && hq % hkv == 0, "k_shard", "q heads ", hq, " not divisible by k/v heads ", hkv);
-  c.require(od[0] == batch && seq(od, l) == nq && heads(od, l) == hq && od[3] == dv, "out", "shape ",
-            shape(od), " != expected for q ", shape(qd), " and v_shard ", shape(vd));
+  const extents x = check_shapes(c, qd, kd, vd, od, l, "k_shard", "v_shard");
+  const index batch = x.batch, nq = x.nq, cap = x.nk, hq = x.hq, hkv = x.hkv, d = x.d, dv = x.dv;
   c.require(index(shard_lengths.size()) == batch, "shard_lengths", "has ", shard_lengths.size(), " entries for batch ",
             batch);
   index valid = 0;
