@@ -292,9 +292,8 @@ class block_layout {
 template <row_major_tensor<4> Q, row_major_tensor<4> K>
 block_layout block_layout::top_k(const Q& q, const K& k, const top_k_options& o) {
   const char* fn = "xattn::block_layout::top_k";
-  using T = scalar_of<Q>;
-  const auto qv = detail::make_view(q.data(), detail::dims_of(q), o.layout);
-  const auto kv = detail::make_view(k.data(), detail::dims_of(k), o.layout);
+  const auto qv = detail::make_view<const float>(q.data(), detail::dims_of(q), o.layout);  // any element type
+  const auto kv = detail::make_view<const float>(k.data(), detail::dims_of(k), o.layout);
   const index B = o.block_size, nq = qv.seq, nk = kv.seq, hq = qv.heads, hkv = kv.heads, d = qv.dim;
   detail::require(B > 0, fn, "block_size", "must be > 0, got ", B);
   detail::require(kv.dim == d && hkv > 0 && hq % hkv == 0 && kv.batch == qv.batch, fn, "k", "shape ",
@@ -310,14 +309,14 @@ block_layout block_layout::top_k(const Q& q, const K& k, const top_k_options& o)
 
   // Mean-pooled blocks, pk[hk][kb][d] and pq[h][qb][d]: one pass over q and k.
   auto pool = [&](const auto& v, index heads, index blocks, index n) {
-    std::vector<float> out(static_cast<std::size_t>(heads * blocks * d), 0.f);
+    std::vector<float> out(static_cast<std::size_t>(heads * blocks * d), 0.f), row(static_cast<std::size_t>(d));
     for (index h = 0; h < heads; ++h)
       for (index blk = 0; blk < blocks; ++blk) {
         float* dst = out.data() + (h * blocks + blk) * d;
         const index s0 = blk * B, s1 = std::min(n, s0 + B);
         for (index s = s0; s < s1; ++s) {
-          const T* row = v.row(0, s, h);
-          for (index c = 0; c < d; ++c) dst[c] += float(row[c]);
+          v.load(row.data(), 0, s, h, d);
+          for (index c = 0; c < d; ++c) dst[c] += row[c];
         }
         const float inv = 1.f / float(s1 - s0);
         for (index c = 0; c < d; ++c) dst[c] *= inv;

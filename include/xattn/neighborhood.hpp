@@ -43,14 +43,16 @@ template <class Arch, class Q, class K, class V, class O, class L, class Device>
 void neighborhood_2d_forward(const Device& dev, const Q& q, const K& k, const V& v, O& out, L* lse,
                              const neighborhood_2d_options& opt) {
   constexpr const char* fn = "xattn::neighborhood_attention_2d";
-  using T = scalar_of<Q>;
   const auto p = make_image_problem(fn, q, k, v, out, lse, softmax_options{.scale = opt.scale});
+  using T = typename std::remove_cvref_t<decltype(p)>::value_type;
   require(p.group <= 64, fn, "k", "at most 64 q heads per k/v head, got ", p.group);
   neighborhood_policy policy{make_neighborhood_spec(fn, q.dimension(1), q.dimension(2), opt)};
   if (p.batch == 0 || p.nq == 0) return;  // an empty result
   // Plain windows on images at least a vector wide: the row-stencil kernel (one image row of
-  // queries in the lanes). Dilation, causal axes and narrower images: the tile engine's patches.
-  if (neighborhood_rows<T, Arch>::covers(policy.s)) {
+  // queries in the lanes). Dilation, causal axes, narrower images and 16-bit tensors (which only the
+  // tile engine's copies convert): the tile engine's patches.
+  const bool native = p.q.native() && p.k.native() && p.v.native() && p.o.native();
+  if (native && neighborhood_rows<T, Arch>::covers(policy.s)) {
     neighborhood_rows<T, Arch>(p, policy.s).run(dev);
     return;
   }

@@ -67,7 +67,7 @@ struct chunk_call {
 template <class T>
 chunk_problem<T> make_chunk_problem(const chunk_call<T>& c) {
   const char* fn = c.fn;
-  const qkvo<T> t = check_qkvo(fn, c.q, c.qd, c.k, c.kd, c.v, c.vd, c.o, c.od, c.lay);
+  const qkvo<T> t = check_qkvo<T>(fn, c.q, c.qd, c.k, c.kd, c.v, c.vd, c.o, c.od, c.lay);
   chunk_problem<T> p;
   p.q = t.q, p.k = t.k, p.v = t.v, p.o = t.o;
   p.batch = t.batch, p.nq = t.nq, p.nk = t.nk, p.hq = t.hq, p.hkv = t.hkv, p.group = t.group, p.d = t.d, p.e = t.dv;

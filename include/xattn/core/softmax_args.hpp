@@ -16,6 +16,7 @@ namespace xattn::detail {
 /// A validated softmax-attention problem: views over the caller's memory plus resolved options.
 template <class T>
 struct softmax_problem {
+  using value_type = T;  // the compute type
   bshd_view<const T> q, k, v;
   bshd_view<T> o;
   T* lse = nullptr;               // [batch, q heads, Nq], natural log; may be null
@@ -82,13 +83,13 @@ void check_folded_options(const char* fn, const softmax_problem<T>& p) {
 
 /// Validates q, k, v, out (and lse when given) against the options; throws xattn::error naming
 /// `fn`, the argument and the shapes. `kv_lengths` is the decode call's per-batch cache length.
-template <class T>
-softmax_problem<T> make_softmax_problem(const char* fn, const T* q, std::array<index, 4> qd,
-                                        const T* k, std::array<index, 4> kd, const T* v,
-                                        std::array<index, 4> vd, T* o, std::array<index, 4> od,
+template <class T, class SQ, class SK, class SV, class SO>
+softmax_problem<T> make_softmax_problem(const char* fn, const SQ* q, std::array<index, 4> qd,
+                                        const SK* k, std::array<index, 4> kd, const SV* v,
+                                        std::array<index, 4> vd, SO* o, std::array<index, 4> od,
                                         T* lse, const std::array<index, 3>* lsed,
                                         const softmax_options& opt, const char* seqlens_k_name = "seqlens_k") {
-  const qkvo<T> t = check_qkvo(fn, q, qd, k, kd, v, vd, o, od, opt.layout);
+  const qkvo<T> t = check_qkvo<T>(fn, q, qd, k, kd, v, vd, o, od, opt.layout);
   softmax_problem<T> p;
   p.q = t.q, p.k = t.k, p.v = t.v, p.o = t.o;
   p.batch = t.batch, p.nq = t.nq, p.nk = t.nk, p.hq = t.hq, p.hkv = t.hkv, p.d = t.d, p.dv = t.dv, p.group = t.group;
@@ -157,23 +158,19 @@ softmax_problem<T> make_softmax_problem(const char* fn, const T* q, std::array<i
   return p;
 }
 
-/// The same from Eigen tensors (Q, K, V, O rank 4; L rank 3 or nullptr_t).
+/// The same from Eigen tensors (Q, K, V, O rank 4; L rank 3 or nullptr_t). The compute type is
+/// compute_t of the four (core/convert.hpp's rules); lse holds it.
 template <class Q, class K, class V, class O, class L>
 auto make_softmax_problem(const char* fn, const Q& q, const K& k, const V& v, O& o, L* lse,
                           const softmax_options& opt, const char* seqlens_k_name = "seqlens_k") {
-  using T = scalar_of<Q>;
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
-                "xattn: tensors must hold float or double");
-  static_assert(std::is_same_v<scalar_of<K>, T> && std::is_same_v<scalar_of<V>, T> &&
-                    std::is_same_v<scalar_of<O>, T>,
-                "xattn: q, k, v and out must have the same element type");
+  using T = compute_t<scalar_of<Q>, scalar_of<K>, scalar_of<V>, scalar_of<O>>;
   static_assert(!std::is_const_v<typename std::remove_cvref_t<O>::Scalar>, "xattn: out must be writable");
   if constexpr (std::is_same_v<L, std::nullptr_t>) {
     return make_softmax_problem<T>(fn, q.data(), dims_of(q), k.data(), dims_of(k), v.data(), dims_of(v),
-                                   o.data(), dims_of(o), nullptr, nullptr, opt, seqlens_k_name);
+                                   o.data(), dims_of(o), static_cast<T*>(nullptr), nullptr, opt, seqlens_k_name);
   } else {
     static_assert(std::is_same_v<typename std::remove_cvref_t<L>::Scalar, T>,
-                  "xattn: lse must have the element type of q");
+                  "xattn: lse holds the compute type: float (double when q, k, v and out are double)");
     const std::array<index, 3> ld = dims_of(*lse);
     return make_softmax_problem<T>(fn, q.data(), dims_of(q), k.data(), dims_of(k), v.data(), dims_of(v),
                                    o.data(), dims_of(o), lse->data(), &ld, opt, seqlens_k_name);

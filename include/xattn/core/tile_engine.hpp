@@ -140,7 +140,8 @@ class tile_engine {
         ldk_(tile_stride(Narrow ? ldq_ : p.d)),
         ldv_(tile_stride(S::round_up(p.dv, Narrow ? S::NV * L : S::MR1))),
         o_size_(Narrow ? S::round_up(br_, S::MR) * ldv_ : S::round_up(p.dv, S::MR1) * br_),
-        in_place_(p.d % L == 0 && p.dv % (S::NV * L) == 0) {}
+        ldst_(S::round_up(std::max(p.d, p.dv), L)),
+        in_place_(p.d % L == 0 && p.dv % (S::NV * L) == 0 && p.k.native() && p.v.native()) {}
 
   template <class Device>
   void run(const Device& dev) {
@@ -164,6 +165,7 @@ class tile_engine {
   /// and the current K and V tiles [Bc][ldk], [Bc][ldv].
   struct block {
     T *qt, *st, *ot, *kt, *vt;
+    T* stage;                              // kT rows of ldst_: 16-bit rows of Q and O pass through it
     alignas(simd::kAlign) T qpos[BrMax];   // query index of each lane
     alignas(simd::kAlign) T slope[BrMax];  // −ALiBi slope · log2 e of each lane's head
     alignas(simd::kAlign) T sink[BrMax];   // sink logit · log2 e of each lane's head
@@ -286,7 +288,7 @@ class tile_engine {
   block* blocks(index count) const {
     const index one = block_bytes();
     auto* base = static_cast<std::byte*>(workspace::of_this_thread(0).get(
-        count * one + sizeof(T) * (s_rows() * br_ + Bc * (ldk_ + ldv_))));
+        count * one + sizeof(T) * (s_rows() * br_ + Bc * (ldk_ + ldv_) + kT * ldst_)));
     T* shared = reinterpret_cast<T*>(base + count * one);
     for (index i = 0; i < count; ++i) {
       auto* blk = new (base + i * one) block;
@@ -295,6 +297,7 @@ class tile_engine {
       blk->st = shared;
       blk->kt = shared + s_rows() * br_;
       blk->vt = blk->kt + Bc * ldk_;
+      blk->stage = blk->vt + Bc * ldv_;
     }
     return reinterpret_cast<block*>(base);
   }
@@ -396,10 +399,11 @@ class tile_engine {
     };
     template <class View>
     static span row_span(const View& t, index b, index j0, index heads, index dim) {
-      const auto* lo = reinterpret_cast<const char*>(t.row(b, j0, 0));
-      const auto* hi = reinterpret_cast<const char*>(t.row(b, j0, heads - 1) + dim);
+      const index eb = index(elem_bytes(t.type));
+      const auto* lo = reinterpret_cast<const char*>(t.at(b, j0, 0));
+      const auto* hi = reinterpret_cast<const char*>(t.at(b, j0, heads - 1)) + dim * eb;
       const auto* first = reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(lo) & ~std::uintptr_t(kLine - 1));
-      return {first, index(sizeof(T)) * t.ss, (hi - first + kLine - 1) / kLine};
+      return {first, eb * t.ss, (hi - first + kLine - 1) / kLine};
     }
     span k_, v_;
     const char* at_ = nullptr;
@@ -436,7 +440,7 @@ class tile_engine {
     const double qscale = p_.softcap > 0 ? p_.scale / p_.softcap : p_.scale * kLog2e;
     if constexpr (!Narrow)  // all rows requested at once: one row at a time leaves the latency bare
       for (index r = 0; r < blk.valid; ++r)
-        if (blk.qi[r] < nq) simd::prefetch(p_.q.row(b, blk.qi[r], blk.qh[r]), sizeof(T) * d);
+        if (blk.qi[r] < nq) simd::prefetch(p_.q.at(b, blk.qi[r], blk.qh[r]), elem_bytes(p_.q.type) * d);
     std::fill(blk.qt, blk.qt + q_size(), T(0));
     // Q rows into Qᵀ (wide) in blocks of kT rows × kT columns: a column of Qᵀ crosses rows br_
     // scalars apart (1 KiB at 256 float lanes), which fall into a few L1 sets, so writing a whole
@@ -445,17 +449,21 @@ class tile_engine {
     const T qs = T(qscale);
     for (index r0 = 0; r0 < blk.valid; r0 += kT) {
       const T* rows[kT];
-      for (index r = r0; r < r0 + kT; ++r)
-        rows[r - r0] = r < blk.valid && blk.qi[r] < nq ? p_.q.row(b, blk.qi[r], blk.qh[r]) : nullptr;
-      if constexpr (Narrow) {
-        for (index r = r0; r < std::min(r0 + kT, blk.valid); ++r)
-          if (rows[r - r0])
-            for (index c = 0; c < d; ++c) blk.qt[r * ldq_ + c] = rows[r - r0][c] * qs;
-      } else {
-        // kT rows in groups of L lanes, none past the block's br_ lanes; null rows (padding) get zeros
-        for (index l0 = 0; l0 < std::min(kT, br_ - r0); l0 += L)
-          simd::transpose_rows<T, Arch>(rows + l0, d, qs, blk.qt + r0 + l0, br_);
+      for (index r = r0; r < r0 + kT; ++r) {
+        const bool live = r < blk.valid && blk.qi[r] < nq;
+        if (Narrow && live) {
+          p_.q.load(blk.qt + r * ldq_, b, blk.qi[r], blk.qh[r], d, qs);
+        } else if (live && !p_.q.native()) {  // 16-bit: converted (and scaled) into the stage first
+          p_.q.load(blk.stage + (r - r0) * ldst_, b, blk.qi[r], blk.qh[r], d, qs);
+          rows[r - r0] = blk.stage + (r - r0) * ldst_;
+        } else {
+          rows[r - r0] = live ? p_.q.row(b, blk.qi[r], blk.qh[r]) : nullptr;
+        }
       }
+      // kT rows in groups of L lanes, none past the block's br_ lanes; null rows (padding) get zeros
+      if constexpr (!Narrow)
+        for (index l0 = 0; l0 < std::min(kT, br_ - r0); l0 += L)
+          simd::transpose_rows<T, Arch>(rows + l0, d, p_.q.native() ? qs : T(1), blk.qt + r0 + l0, br_);
     }
     for (index r = 0; r < br_; ++r) {
       blk.slope[r] = p_.alibi ? T(-p_.alibi_of(b, blk.qh[r]) * kLog2e) : T(0);
@@ -479,8 +487,8 @@ class tile_engine {
 
   /// Asks for the K and V rows of key j, K/V head h (hints: see simd::prefetch).
   void request(index b, index j, index h) const {
-    simd::prefetch(p_.k.row(b, j, h), sizeof(T) * p_.d);
-    simd::prefetch(p_.v.row(b, j, h), sizeof(T) * p_.dv);
+    simd::prefetch(p_.k.at(b, j, h), elem_bytes(p_.k.type) * p_.d);
+    simd::prefetch(p_.v.at(b, j, h), elem_bytes(p_.v.type) * p_.dv);
   }
   /// The n-th visit of the schedule: key tile t = sched.tile(n), keys [j0, j0 + nc); the rows of
   /// visit `ahead` (or none, −1) are requested meanwhile. hk is the K/V head (narrow: head block).
@@ -515,8 +523,8 @@ class tile_engine {
       // floats) would fall into a handful of L1 sets and miss on every broadcast.
       const auto prefetch = prefetch_ahead(hk);
       for (index c = 0; c < nc; ++c) {
-        std::memcpy(blk.kt + c * ldk_, p_.k.row(b, key(c), hk), sizeof(T) * p_.d);
-        std::memcpy(blk.vt + c * ldv_, p_.v.row(b, key(c), hk), sizeof(T) * p_.dv);
+        p_.k.load(blk.kt + c * ldk_, b, key(c), hk, p_.d);
+        p_.v.load(blk.vt + c * ldv_, b, key(c), hk, p_.dv);
         prefetch(c);
       }
       if constexpr (kGather) return grouped(blk, sched, n, blk.kt, ldk_, blk.vt, ldv_);
@@ -568,7 +576,7 @@ class tile_engine {
       index ldk = p_.k.ss;
       if (!in_place) {
         for (index c = 0; c < nc; ++c) {
-          std::memcpy(blk.kt + c * ldk_, p_.k.row(b, key(c), hk), sizeof(T) * p_.d);
+          p_.k.load(blk.kt + c * ldk_, b, key(c), hk, p_.d);
           std::fill(blk.kt + c * ldk_ + p_.d, blk.kt + c * ldk_ + ldq_, T(0));
         }
         kt = blk.kt, ldk = ldk_;
@@ -584,7 +592,7 @@ class tile_engine {
       const T* vt = p_.v.row(b, j0, hk);
       index ldv = p_.v.ss;
       if (!in_place) {
-        for (index c = 0; c < nc; ++c) std::memcpy(blk.vt + c * ldv_, p_.v.row(b, key(c), hk), sizeof(T) * p_.dv);
+        for (index c = 0; c < nc; ++c) p_.v.load(blk.vt + c * ldv_, b, key(c), hk, p_.dv);
         vt = blk.vt, ldv = ldv_;
       }
       // O[h·slot + r][e] = alpha·O[h·slot + r][e] + Σ_c P[c][h·slot + r] · V[j0 + c][e]
@@ -661,6 +669,7 @@ class tile_engine {
   /// padded rows (i >= the batch's valid queries) get zeros and LSE −inf; a row whose sum is NaN
   /// (it saw a NaN or +inf score) gets NaN.
   void write(const block& blk, index b, index nq, const T* ot, const T* m, const T* l) const {
+    T* stage = blk.stage;
     for (index r0 = 0; r0 < blk.valid; r0 += kT) {  // blocked as Q in start()
       const index r1 = std::min(r0 + kT, blk.valid);
       T inv[kT];
@@ -671,16 +680,21 @@ class tile_engine {
         if (p_.lse && own_lane(r))
           p_.lse[(b * p_.hq + h) * p_.nq + i] = live ? T((double(m[r]) + std::log2(double(l[r]))) * kLn2) : kNegInf;
       }
+      // 16-bit rows are written to the stage, then rounded into out
+      const bool native = p_.o.native();
       if constexpr (Narrow) {
         for (index r = r0; r < r1; ++r) {
           if (!own_lane(r)) continue;
-          T* out = p_.o.row(b, blk.qi[r], blk.qh[r]);
+          T* out = native ? p_.o.row(b, blk.qi[r], blk.qh[r]) : stage;
           for (index e = 0; e < p_.dv; ++e) out[e] = ot[o_at(e, r)] * inv[r - r0];
+          if (!native) p_.o.store(b, blk.qi[r], blk.qh[r], stage, p_.dv);
         }
       } else {
         T* out[kT];
-        for (index r = r0; r < r1; ++r) out[r - r0] = p_.o.row(b, blk.qi[r], blk.qh[r]);
+        for (index r = r0; r < r1; ++r) out[r - r0] = native ? p_.o.row(b, blk.qi[r], blk.qh[r]) : stage + (r - r0) * ldst_;
         transpose_out(ot + r0, br_, r1 - r0, p_.dv, inv, out);
+        if (!native)
+          for (index r = r0; r < r1; ++r) p_.o.store(b, blk.qi[r], blk.qh[r], out[r - r0], p_.dv);
       }
     }
   }
@@ -709,8 +723,9 @@ class tile_engine {
       }
       m[r] = mx, l[r] = sum;
     }
-    block blk;  // lane coordinates only
+    block blk;  // lane coordinates and the stage only
     lanes(blk, hk, qb);
+    blk.stage = blocks(1)->stage;  // this thread's scratch: the workers are done
     write(blk, b, p_.nq_of(b), ot, m, l);
   }
 
@@ -722,6 +737,7 @@ class tile_engine {
   index br_, qblocks_, nhb_, units_;
   bool by_key_;  // key-major decode: items are (batch, key split) over every block of heads
   index splits_, ldq_, ldk_, ldv_, o_size_;
+  index ldst_;     // row stride of a block's stage
   bool in_place_;  // narrow tiles read K and V rows where they are (no padding needed)
 };
 

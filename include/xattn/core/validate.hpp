@@ -81,9 +81,10 @@ void require_representable(const char* fn, const char* arg, double x, const char
           std::is_same_v<T, float> ? "float" : "value of the element type", " (", limit, ")");
 }
 
-/// The four tensors of an attention call, validated: views in the engines' order, with the shared
-/// extents. Heads and head dims must be positive ("empty axis"); batch and sequence lengths may be 0
-/// (an empty result, or rows that see no key), and a tensor with no elements may have null data.
+/// The four tensors of an attention call, validated: views in the engines' order (compute type T,
+/// each over its own storage type), with the shared extents. Heads and head dims must be positive
+/// ("empty axis"); batch and sequence lengths may be 0 (an empty result, or rows that see no key),
+/// and a tensor with no elements may have null data.
 template <class T>
 struct qkvo {
   bshd_view<const T> q, k, v;
@@ -92,11 +93,11 @@ struct qkvo {
   std::size_t out_bytes = 0;
   /// Does [p, p + bytes) overlap q, k or v? Names the first one it overlaps (or null).
   const char* overlapping_input(const void* p, std::size_t bytes) const {
-    const std::tuple<const char*, const T*, index, index> in[] = {
-        {"q", q.data, hq, d}, {"k", k.data, hkv, d}, {"v", v.data, hkv, dv}};
-    for (const auto& [name, ptr, heads, dim] : in) {
-      const index seq = ptr == q.data ? nq : nk;
-      if (overlaps(p, bytes, ptr, static_cast<std::size_t>(batch * seq * heads * dim) * sizeof(T))) return name;
+    const std::tuple<const char*, const bshd_view<const T>*, index, index> in[] = {
+        {"q", &q, nq, hq}, {"k", &k, nk, hkv}, {"v", &v, nk, hkv}};
+    for (const auto& [name, t, seq, heads] : in) {
+      const auto n = static_cast<std::size_t>(batch * seq * heads * t->dim) * elem_bytes(t->type);
+      if (overlaps(p, bytes, t->raw, n)) return name;
     }
     return nullptr;
   }
@@ -104,9 +105,9 @@ struct qkvo {
 
 /// The preamble of every attention front door: q [B, Nq, Hq, d], k [B, Nk, Hkv, d],
 /// v [B, Nk, Hkv, dv], out [B, Nq, Hq, dv] in `l`'s order; Hkv divides Hq; out apart from q, k, v.
-template <class T>
-qkvo<T> check_qkvo(const char* fn, const T* q, std::array<index, 4> qd, const T* k, std::array<index, 4> kd,
-                   const T* v, std::array<index, 4> vd, T* o, std::array<index, 4> od, layout l) {
+template <class T, class SQ, class SK, class SV, class SO>
+qkvo<T> check_qkvo(const char* fn, const SQ* q, std::array<index, 4> qd, const SK* k, std::array<index, 4> kd,
+                   const SV* v, std::array<index, 4> vd, SO* o, std::array<index, 4> od, layout l) {
   const char* order = l == layout::bshd ? "[batch, seq, heads, head_dim]" : "[batch, heads, seq, head_dim]";
   const int seq_axis = l == layout::bshd ? 1 : 2, head_axis = 3 - seq_axis;
   const std::tuple<const char*, const void*, std::array<index, 4>> all[] = {{"q", q, qd}, {"k", k, kd}, {"v", v, vd},
@@ -118,7 +119,8 @@ qkvo<T> check_qkvo(const char* fn, const T* q, std::array<index, 4> qd, const T*
     require(ptr != nullptr || bytes_of(d, 1) == 0, fn, name, "null data (shape ", shape_str(d), ")");
   }
   qkvo<T> t;
-  t.q = make_view(q, qd, l), t.k = make_view(k, kd, l), t.v = make_view(v, vd, l), t.o = make_view(o, od, l);
+  t.q = make_view<const T>(q, qd, l), t.k = make_view<const T>(k, kd, l), t.v = make_view<const T>(v, vd, l);
+  t.o = make_view<T>(o, od, l);
   t.batch = t.q.batch, t.nq = t.q.seq, t.nk = t.k.seq, t.hq = t.q.heads, t.hkv = t.k.heads;
   t.d = t.q.dim, t.dv = t.v.dim;
   const auto qs = shape_str(qd), ks = shape_str(kd), vs = shape_str(vd);
@@ -134,7 +136,7 @@ qkvo<T> check_qkvo(const char* fn, const T* q, std::array<index, 4> qd, const T*
                                                      : std::array<index, 4>{t.batch, t.hq, t.nq, t.dv};
   require(od == want, fn, "out", "shape ", shape_str(od), " != expected ", shape_str(want), " ", order, " (q ", qs,
           ", v ", vs, ")");
-  t.out_bytes = bytes_of(od, sizeof(T));
+  t.out_bytes = bytes_of(od, sizeof(SO));
   if (const char* name = t.overlapping_input(o, t.out_bytes))
     require(false, fn, "out", "overlaps ", name, " in memory (in-place attention is not supported)");
   return t;

@@ -76,11 +76,11 @@ std::array<index, 4> flat_image_dims(const X& x) {
 /// A 2-D neighborhood call's tensors flattened to rank 4 and validated as softmax attention.
 template <class Q, class K, class V, class O, class L>
 auto make_image_problem(const char* fn, const Q& q, const K& k, const V& v, O& out, L* lse, const softmax_options& opt) {
-  using T = scalar_of<Q>;
   check_image_axes(fn, q, k, v, out);
-  const Eigen::TensorMap<const Eigen::Tensor<T, 4, Eigen::RowMajor>> q4(q.data(), flat_image_dims(q)),
-      k4(k.data(), flat_image_dims(k)), v4(v.data(), flat_image_dims(v));
-  Eigen::TensorMap<Eigen::Tensor<T, 4, Eigen::RowMajor>> o4(out.data(), flat_image_dims(out));
+  const Eigen::TensorMap<const Eigen::Tensor<scalar_of<Q>, 4, Eigen::RowMajor>> q4(q.data(), flat_image_dims(q));
+  const Eigen::TensorMap<const Eigen::Tensor<scalar_of<K>, 4, Eigen::RowMajor>> k4(k.data(), flat_image_dims(k));
+  const Eigen::TensorMap<const Eigen::Tensor<scalar_of<V>, 4, Eigen::RowMajor>> v4(v.data(), flat_image_dims(v));
+  Eigen::TensorMap<Eigen::Tensor<scalar_of<O>, 4, Eigen::RowMajor>> o4(out.data(), flat_image_dims(out));
   return make_softmax_problem(fn, q4, k4, v4, o4, lse, opt);
 }
 
