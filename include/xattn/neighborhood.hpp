@@ -43,7 +43,7 @@ template <class Arch, class Q, class K, class V, class O, class L, class Device>
 void neighborhood_2d_forward(const Device& dev, const Q& q, const K& k, const V& v, O& out, L* lse,
                              const neighborhood_2d_options& opt) {
   constexpr const char* fn = "xattn::neighborhood_attention_2d";
-  const auto p = make_image_problem(fn, q, k, v, out, lse, softmax_options{.scale = opt.scale});
+  const auto p = make_image_problem(fn, q, k, v, out, lse, softmax_options{.scale = opt.scale, .compute = opt.compute});
   using T = typename std::remove_cvref_t<decltype(p)>::value_type;
   require(p.group <= 64, fn, "k", "at most 64 q heads per k/v head, got ", p.group);
   neighborhood_policy policy{make_neighborhood_spec(fn, q.dimension(1), q.dimension(2), opt)};

@@ -56,6 +56,13 @@ concept thread_pool_device = requires(const D& d) {
 };
 
 
+/// How the products of a call are computed. exact: in float (double for double tensors), 16-bit
+/// operands converted to float first. bf16: on the CPU's bf16 units where they exist (see
+/// xattn/paths.hpp) with operands rounded to bfloat16 and every sum in float, as PyTorch's
+/// fp32_precision = "bf16" and oneDNN's bf32 mode; where no bf16 path exists, exact. Calls whose K
+/// and V hold bfloat16 take the bf16 units either way.
+enum class compute { exact, bf16 };
+
 /// Options of softmax attention: softmax(scale·QKᵀ + bias + mask)·V. Conventions are
 /// FlashAttention's (flash_attn_func) wherever it has one. Fill with designated initializers:
 /// `{.causal = true, .window_left = 512}`.
@@ -72,6 +79,7 @@ struct softmax_options {
   tensor_cref<float> bias = {};             // additive [B|1, Hq|1, Nq, Nk] in score units (PyTorch SDPA's float attn_mask), after softcap
   tensor_cref<bool> mask = {};              // [B|1, Hq|1, Nq, Nk], true = attend (PyTorch SDPA's boolean attn_mask)
   xattn::layout layout = layout::bshd;      // memory order of q, k, v and out: [batch, seq, heads, dim] or [batch, heads, seq, dim]
+  xattn::compute compute = compute::exact;  // bf16: float tensors' products on the bf16 units too (see enum compute)
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -246,6 +254,7 @@ struct neighborhood_2d_options {
   bool causal_h = false;               // along the height: keys at rows <= the query's row only
   bool causal_w = false;               // along the width: keys at columns <= the query's column only
   std::optional<double> scale = {};    // multiplies QKᵀ; unset = 1/sqrt(head_dim); must be > 0
+  xattn::compute compute = compute::exact;  // bf16: float tensors' products on the bf16 units too (see enum compute)
 };
 
 }  // namespace xattn

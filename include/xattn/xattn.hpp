@@ -3,6 +3,7 @@
 #pragma once
 
 #include "options.hpp"
+#include "paths.hpp"
 #include "softmax.hpp"
 #include "sliding_window.hpp"
 #include "neighborhood.hpp"
