@@ -23,6 +23,7 @@ struct softmax_problem {
   index batch = 0, nq = 0, nk = 0, hq = 0, hkv = 0, d = 0, dv = 0, group = 1;
   double scale = 1;
   bool causal = false;
+  bool bf16_compute = false;      // compute = bf16: float operands may run on the bf16 units
   index window_left = -1, window_right = -1;  // resolved: causal folded into window_right
   double softcap = 0;
   const float* alibi = nullptr;   // [hq], or [batch, hq] when alibi_sb = hq
@@ -117,6 +118,7 @@ softmax_problem<T> make_softmax_problem(const char* fn, const SQ* q, std::array<
   require(opt.window_right >= -1, fn, "window_right", "must be >= -1 (-1 = unbounded), got ", opt.window_right);
   require(std::isfinite(opt.softcap) && opt.softcap >= 0, fn, "softcap", "must be finite and >= 0, got ", opt.softcap);
   p.causal = opt.causal;
+  p.bf16_compute = opt.compute == compute::bf16;
   // A window at least as long as both sequences together reaches every key: it is unbounded, so
   // that nothing downstream adds a huge window to a position (signed overflow).
   const auto reach = [&](index w) { return w >= p.nq + p.nk ? index(-1) : w; };

@@ -39,6 +39,8 @@
 #include <new>
 #include <type_traits>
 
+#include "../paths.hpp"
+#include "amx.hpp"
 #include "microkernel.hpp"
 #include "online_softmax.hpp"
 #include "parallel.hpp"
@@ -141,7 +143,24 @@ class tile_engine {
         ldv_(tile_stride(S::round_up(p.dv, Narrow ? S::NV * L : S::MR1))),
         o_size_(Narrow ? S::round_up(br_, S::MR) * ldv_ : S::round_up(p.dv, S::MR1) * br_),
         ldst_(S::round_up(std::max(p.d, p.dv), L)),
-        in_place_(p.d % L == 0 && p.dv % (S::NV * L) == 0 && p.k.native() && p.v.native()) {}
+        in_place_(p.d % L == 0 && p.dv % (S::NV * L) == 0 && p.k.native() && p.v.native()),
+        amx_(use_amx(p, br_)),
+        d2_(S::round_up(p.d, 32)),
+        dv2_(S::round_up(p.dv, 16)),
+        dvw_(S::round_up(p.dv, 32)),
+        qs_(T(p.softcap > 0 ? p.scale / p.softcap : p.scale * kLog2e)) {}
+
+  /// Whether this engine runs its products on AMX tiles (see paths.hpp): wide blocks of whole
+  /// 32-lane groups over contiguous key tiles, float compute, an AVX-512 build, bf16 operands (or
+  /// compute = bf16), and the CPU and OS allowing it.
+  static bool use_amx(const softmax_problem<T>& p, index br) {
+    if constexpr (Narrow || custom_query_blocks<Policy> || !amx::built || !std::is_same_v<T, float> || L != 16) {
+      return false;
+    } else {
+      const bool bf16 = p.q.type == elem::bf16 && p.k.type == elem::bf16 && p.v.type == elem::bf16;
+      return (bf16 || p.bf16_compute) && br % 32 == 0 && bf16_product_path() == product_path::amx_bf16;
+    }
+  }
 
   template <class Device>
   void run(const Device& dev) {
@@ -166,6 +185,7 @@ class tile_engine {
   struct block {
     T *qt, *st, *ot, *kt, *vt;
     T* stage;                              // kT rows of ldst_: 16-bit rows of Q and O pass through it
+    T* amx;                                // AMX scratch (amx_size())
     alignas(simd::kAlign) T qpos[BrMax];   // query index of each lane
     alignas(simd::kAlign) T slope[BrMax];  // −ALiBi slope · log2 e of each lane's head
     alignas(simd::kAlign) T sink[BrMax];   // sink logit · log2 e of each lane's head
@@ -191,7 +211,9 @@ class tile_engine {
 
   // Wide: MRK more rows, where a lane group's micro-tiles run past its key range.
   index s_rows() const { return S::round_up(Bc + (Narrow ? 0 : S::MRK), std::max<index>(S::MR, L)); }
-  index q_size() const { return Narrow ? br_ * ldq_ : p_.d * br_; }
+  index q_size() const { return Narrow ? br_ * ldq_ : amx_ ? d2_ * br_ / 2 : p_.d * br_; }
+  /// AMX scratch (floats): P paired [32][br], the V pairs [32][dvw] and converted V rows [64][dvw] (bf16).
+  index amx_size() const { return amx_ ? 32 * br_ + 64 * dvw_ : 0; }
   index partial_size() const { return o_size_ + 2 * br_; }
   /// Where output element (value column e, lane r) lives in a block's O.
   index o_at(index e, index r) const { return Narrow ? r * ldv_ + e : e * br_ + r; }
@@ -288,7 +310,7 @@ class tile_engine {
   block* blocks(index count) const {
     const index one = block_bytes();
     auto* base = static_cast<std::byte*>(workspace::of_this_thread(0).get(
-        count * one + sizeof(T) * (s_rows() * br_ + Bc * (ldk_ + ldv_) + kT * ldst_)));
+        count * one + sizeof(T) * (s_rows() * br_ + Bc * (ldk_ + ldv_) + kT * ldst_ + amx_size())));
     T* shared = reinterpret_cast<T*>(base + count * one);
     for (index i = 0; i < count; ++i) {
       auto* blk = new (base + i * one) block;
@@ -298,6 +320,7 @@ class tile_engine {
       blk->kt = shared + s_rows() * br_;
       blk->vt = blk->kt + Bc * ldk_;
       blk->stage = blk->vt + Bc * ldv_;
+      blk->amx = blk->stage + kT * ldst_;
     }
     return reinterpret_cast<block*>(base);
   }
@@ -312,6 +335,8 @@ class tile_engine {
     index b, hk, qb;
     unit_coords(u, b, hk, qb);
     block* blk = blocks(1);
+    if constexpr (amx::built)
+      if (amx_) amx::configure();
     start(*blk, b, hk, qb, split);
     const auto sched = policy_.make(p_, b, hk, view(*blk), Bc);
     const index n0 = sched.count() * split / splits_, n1 = sched.count() * (split + 1) / splits_;
@@ -449,7 +474,7 @@ class tile_engine {
     const T qs = T(qscale);
     for (index r0 = 0; r0 < blk.valid; r0 += kT) {
       const T* rows[kT];
-      for (index r = r0; r < r0 + kT; ++r) {
+      for (index r = r0; r < r0 + kT && !amx_; ++r) {
         const bool live = r < blk.valid && blk.qi[r] < nq;
         if (Narrow && live) {
           p_.q.load(blk.qt + r * ldq_, b, blk.qi[r], blk.qh[r], d, qs);
@@ -461,6 +486,10 @@ class tile_engine {
         }
       }
       // kT rows in groups of L lanes, none past the block's br_ lanes; null rows (padding) get zeros
+      if (amx_) {
+        pack_q(blk, b, r0, nq);
+        continue;
+      }
       if constexpr (!Narrow)
         for (index l0 = 0; l0 < std::min(kT, br_ - r0); l0 += L)
           simd::transpose_rows<T, Arch>(rows + l0, d, p_.q.native() ? qs : T(1), blk.qt + r0 + l0, br_);
@@ -519,6 +548,8 @@ class tile_engine {
     if constexpr (Narrow) {
       narrow_tile(blk, b, hk, sched, n, j0, nc, key, prefetch_ahead);
     } else {
+      if constexpr (amx::built && !kGather)
+        if (amx_) return amx_tile(blk, b, hk, sched, n, j0, nc, key, prefetch_ahead(hk));
       // Copy the tile into contiguous rows: in place, a tile's rows (4 KiB apart at H·d = 1024
       // floats) would fall into a handful of L1 sets and miss on every broadcast.
       const auto prefetch = prefetch_ahead(hk);
@@ -558,6 +589,101 @@ class tile_engine {
       blk.sm.update(st, br_, c1 - c0, r0 + W, r0);
       mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_cols>(blk.ot + r0, br_, blk.vt + c0 * ldv_, 1, ldv_, p_.dv,
                                                           st + r0, br_, W, c1 - c0, blk.sm.alpha + r0);
+    }
+  }
+
+  /// The rows of Q as bf16 pairs for AMX (Q [d2/2][br][2], zeros on padding lanes and past d):
+  /// rows [r0, r0 + kT) of the block, unscaled (the scale multiplies the float scores instead, so
+  /// that rounding Q·scale to bf16 adds no error).
+  void pack_q(block& blk, index b, index r0, index nq) const {
+    auto* qv = reinterpret_cast<std::uint32_t*>(blk.qt);  // [d2/2][br] words
+    if (r0 == 0) std::fill(blk.qt, blk.qt + q_size(), T(0));
+    auto* tmp = reinterpret_cast<std::uint16_t*>(blk.stage + ldst_);  // a converted row
+    for (index r = r0; r < std::min(r0 + kT, blk.valid); ++r) {
+      if (blk.qi[r] >= nq) continue;
+      const std::uint16_t* row = bf16_row(p_.q, b, blk.qi[r], blk.qh[r], p_.d, blk.stage, tmp);
+      for (index kp = 0; kp < p_.d / 2; ++kp) std::memcpy(qv + kp * br_ + r, row + 2 * kp, 4);
+      if (p_.d % 2) qv[(p_.d / 2) * br_ + r] = row[p_.d - 1];
+    }
+  }
+  /// A row of `t` as bf16: in place when it holds bf16, else converted (through the float row f)
+  /// into h.
+  static const std::uint16_t* bf16_row(const bshd_view<const T>& t, index b, index s, index h, index n, T* f,
+                                       std::uint16_t* out) {
+    if (t.type == elem::bf16) return reinterpret_cast<const std::uint16_t*>(t.at(b, s, h));
+    t.load(f, b, s, h, n);
+    store_row(out, elem::bf16, f, n);
+    return out;
+  }
+  /// The AMX path's softmax of Sᵀ rows [c0, c1) × lanes [r0, r1) into P pairs [p0, p1) (see
+  /// amx::softmax_pairs). The scores come unscaled: with a softcap, ALiBi or bias, or on a partial
+  /// tile of a mask, they are scaled first and the modifiers applied as on the float path;
+  /// otherwise the scale folds into the exponent.
+  template <class Sched>
+  void softmax(block& blk, index b, const Sched& sched, index n, index j0, index c0, index c1, index r0, index r1,
+               std::uint16_t* pv, index p0, index p1) const {
+    if constexpr (amx::built) {
+      T scale = qs_;
+      if (p_.softcap > 0 || p_.alibi || p_.bias || p_.mask || sched.partial(n)) {
+        const V s = simd::bcast<V>(qs_);
+        for (index c = c0; c < c1; ++c)
+          for (index r = r0; r < r1; r += L) simd::store(blk.st + c * br_ + r, simd::load<V>(blk.st + c * br_ + r) * s);
+        modify(blk, b, sched, n, j0, c0, c1, r0, r1);
+        scale = T(1);
+      }
+      amx::softmax_pairs(blk.sm.m, blk.sm.l, blk.sm.alpha, blk.st, br_, c0, c1, r0, r1, scale, pv, p0, p1);
+    }
+  }
+
+  /// A wide tile on AMX: K as bf16 rows (zero past d), V transposed to bf16, then as tile() or
+  /// ranged() with the two products on tiles and P rounded to bf16 in between.
+  template <class Sched, class Key, class Prefetch>
+  void amx_tile(block& blk, index b, index hk, const Sched& sched, index n, index j0, index nc, const Key& key,
+                const Prefetch& prefetch) const {
+    if constexpr (amx::built) {
+      auto* kt = reinterpret_cast<std::uint16_t*>(blk.kt);  // [Bc][d2] when copied
+      auto* vt = reinterpret_cast<std::uint16_t*>(blk.vt);  // [dv2][Bc]
+      auto* pv = reinterpret_cast<std::uint16_t*>(blk.amx);  // [Bc/2][br][2]
+      auto* w = reinterpret_cast<std::uint32_t*>(blk.amx + 32 * br_);
+      auto* vconv = reinterpret_cast<std::uint16_t*>(blk.amx + 32 * br_ + 32 * dvw_);
+      const auto* qv = reinterpret_cast<const std::uint16_t*>(blk.qt);
+      // K rows feed the tiles where they are when they hold bf16 and need no zero padding (d a
+      // multiple of 32), else they are copied (converted) with zeros up to d2.
+      // (The tiles read whole groups of 16 rows: the rows past nc must exist in the tensor too.)
+      const bool k_in_place = p_.k.type == elem::bf16 && p_.d == d2_ && j0 + S::round_up(nc, 16) <= p_.k.seq;
+      const std::uint16_t* ktile = k_in_place ? reinterpret_cast<const std::uint16_t*>(p_.k.at(b, j0, hk)) : kt;
+      const index ldk = k_in_place ? p_.k.ss : d2_;
+      const std::uint16_t* vrows[Bc];
+      for (index c = 0; c < nc; ++c) {
+        if (!k_in_place) {
+          std::uint16_t* kr = kt + c * d2_;
+          const std::uint16_t* src = bf16_row(p_.k, b, key(c), hk, p_.d, blk.stage, kr);
+          if (src != kr) std::memcpy(kr, src, 2 * std::size_t(p_.d));
+          std::fill(kr + p_.d, kr + d2_, std::uint16_t(0));
+        }
+        vrows[c] = bf16_row(p_.v, b, key(c), hk, p_.dv, blk.stage, vconv + c * dvw_);
+        prefetch(c);
+      }
+      amx::pack_v(vt, vrows, nc, p_.dv, dv2_, dvw_, w);
+      if constexpr (lane_grouped_keys<Sched>) {
+        if (sched.partial(n)) {
+          constexpr index W = 32;
+          for (index r0 = 0; r0 < blk.valid; r0 += W) {
+            index c0, c1;
+            sched.lane_keys(n, r0, r0 + W, c0, c1);
+            if (c0 >= c1) continue;
+            amx::scores(blk.st, br_, ktile, ldk, qv, d2_, c0 & ~index(15), std::min(S::round_up(c1, 16), Bc), r0, r0 + W);
+            const index p0 = c0 & ~index(31), p1 = S::round_up(c1, 32);
+            softmax(blk, b, sched, n, j0, c0, c1, r0, r0 + W, pv, p0, p1);
+            amx::values(blk.ot, br_, blk.sm.alpha, vt, Bc, pv, dv2_, p0, p1, r0, r0 + W);
+          }
+          return;
+        }
+      }
+      amx::scores(blk.st, br_, ktile, ldk, qv, d2_, 0, S::round_up(nc, 16), 0, br_);
+      const index p1 = S::round_up(nc, 32);
+      softmax(blk, b, sched, n, j0, 0, nc, 0, br_, pv, 0, p1);
+      amx::values(blk.ot, br_, blk.sm.alpha, vt, Bc, pv, dv2_, 0, p1, 0, br_);
     }
   }
 
@@ -739,6 +865,9 @@ class tile_engine {
   index splits_, ldq_, ldk_, ldv_, o_size_;
   index ldst_;     // row stride of a block's stage
   bool in_place_;  // narrow tiles read K and V rows where they are (no padding needed)
+  bool amx_;       // products on AMX tiles (use_amx)
+  index d2_, dv2_, dvw_;  // AMX: d rounded up to 32, dv to 16 and to 32
+  T qs_;           // the scale the scores need (Q carries it on the other paths)
 };
 
 /// Keys per tile of the engine that softmax_forward picks for `p` (block layouts are resolved to it).

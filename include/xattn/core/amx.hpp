@@ -1,0 +1,269 @@
+// xattn/core/amx.hpp — the tile engine's products on AMX-BF16 tiles, and the packing they need.
+//
+// The engine keeps queries in lanes (Sᵀ [keys][lanes], Oᵀ [dv][lanes], float), so both products
+// are C[16 × 16 lanes] += A[16 × 32] · B[32 × 16 lanes] in AMX's terms, with B in its paired-row
+// layout (row kp holds, per lane, the two bf16 of k = 2kp, 2kp + 1):
+//     Sᵀ = K · Qᵀ      A = the K tile's rows as they are (bf16), B = Q paired along d (once per block)
+//     Oᵀ += Vᵀ · P     A = the V tile transposed (bf16), B = P paired along keys, rounded to bf16
+// Every sum is float; only the operands are bf16 (P rounded to nearest even, as FlashAttention
+// does). One C block is 2 × 2 tiles (32 rows × 32 lanes, tmm0–3) fed by two A tiles (tmm4–5) and
+// two B tiles (tmm6–7): each 32-wide step of k loads four tiles for four tdpbf16ps.
+//
+// Everything here is compiled for AMX through target attributes and runs only after
+// cpu_has_amx_bf16() said yes (paths.hpp): the translation unit itself needs AVX-512 only.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "error.hpp"  // detail::index
+#include "transpose.hpp"
+
+#if defined(__AVX512F__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define XATTN_HAVE_AMX_KERNELS 1
+#include <immintrin.h>
+#else
+#define XATTN_HAVE_AMX_KERNELS 0
+#endif
+
+namespace xattn::detail::amx {
+
+/// Whether this build carries the AMX kernels (x86-64 with AVX-512; the CPU is asked at run time).
+inline constexpr bool built = XATTN_HAVE_AMX_KERNELS;
+
+#if XATTN_HAVE_AMX_KERNELS
+
+#define XATTN_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512bf16,avx512bw,avx512f")))
+// The tile instructions as asm with a memory clobber on loads too: the compiler's own macros tell it
+// only that a load takes two registers, so a store into the packed buffers could sink past it.
+#define XATTN_TILE_LOAD(t, base, stride) \
+  __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"((const void*)(base)), "r"((long)(stride)) : "memory")
+#define XATTN_TILE_STORE(t, base, stride) \
+  __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"((void*)(base)), "r"((long)(stride)) : "memory")
+#define XATTN_TILE_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
+#define XATTN_TILE_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+
+struct alignas(64) tile_config {
+  std::uint8_t palette = 1, start_row = 0;
+  std::uint8_t reserved[14] = {};
+  std::uint16_t colsb[16] = {};
+  std::uint8_t rows[16] = {};
+};
+
+/// Loads this thread's tile configuration: all eight tiles 16 rows × 64 bytes. Each work item
+/// loads it (a few dozen cycles against thousands per key tile), so a thread whose tiles some
+/// other code configured differently in between still gets ours.
+XATTN_AMX_TARGET inline void configure() {
+  static const tile_config cfg = [] {
+    tile_config c;
+    for (int t = 0; t < 8; ++t) c.colsb[t] = 64, c.rows[t] = 16;
+    return c;
+  }();
+  __asm__ volatile("ldtilecfg %0" ::"m"(cfg));
+}
+
+/// C[MT·16 rows][32 lanes] (+)= A[MT·16][k] · B, k a multiple of 32. A: bf16 rows lda apart; B:
+/// paired rows (kp, lane, 2) ldb bf16 apart; C: float rows ldc apart. Accumulate: C is loaded first.
+template <int MT, bool Accumulate>
+XATTN_AMX_TARGET inline void mm(float* c, index ldc, const std::uint16_t* a, index lda, const std::uint16_t* b,
+                                index ldb, index k) {
+  const long sc = long(ldc * 4), sa = long(lda * 2), sb = long(ldb * 2);
+  if constexpr (Accumulate) {
+    XATTN_TILE_LOAD(0, c, sc);
+    XATTN_TILE_LOAD(1, c + 16, sc);
+    if constexpr (MT == 2) {
+      XATTN_TILE_LOAD(2, c + 16 * ldc, sc);
+      XATTN_TILE_LOAD(3, c + 16 * ldc + 16, sc);
+    }
+  } else {
+    XATTN_TILE_ZERO(0);
+    XATTN_TILE_ZERO(1);
+    if constexpr (MT == 2) {
+      XATTN_TILE_ZERO(2);
+      XATTN_TILE_ZERO(3);
+    }
+  }
+  for (index kk = 0; kk < k; kk += 32) {
+    const std::uint16_t* bk = b + (kk / 2) * ldb;
+    XATTN_TILE_LOAD(6, bk, sb);
+    XATTN_TILE_LOAD(7, bk + 32, sb);
+    XATTN_TILE_LOAD(4, a + kk, sa);
+    XATTN_TILE_DP(0, 4, 6);
+    XATTN_TILE_DP(1, 4, 7);
+    if constexpr (MT == 2) {
+      XATTN_TILE_LOAD(5, a + 16 * lda + kk, sa);
+      XATTN_TILE_DP(2, 5, 6);
+      XATTN_TILE_DP(3, 5, 7);
+    }
+  }
+  XATTN_TILE_STORE(0, c, sc);
+  XATTN_TILE_STORE(1, c + 16, sc);
+  if constexpr (MT == 2) {
+    XATTN_TILE_STORE(2, c + 16 * ldc, sc);
+    XATTN_TILE_STORE(3, c + 16 * ldc + 16, sc);
+  }
+}
+
+/// Sᵀ rows [k0, k1) (multiples of 16) × lanes [r0, r1) (multiples of 32) = K · Qᵀ: K bf16 rows
+/// ldk apart, Q paired [d2/2][br][2], Sᵀ float rows br apart.
+XATTN_AMX_TARGET inline void scores(float* st, index br, const std::uint16_t* kt, index ldk, const std::uint16_t* qv,
+                                    index d2, index k0, index k1, index r0, index r1) {
+  for (index r = r0; r < r1; r += 32) {
+    index c = k0;
+    for (; c + 32 <= k1; c += 32) mm<2, false>(st + c * br + r, br, kt + c * ldk, ldk, qv + 2 * r, 2 * br, d2);
+    if (c < k1) mm<1, false>(st + c * br + r, br, kt + c * ldk, ldk, qv + 2 * r, 2 * br, d2);
+  }
+}
+
+/// Oᵀ[e][r] = alpha[r]·Oᵀ[e][r] + Σ_c Vᵀ[e][c] · P[c][r] for e < dv2 (a multiple of 16), lanes
+/// [r0, r1) (multiples of 32), keys [c0, c1) (multiples of 32): Vᵀ bf16 rows ldv apart, P paired
+/// [keys/2][br][2].
+XATTN_AMX_TARGET inline void values(float* ot, index br, const float* alpha, const std::uint16_t* vt, index ldv,
+                                    const std::uint16_t* pv, index dv2, index c0, index c1, index r0, index r1) {
+  for (index e = 0; e < dv2; e += 32) {
+    const int mt = e + 32 <= dv2 ? 2 : 1;
+    for (index r = r0; r < r1; r += 32) {
+      const __m512 a0 = _mm512_loadu_ps(alpha + r), a1 = _mm512_loadu_ps(alpha + r + 16), one = _mm512_set1_ps(1.f);
+      const bool same = _mm512_cmp_ps_mask(a0, one, _CMP_EQ_OQ) == 0xffff && _mm512_cmp_ps_mask(a1, one, _CMP_EQ_OQ) == 0xffff;
+      for (index i = e; i < e + 16 * mt && !same; ++i) {
+        float* row = ot + i * br + r;
+        _mm512_storeu_ps(row, _mm512_mul_ps(_mm512_loadu_ps(row), a0));
+        _mm512_storeu_ps(row + 16, _mm512_mul_ps(_mm512_loadu_ps(row + 16), a1));
+      }
+      if (c0 >= c1) continue;
+      if (mt == 2)
+        mm<2, true>(ot + e * br + r, br, vt + e * ldv + c0, ldv, pv + c0 * br + 2 * r, 2 * br, c1 - c0);
+      else
+        mm<1, true>(ot + e * br + r, br, vt + e * ldv + c0, ldv, pv + c0 * br + 2 * r, 2 * br, c1 - c0);
+    }
+  }
+}
+
+/// The online softmax of the tile's scores on the AMX path, for Sᵀ rows [c0, c1) × lanes [r0, r1)
+/// (r1 − r0 a multiple of 32): the raw scores times `scale` (> 0; AMX scores come unscaled), the
+/// running max m, sum l and factor alpha as online_softmax::update, and P written straight into
+/// pv's pair rows [p0, p1) (multiples of 2 around [c0, c1)) as bf16, zero outside [c0, c1); Sᵀ is
+/// only read. The max is kept lazily (FlashAttention-3's rule): m moves only when a score exceeds
+/// it by more than 2^8, so P stays below 256 and alpha is exactly 1 on most tiles, where values()
+/// then skips rescaling Oᵀ. l sums P before its rounding.
+XATTN_AMX_TARGET inline void softmax_pairs(float* m, float* l, float* alpha, const float* st, index br, index c0,
+                                           index c1, index r0, index r1, float scale, std::uint16_t* pv, index p0,
+                                           index p1) {
+  alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                          21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                                          11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i pair = _mm512_load_si512(kPair);
+  const __m512 sc = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-__builtin_inff()), zero = _mm512_setzero_ps();
+  const __m512 slack = _mm512_set1_ps(8.f);
+  for (index r = r0; r < r1; r += 32) {
+    __m512 mx[2] = {ninf, ninf};
+    for (index c = c0; c < c1; ++c)
+      for (int w = 0; w < 2; ++w) mx[w] = _mm512_max_ps(mx[w], _mm512_loadu_ps(st + c * br + r + 16 * w));
+    __m512 nmu[2], sum[2];
+    for (int w = 0; w < 2; ++w) {
+      const __m512 old = _mm512_loadu_ps(m + r + 16 * w);
+      const __m512 top = _mm512_mul_ps(mx[w], sc);
+      // keep the old reference where every score is within 2^8 of it (NaN scores move it: p is NaN anyway)
+      const __mmask16 keep = _mm512_cmp_ps_mask(top, _mm512_add_ps(old, slack), _CMP_LE_OQ);
+      const __m512 mnew = _mm512_mask_mov_ps(_mm512_max_ps(top, old), keep, old);
+      const __m512 mu = _mm512_mask_mov_ps(mnew, _mm512_cmp_ps_mask(mnew, ninf, _CMP_EQ_OQ), zero);  // −inf → 0
+      const __m512 a = simd::exp2(xsimd::batch<float, xsimd::avx512f>(_mm512_sub_ps(old, mu)));
+      _mm512_storeu_ps(alpha + r + 16 * w, a);
+      _mm512_storeu_ps(m + r + 16 * w, mnew);
+      sum[w] = _mm512_mul_ps(_mm512_loadu_ps(l + r + 16 * w), a);
+      nmu[w] = _mm512_sub_ps(zero, mu);
+    }
+    for (index c = p0; c < p1; c += 2) {
+      std::uint16_t* dst = pv + c * br + 2 * r;  // pair row c/2
+      const bool in0 = c >= c0 && c < c1, in1 = c + 1 >= c0 && c + 1 < c1;
+      for (int w = 0; w < 2; ++w) {
+        __m512 x0 = zero, x1 = zero;
+        if (in0) {
+          x0 = simd::exp2(xsimd::batch<float, xsimd::avx512f>(_mm512_fmadd_ps(_mm512_loadu_ps(st + c * br + r + 16 * w), sc, nmu[w])));
+          sum[w] = _mm512_add_ps(sum[w], x0);
+        }
+        if (in1) {
+          x1 = simd::exp2(
+              xsimd::batch<float, xsimd::avx512f>(_mm512_fmadd_ps(_mm512_loadu_ps(st + (c + 1) * br + r + 16 * w), sc, nmu[w])));
+          sum[w] = _mm512_add_ps(sum[w], x1);
+        }
+        const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);  // words 0–15: x0, 16–31: x1
+        _mm512_storeu_si512(dst + 32 * w, _mm512_permutexvar_epi16(pair, both));
+      }
+    }
+    for (int w = 0; w < 2; ++w) _mm512_storeu_ps(l + r + 16 * w, sum[w]);
+  }
+}
+
+/// P paired along keys for lanes [r0, r1) (multiples of 16) and keys [c0, c1) (multiples of 32):
+/// pv[c/2][r][c % 2] = bf16(P[c][r]) for keys inside [v0, v1), 0 outside.
+XATTN_AMX_TARGET inline void pack_p(std::uint16_t* pv, index br, const float* st, index c0, index c1, index v0,
+                                    index v1, index r0, index r1) {
+  alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                          21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                                          11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i pair = _mm512_load_si512(kPair);
+  const __m512 zero = _mm512_setzero_ps();
+  for (index c = c0; c < c1; c += 2) {
+    const bool in0 = c >= v0 && c < v1, in1 = c + 1 >= v0 && c + 1 < v1;
+    std::uint16_t* dst = pv + c * br;  // pair row c/2: 2·br bf16
+    for (index r = r0; r < r1; r += 16) {
+      const __m512 x0 = in0 ? _mm512_loadu_ps(st + c * br + r) : zero;
+      const __m512 x1 = in1 ? _mm512_loadu_ps(st + (c + 1) * br + r) : zero;
+      const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);  // words 0–15: x0, 16–31: x1
+      _mm512_storeu_si512(dst + 2 * r, _mm512_permutexvar_epi16(pair, both));
+    }
+  }
+}
+
+/// The V tile transposed: vt[e][c] (rows ldv = 64 bf16 apart, e < dv2, c < 64) = V[c][e] for
+/// c < nc, 0 for c >= nc; rows[c] are the bf16 rows of V (dv values each). w is scratch of
+/// 32 × dvw 32-bit words (dvw = dv rounded up to 32): first each key pair (c, c + 1) interleaved
+/// per value column, then 16 × 16 blocks of those pairs transposed as 32-bit words.
+XATTN_AMX_TARGET inline void pack_v(std::uint16_t* vt, const std::uint16_t* const* rows, index nc, index dv, index dv2,
+                                    index dvw, std::uint32_t* w) {
+  alignas(64) static constexpr std::uint16_t kLo[32] = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,
+                                                        37, 6, 38, 7, 39, 8,  40, 9,  41, 10, 42,
+                                                        11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  const __m512i lo = _mm512_load_si512(kLo), hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+  for (index cp = 0; cp < 32; ++cp) {
+    const index c = 2 * cp;
+    std::uint32_t* wr = w + cp * dvw;
+    for (index e = 0; e < dvw; e += 32) {
+      const __mmask32 m = e + 32 <= dv ? ~__mmask32(0) : e < dv ? __mmask32((1u << (dv - e)) - 1) : 0;
+      const __m512i a = c < nc ? _mm512_maskz_loadu_epi16(m, rows[c] + e) : _mm512_setzero_si512();
+      const __m512i b = c + 1 < nc ? _mm512_maskz_loadu_epi16(m, rows[c + 1] + e) : _mm512_setzero_si512();
+      _mm512_storeu_si512(wr + e, _mm512_permutex2var_epi16(a, lo, b));
+      _mm512_storeu_si512(wr + e + 16, _mm512_permutex2var_epi16(a, hi, b));
+    }
+  }
+  auto* v32 = reinterpret_cast<std::uint32_t*>(vt);  // [dv2][32] words
+  for (index e = 0; e < dv2; e += 16)
+    for (index cp0 = 0; cp0 < 32; cp0 += 16) {
+      const float* src[16];
+      for (int i = 0; i < 16; ++i) src[i] = reinterpret_cast<const float*>(w + (cp0 + i) * dvw + e);
+      xsimd::batch<float, xsimd::avx512f> col[16];
+      simd::transpose_block<float, xsimd::avx512f>(src, col);
+      for (int j = 0; j < 16; ++j) col[j].store_unaligned(reinterpret_cast<float*>(v32 + (e + j) * 32 + cp0));
+    }
+}
+
+#undef XATTN_TILE_LOAD
+#undef XATTN_TILE_STORE
+#undef XATTN_TILE_ZERO
+#undef XATTN_TILE_DP
+
+#else
+// Declared only, so that the engines' discarded `if constexpr (amx::built)` branches name them.
+inline void configure();
+void scores(float*, index, const std::uint16_t*, index, const std::uint16_t*, index, index, index, index, index);
+void values(float*, index, const float*, const std::uint16_t*, index, const std::uint16_t*, index, index, index, index,
+            index);
+void pack_p(std::uint16_t*, index, const float*, index, index, index, index, index, index);
+void pack_v(std::uint16_t*, const std::uint16_t* const*, index, index, index, index, std::uint32_t*);
+void softmax_pairs(float*, float*, float*, const float*, index, index, index, index, index, float, std::uint16_t*, index,
+                   index);
+#endif  // XATTN_HAVE_AMX_KERNELS
+
+}  // namespace xattn::detail::amx
