@@ -147,53 +147,69 @@ XATTN_AMX_TARGET inline void values(float* ot, index br, const float* alpha, con
 /// only read. The max is kept lazily (FlashAttention-3's rule): m moves only when a score exceeds
 /// it by more than 2^8, so P stays below 256 and alpha is exactly 1 on most tiles, where values()
 /// then skips rescaling Oᵀ. l sums P before its rounding.
-XATTN_AMX_TARGET inline void softmax_pairs(float* m, float* l, float* alpha, const float* st, index br, index c0,
-                                           index c1, index r0, index r1, float scale, std::uint16_t* pv, index p0,
-                                           index p1) {
+template <int W>
+XATTN_AMX_TARGET inline void softmax_pairs_lanes(float* m, float* l, float* alpha, const float* st, index br, index c0,
+                                                 index c1, index r, float scale, std::uint16_t* pv, index p0,
+                                                 index p1) {
   alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
                                                           21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
                                                           11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  using B = xsimd::batch<float, xsimd::avx512f>;
   const __m512i pair = _mm512_load_si512(kPair);
   const __m512 sc = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-__builtin_inff()), zero = _mm512_setzero_ps();
   const __m512 slack = _mm512_set1_ps(8.f);
-  for (index r = r0; r < r1; r += 32) {
-    __m512 mx[2] = {ninf, ninf};
-    for (index c = c0; c < c1; ++c)
-      for (int w = 0; w < 2; ++w) mx[w] = _mm512_max_ps(mx[w], _mm512_loadu_ps(st + c * br + r + 16 * w));
-    __m512 nmu[2], sum[2];
-    for (int w = 0; w < 2; ++w) {
-      const __m512 old = _mm512_loadu_ps(m + r + 16 * w);
-      const __m512 top = _mm512_mul_ps(mx[w], sc);
-      // keep the old reference where every score is within 2^8 of it (NaN scores move it: p is NaN anyway)
-      const __mmask16 keep = _mm512_cmp_ps_mask(top, _mm512_add_ps(old, slack), _CMP_LE_OQ);
-      const __m512 mnew = _mm512_mask_mov_ps(_mm512_max_ps(top, old), keep, old);
-      const __m512 mu = _mm512_mask_mov_ps(mnew, _mm512_cmp_ps_mask(mnew, ninf, _CMP_EQ_OQ), zero);  // −inf → 0
-      const __m512 a = simd::exp2(xsimd::batch<float, xsimd::avx512f>(_mm512_sub_ps(old, mu)));
-      _mm512_storeu_ps(alpha + r + 16 * w, a);
-      _mm512_storeu_ps(m + r + 16 * w, mnew);
-      sum[w] = _mm512_mul_ps(_mm512_loadu_ps(l + r + 16 * w), a);
-      nmu[w] = _mm512_sub_ps(zero, mu);
+  // Two rows per step with their own maxima and sums: 2·W independent chains (the max and the sum
+  // are latency-bound with one chain per vector).
+  __m512 mx[2][W], nmu[W], sum[2][W];
+  for (int w = 0; w < W; ++w) mx[0][w] = mx[1][w] = ninf;
+  index c = c0;
+  for (; c + 2 <= c1; c += 2)
+    for (int w = 0; w < W; ++w) {
+      mx[0][w] = _mm512_max_ps(mx[0][w], _mm512_loadu_ps(st + c * br + r + 16 * w));
+      mx[1][w] = _mm512_max_ps(mx[1][w], _mm512_loadu_ps(st + (c + 1) * br + r + 16 * w));
     }
-    for (index c = p0; c < p1; c += 2) {
-      std::uint16_t* dst = pv + c * br + 2 * r;  // pair row c/2
-      const bool in0 = c >= c0 && c < c1, in1 = c + 1 >= c0 && c + 1 < c1;
-      for (int w = 0; w < 2; ++w) {
-        __m512 x0 = zero, x1 = zero;
-        if (in0) {
-          x0 = simd::exp2(xsimd::batch<float, xsimd::avx512f>(_mm512_fmadd_ps(_mm512_loadu_ps(st + c * br + r + 16 * w), sc, nmu[w])));
-          sum[w] = _mm512_add_ps(sum[w], x0);
-        }
-        if (in1) {
-          x1 = simd::exp2(
-              xsimd::batch<float, xsimd::avx512f>(_mm512_fmadd_ps(_mm512_loadu_ps(st + (c + 1) * br + r + 16 * w), sc, nmu[w])));
-          sum[w] = _mm512_add_ps(sum[w], x1);
-        }
-        const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);  // words 0–15: x0, 16–31: x1
-        _mm512_storeu_si512(dst + 32 * w, _mm512_permutexvar_epi16(pair, both));
-      }
-    }
-    for (int w = 0; w < 2; ++w) _mm512_storeu_ps(l + r + 16 * w, sum[w]);
+  if (c < c1)
+    for (int w = 0; w < W; ++w) mx[0][w] = _mm512_max_ps(mx[0][w], _mm512_loadu_ps(st + c * br + r + 16 * w));
+  for (int w = 0; w < W; ++w) {
+    const __m512 old = _mm512_loadu_ps(m + r + 16 * w);
+    const __m512 top = _mm512_mul_ps(_mm512_max_ps(mx[0][w], mx[1][w]), sc);
+    // keep the old reference where every score is within 2^8 of it (a NaN score moves it: p is NaN anyway)
+    const __mmask16 keep = _mm512_cmp_ps_mask(top, _mm512_add_ps(old, slack), _CMP_LE_OQ);
+    const __m512 mnew = _mm512_mask_mov_ps(_mm512_max_ps(top, old), keep, old);
+    const __m512 mu = _mm512_mask_mov_ps(mnew, _mm512_cmp_ps_mask(mnew, ninf, _CMP_EQ_OQ), zero);  // −inf → 0
+    const __m512 a = simd::exp2(B(_mm512_sub_ps(old, mu)));
+    _mm512_storeu_ps(alpha + r + 16 * w, a);
+    _mm512_storeu_ps(m + r + 16 * w, mnew);
+    sum[0][w] = _mm512_mul_ps(_mm512_loadu_ps(l + r + 16 * w), a);
+    sum[1][w] = zero;
+    nmu[w] = _mm512_sub_ps(zero, mu);
   }
+  for (index k = p0; k < p1; k += 2) {
+    std::uint16_t* dst = pv + k * br + 2 * r;  // pair row k/2
+    const bool in0 = k >= c0 && k < c1, in1 = k + 1 >= c0 && k + 1 < c1;
+    for (int w = 0; w < W; ++w) {
+      __m512 x0 = zero, x1 = zero;
+      if (in0) {
+        x0 = simd::exp2(B(_mm512_fmadd_ps(_mm512_loadu_ps(st + k * br + r + 16 * w), sc, nmu[w])));
+        sum[0][w] = _mm512_add_ps(sum[0][w], x0);
+      }
+      if (in1) {
+        x1 = simd::exp2(B(_mm512_fmadd_ps(_mm512_loadu_ps(st + (k + 1) * br + r + 16 * w), sc, nmu[w])));
+        sum[1][w] = _mm512_add_ps(sum[1][w], x1);
+      }
+      const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);  // words 0–15: x0, 16–31: x1
+      _mm512_storeu_si512(dst + 32 * w, _mm512_permutexvar_epi16(pair, both));
+    }
+  }
+  for (int w = 0; w < W; ++w) _mm512_storeu_ps(l + r + 16 * w, _mm512_add_ps(sum[0][w], sum[1][w]));
+}
+
+XATTN_AMX_TARGET inline void softmax_pairs(float* m, float* l, float* alpha, const float* st, index br, index c0,
+                                           index c1, index r0, index r1, float scale, std::uint16_t* pv, index p0,
+                                           index p1) {
+  index r = r0;
+  for (; r + 64 <= r1; r += 64) softmax_pairs_lanes<4>(m, l, alpha, st, br, c0, c1, r, scale, pv, p0, p1);
+  for (; r < r1; r += 32) softmax_pairs_lanes<2>(m, l, alpha, st, br, c0, c1, r, scale, pv, p0, p1);
 }
 
 /// P paired along keys for lanes [r0, r1) (multiples of 16) and keys [c0, c1) (multiples of 32):

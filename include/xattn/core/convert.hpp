@@ -63,6 +63,17 @@ constexpr const char* elem_name(elem e) {
 }
 constexpr bool is_16bit(elem e) { return e == elem::bf16 || e == elem::f16; }
 
+/// f(std::type_identity<S>{}) for the storage type S that `e` names, T being the compute type
+/// (16-bit storage exists for float compute only).
+template <class T, class F>
+decltype(auto) visit_storage(elem e, F&& f) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (e == elem::bf16) return f(std::type_identity<Eigen::bfloat16>{});
+    if (e == elem::f16) return f(std::type_identity<Eigen::half>{});
+  }
+  return f(std::type_identity<T>{});
+}
+
 inline float bf16_to_float(std::uint16_t b) {
   const std::uint32_t u = std::uint32_t(b) << 16;
   float f;

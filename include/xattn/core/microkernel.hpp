@@ -30,8 +30,8 @@ enum class mma_init { zero, scale_cols, scale_rows };
 /// one pointer plus a constant, where MR = 16 row pointers would not fit the 16 general registers.
 /// C must have round_up(m, MR) rows; N is a multiple of NV·lanes; C is kAlign-aligned with ldc a multiple of the vector width. B may be
 /// unaligned (rows of a caller's tensor): unaligned loads of aligned data cost nothing extra.
-template <class Arch, class T, int MR, int NV, mma_init Init, bool Consecutive = false>
-void mma_ab(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const T* b, index ldb, index n,
+template <class Arch, class T, int MR, int NV, mma_init Init, bool Consecutive = false, class SB = T>
+void mma_ab(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const SB* b, index ldb, index n,
             index k, const T* scale = nullptr) {
   using V = simd::vec_t<T, Arch>;
   constexpr index L = simd::lanes_v<T, Arch>;
@@ -55,11 +55,11 @@ void mma_ab(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const 
         XATTN_UNROLL for (int r = 0; r < MR; ++r)
           XATTN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = simd::bcast<V>(T(0));
       }
-      const T* bp = b + j0;
+      const SB* bp = b + j0;
       const T* ak = a + i0;  // Consecutive: A[i0 + r][kk] = ak[r], ak advancing by a_cs
       for (index kk = 0; kk < k; ++kk, bp += ldb, ak += a_cs) {
         V bv[NV];
-        XATTN_UNROLL for (int v = 0; v < NV; ++v) bv[v] = simd::in_register(simd::loadu<V>(bp + v * L));
+        XATTN_UNROLL for (int v = 0; v < NV; ++v) bv[v] = simd::in_register(simd::loadu_from<V>(bp + v * L));
         XATTN_UNROLL for (int r = 0; r < MR; ++r) {
           const V ab = simd::bcast<V>(Consecutive ? ak[r] : ar[r][kk * a_cs]);
           XATTN_UNROLL for (int v = 0; v < NV; ++v) acc[r][v] = simd::fma(ab, bv[v], acc[r][v]);
@@ -84,14 +84,14 @@ void mma_ab(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const 
 template <class Arch, class T>
 inline constexpr int dot_row_block = simd::lanes_v<T, Arch> < 4 ? 1 : simd::lanes_v<T, Arch> / 4;
 
-template <class Arch, class T, class Prefetch>
-void dot_abt(T* c, index ldc, const T* a, index lda, index m, const T* b, index ldb, index n, index k,
+template <class Arch, class T, class Prefetch, class SB = T>
+void dot_abt(T* c, index ldc, const T* a, index lda, index m, const SB* b, index ldb, index n, index k,
              const Prefetch& prefetch) {
   using V = simd::vec_t<T, Arch>;
   constexpr int L = simd::lanes_v<T, Arch>;
   constexpr int RB = dot_row_block<Arch, T>, KB = L / RB;
   for (index c0 = 0; c0 < n; c0 += KB) {
-    const T* br[KB];
+    const SB* br[KB];
     XATTN_UNROLL for (int j = 0; j < KB; ++j) {
       br[j] = b + std::min<index>(c0 + j, n - 1) * ldb;
       prefetch(c0 + j);
@@ -103,7 +103,7 @@ void dot_abt(T* c, index ldc, const T* a, index lda, index m, const T* b, index 
       XATTN_UNROLL for (int t = 0; t < KB * RB; ++t) acc[t] = simd::bcast<V>(T(0));
       for (index kk = 0; kk < k; kk += L) {
         V bv[KB];
-        XATTN_UNROLL for (int j = 0; j < KB; ++j) bv[j] = simd::in_register(simd::loadu<V>(br[j] + kk));
+        XATTN_UNROLL for (int j = 0; j < KB; ++j) bv[j] = simd::in_register(simd::loadu_from<V>(br[j] + kk));
         XATTN_UNROLL for (int i = 0; i < RB; ++i) {
           const V av = simd::in_register(simd::loadu<V>(ar[i] + kk));
           XATTN_UNROLL for (int j = 0; j < KB; ++j) acc[j * RB + i] = simd::fma(av, bv[j], acc[j * RB + i]);

@@ -10,8 +10,13 @@
 #include <cstdint>
 #include <type_traits>
 #include <xsimd/xsimd.hpp>
+#include <unsupported/Eigen/CXX11/Tensor>  // Eigen::bfloat16, Eigen::half
 
 #include "constants.hpp"
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace xattn::simd {
 
@@ -76,6 +81,39 @@ template <class V> inline void store(elem_t<V>* p, const V& v) {  // aligned
 template <class V> inline void storeu(elem_t<V>* p, const V& v) {
   if constexpr (is_scalar_v<V>) *p = v; else v.store_unaligned(p);
 }
+/// A vector of V's element type from lanes_v consecutive values of storage type S (the same type,
+/// Eigen::bfloat16 or Eigen::half), unaligned: the 16-bit types are widened in registers (bf16 by
+/// a shift, half by F16C), so a micro-kernel reads a 16-bit cache where it lies.
+template <class V, class S> inline V loadu_from(const S* p) {
+  using T = elem_t<V>;
+  if constexpr (std::is_same_v<S, T>) {
+    return loadu<V>(p);
+  } else if constexpr (is_scalar_v<V>) {
+    return T(static_cast<float>(*p));
+  } else {
+    [[maybe_unused]] const void* raw = p;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float> && sizeof(V) == 64) {
+      const __m256i h = _mm256_loadu_si256(static_cast<const __m256i*>(raw));
+      if constexpr (std::is_same_v<S, Eigen::bfloat16>) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+      else return _mm512_cvtph_ps(h);
+    }
+#endif
+#if defined(__AVX2__)
+    if constexpr (std::is_same_v<T, float> && sizeof(V) == 32) {
+      const __m128i h = _mm_loadu_si128(static_cast<const __m128i*>(raw));
+      if constexpr (std::is_same_v<S, Eigen::bfloat16>) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+#if defined(__F16C__)
+      else return _mm256_cvtph_ps(h);
+#endif
+    }
+#endif
+    alignas(kAlign) T t[V::size];
+    for (std::size_t i = 0; i < V::size; ++i) t[i] = T(static_cast<float>(p[i]));
+    return V::load_aligned(t);
+  }
+}
+
 /// An aligned store that bypasses the caches (x86: vmovntps/pd, whole lines written without reading
 /// them first); an ordinary aligned store elsewhere. Call stream_fence() before the data is handed
 /// to another thread.

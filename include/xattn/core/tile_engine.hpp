@@ -143,12 +143,18 @@ class tile_engine {
         ldv_(tile_stride(S::round_up(p.dv, Narrow ? S::NV * L : S::MR1))),
         o_size_(Narrow ? S::round_up(br_, S::MR) * ldv_ : S::round_up(p.dv, S::MR1) * br_),
         ldst_(S::round_up(std::max(p.d, p.dv), L)),
-        in_place_(p.d % L == 0 && p.dv % (S::NV * L) == 0 && p.k.native() && p.v.native()),
+        in_place_(p.d % L == 0 && p.dv % (S::NV * L) == 0 && readable_in_place(p.k) && readable_in_place(p.v)),
         amx_(use_amx(p, br_)),
         d2_(S::round_up(p.d, 32)),
         dv2_(S::round_up(p.dv, 16)),
         dvw_(S::round_up(p.dv, 32)),
         qs_(T(p.softcap > 0 ? p.scale / p.softcap : p.scale * kLog2e)) {}
+
+  /// Whether the narrow micro-kernels can read this tensor's rows where they are: T, or 16-bit
+  /// storage under float compute (loadu_from widens it).
+  static bool readable_in_place(const bshd_view<const T>& t) {
+    return t.native() || (std::is_same_v<T, float> && is_16bit(t.type));
+  }
 
   /// Whether this engine runs its products on AMX tiles (see paths.hpp): wide blocks of whole
   /// 32-lane groups over contiguous key tiles, float compute, an AVX-512 build, bf16 operands (or
@@ -212,8 +218,10 @@ class tile_engine {
   // Wide: MRK more rows, where a lane group's micro-tiles run past its key range.
   index s_rows() const { return S::round_up(Bc + (Narrow ? 0 : S::MRK), std::max<index>(S::MR, L)); }
   index q_size() const { return Narrow ? br_ * ldq_ : amx_ ? d2_ * br_ / 2 : p_.d * br_; }
-  /// AMX scratch (floats): P paired [32][br], the V pairs [32][dvw] and converted V rows [64][dvw] (bf16).
-  index amx_size() const { return amx_ ? 32 * br_ + 64 * dvw_ : 0; }
+  /// AMX scratch (floats): P paired [32][br], the V pairs [32][dvw], converted V rows [64][dvw]
+  /// (bf16), and a float row through which Q rows are converted.
+  index amx_size() const { return amx_ ? amx_scratch() + ldst_ : 0; }
+  index amx_scratch() const { return 32 * br_ + 64 * dvw_; }  // then a float row for conversions
   index partial_size() const { return o_size_ + 2 * br_; }
   /// Where output element (value column e, lane r) lives in a block's O.
   index o_at(index e, index r) const { return Narrow ? r * ldv_ + e : e * br_ + r; }
@@ -596,14 +604,33 @@ class tile_engine {
   /// rows [r0, r0 + kT) of the block, unscaled (the scale multiplies the float scores instead, so
   /// that rounding Q·scale to bf16 adds no error).
   void pack_q(block& blk, index b, index r0, index nq) const {
-    auto* qv = reinterpret_cast<std::uint32_t*>(blk.qt);  // [d2/2][br] words
-    if (r0 == 0) std::fill(blk.qt, blk.qt + q_size(), T(0));
-    auto* tmp = reinterpret_cast<std::uint16_t*>(blk.stage + ldst_);  // a converted row
-    for (index r = r0; r < std::min(r0 + kT, blk.valid); ++r) {
-      if (blk.qi[r] >= nq) continue;
-      const std::uint16_t* row = bf16_row(p_.q, b, blk.qi[r], blk.qh[r], p_.d, blk.stage, tmp);
-      for (index kp = 0; kp < p_.d / 2; ++kp) std::memcpy(qv + kp * br_ + r, row + 2 * kp, 4);
-      if (p_.d % 2) qv[(p_.d / 2) * br_ + r] = row[p_.d - 1];
+    auto* qv = reinterpret_cast<float*>(blk.qt);  // [d2/2][br] words, moved as floats
+    auto* rows16 = reinterpret_cast<std::uint16_t*>(blk.stage);  // kT converted rows of d2
+    const bool in_place = p_.q.type == elem::bf16 && p_.d == d2_;
+    const float* src[kT];
+    for (index r = r0; r < r0 + kT; ++r) {
+      src[r - r0] = nullptr;
+      if (r >= blk.valid || blk.qi[r] >= nq) continue;
+      if (in_place) {
+        src[r - r0] = reinterpret_cast<const float*>(p_.q.at(b, blk.qi[r], blk.qh[r]));
+      } else {
+        std::uint16_t* row = rows16 + (r - r0) * d2_;
+        const std::uint16_t* got = bf16_row(p_.q, b, blk.qi[r], blk.qh[r], p_.d, blk.amx + amx_scratch(), row);
+        if (got != row) std::memcpy(row, got, 2 * std::size_t(p_.d));
+        std::fill(row + p_.d, row + d2_, std::uint16_t(0));
+        src[r - r0] = reinterpret_cast<const float*>(row);
+      }
+    }
+    // 16 rows × 16 pairs at a time, transposed as 32-bit words: row r's pairs become lane r
+    if constexpr (simd::has_transpose<float, Arch> && L == kT) {
+      alignas(simd::kAlign) static constexpr float kZeros[L] = {};
+      for (index kp = 0; kp < d2_ / 2; kp += L) {
+        const float* at[L];
+        for (index i = 0; i < L; ++i) at[i] = src[i] ? src[i] + kp : kZeros;
+        V col[L];
+        simd::transpose_block<float, Arch>(at, col);
+        XATTN_UNROLL for (index j = 0; j < L; ++j) simd::storeu(qv + (kp + j) * br_ + r0, col[j]);
+      }
     }
   }
   /// A row of `t` as bf16: in place when it holds bf16, else converted (through the float row f)
@@ -696,34 +723,43 @@ class tile_engine {
     const index dvp = S::round_up(p_.dv, S::NV * L);
     const bool in_place = in_place_ && !gathered_keys<Sched>;
     const index m = std::min(rows_, blk.valid);  // rows per head (a policy's own blocks may hold fewer)
+    // In place, K and V are read as they are stored: 16-bit rows widen in registers as they load.
     for (index h = 0; h < blk.heads; ++h) {
       const index hk = hb * hb_ + h;
-      const T* kt = p_.k.row(b, j0, hk);
-      index ldk = p_.k.ss;
-      if (!in_place) {
+      // Sᵀ[c][h·slot + r] = Q[h·slot + r] · K[j0 + c]
+      auto scores = [&](auto stored, const void* kt, index ldk) {
+        using SK = typename decltype(stored)::type;
+        dot_abt<Arch, T>(blk.st + h * slot_, br_, blk.qt + h * slot_ * ldq_, ldq_, m, static_cast<const SK*>(kt), ldk,
+                         nc, ldq_, prefetch_ahead(hk));
+      };
+      if (in_place) {
+        visit_storage<T>(p_.k.type, [&](auto stored) { scores(stored, p_.k.at(b, j0, hk), p_.k.ss); });
+      } else {
         for (index c = 0; c < nc; ++c) {
           p_.k.load(blk.kt + c * ldk_, b, key(c), hk, p_.d);
           std::fill(blk.kt + c * ldk_ + p_.d, blk.kt + c * ldk_ + ldq_, T(0));
         }
-        kt = blk.kt, ldk = ldk_;
+        scores(std::type_identity<T>{}, blk.kt, ldk_);
       }
-      // Sᵀ[c][h·slot + r] = Q[h·slot + r] · K[j0 + c]
-      dot_abt<Arch, T>(blk.st + h * slot_, br_, blk.qt + h * slot_ * ldq_, ldq_, m, kt, ldk, nc, ldq_,
-                       prefetch_ahead(hk));
     }
     modify(blk, b, sched, n, j0, 0, nc, 0, br_);
     blk.sm.update(blk.st, br_, nc, br_);
     for (index h = 0; h < blk.heads; ++h) {
       const index hk = hb * hb_ + h;
-      const T* vt = p_.v.row(b, j0, hk);
-      index ldv = p_.v.ss;
-      if (!in_place) {
-        for (index c = 0; c < nc; ++c) p_.v.load(blk.vt + c * ldv_, b, key(c), hk, p_.dv);
-        vt = blk.vt, ldv = ldv_;
-      }
       // O[h·slot + r][e] = alpha·O[h·slot + r][e] + Σ_c P[c][h·slot + r] · V[j0 + c][e]
-      mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_rows>(blk.ot + h * slot_ * ldv_, ldv_, blk.st + h * slot_, 1, br_,
-                                                          m, vt, ldv, dvp, nc, blk.sm.alpha + h * slot_);
+      auto values = [&](auto stored, const void* vt, index ldv) {
+        using SV = typename decltype(stored)::type;
+        mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_rows, false, SV>(blk.ot + h * slot_ * ldv_, ldv_,
+                                                                       blk.st + h * slot_, 1, br_, m,
+                                                                       static_cast<const SV*>(vt), ldv, dvp, nc,
+                                                                       blk.sm.alpha + h * slot_);
+      };
+      if (in_place) {
+        visit_storage<T>(p_.v.type, [&](auto stored) { values(stored, p_.v.at(b, j0, hk), p_.v.ss); });
+      } else {
+        for (index c = 0; c < nc; ++c) p_.v.load(blk.vt + c * ldv_, b, key(c), hk, p_.dv);
+        values(std::type_identity<T>{}, blk.vt, ldv_);
+      }
     }
   }
 
