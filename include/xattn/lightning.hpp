@@ -8,9 +8,10 @@
 //   (or [batch, heads, seq, dim] with .layout = xattn::layout::bhsd); states [batch, Hq, d, e]
 //
 // Hkv divides Hq (grouped-query attention; each query head keeps its own state, as its decay is its
-// own); e may differ from d. Options: xattn::lightning_options (options.hpp). A sequence
-// processed in segments, each call passing its final_state to the next one's initial_state, equals
-// one call; lightning_step is the same recurrence one token at a time, for decoding. Bad input
+// own); e may differ from d. q, k and v each hold float, Eigen::bfloat16 or Eigen::half, out float
+// or q's 16-bit type (computed in float, states float), or all four double (states double).
+// Options: xattn::lightning_options (options.hpp). A sequence processed in segments, each call
+// passing its final_state to the next one's initial_state, equals one call; lightning_step is the same recurrence one token at a time, for decoding. Bad input
 // throws xattn::error before anything is written. The device overloads run on an
 // Eigen::ThreadPoolDevice; results are bitwise identical for any thread count.
 //

@@ -9,6 +9,8 @@
 // Feature maps (xattn::feature): identity, elu+1, relu, Based's Taylor map, the per-side softmax of
 // Efficient Attention (non-causal only), or a user callable (feature_map::custom); D' =
 // opt.feature_map.dim(d). Causal attention needs Nq = Nk; non-causal accepts Nq != Nk. Hkv divides Hq.
+// q, k and v each hold float, Eigen::bfloat16 or Eigen::half, out float or q's 16-bit type (computed
+// in float; states float), or all four double (states double).
 // Options: xattn::linear_options (options.hpp). Bad input throws xattn::error before anything
 // is written. The device overloads run on an Eigen::ThreadPoolDevice; results are bitwise identical
 // for any thread count.

@@ -27,6 +27,11 @@
 // parallel variant, in bounded memory). Both orders evaluate the same expressions on the same
 // operands — ΔS from zero, then fma(λ^nb, S, ΔS) — so results are bitwise identical whichever
 // runs and for any thread count.
+//
+// Storage: q, k, v and out may hold Eigen::bfloat16 or Eigen::half (core/convert.hpp). They enter
+// as rows are packed (pack_q, pack_k, pack_v, the key statistics) and leave as out rows are
+// written; everything between, states included, is T. Native rows are read where they are, as
+// before; 16-bit rows are converted into a row of scratch first.
 #pragma once
 
 #include <algorithm>
@@ -141,6 +146,7 @@ class chunk_engine {
         qchunks_(ceil_div(p.nq, bk_)),
         decayed_(p.has_decay()),
         soft_(p.map->kind() == feature::softmax),
+        converts_(!p.q.native() || !p.k.native()),
         window_(std::clamp<index>(index(kWindowBytes / (sizeof(T) * std::size_t(units_ * sstride_))), 1, kMaxWindow)),
         windowed_(units_ < kChunkParallelUnits && kchunks_ > 1 && window_ > 1),
         head_group_(head_group_of(p.batch, p.hq)) {}
@@ -177,9 +183,10 @@ class chunk_engine {
 
   /// One item's scratch, carved from its thread's workspace: φ(Q) and φ(K) [B][ldf], P [rows][ldp],
   /// V and λ-scaled V [B][lde], O [rows][lde], λ^(nb−1−j) [ldp], the normaliser [rows], one feature
-  /// row, and in the per-unit order the states of its heads and ΔS.
+  /// row, one converted input row (16-bit q or k only), and in the per-unit order the states of its
+  /// heads and ΔS.
   struct scratch {
-    T *qf, *kf, *p, *v, *vd, *o, *kdec, *den, *row, *s, *ds;
+    T *qf, *kf, *p, *v, *vd, *o, *kdec, *den, *row, *cv, *s, *ds;
     T lam_nb;  // λ^nb of the current chunk
     ahead_rows ahead;
   };
@@ -187,7 +194,7 @@ class chunk_engine {
   scratch carve(index states) const {
     const index sizes[] = {bk_ * ldf_,   bk_ * ldf_, p_.causal ? rows_ * ldp_ : 0, bk_ * lde_, decayed_ ? bk_ * lde_ : 0,
                            rows_ * lde_, ldp_,       rows_,        std::max(p_.df, p_.d) + L,
-                           states * sstride_, states ? sstride_ : 0};
+                           converts_ ? p_.d + L : 0, states * sstride_, states ? sstride_ : 0};
     constexpr int kParts = int(std::size(sizes));
     index total = 0;
     for (index n : sizes) total += round_up(n, S::kAlignElems);
@@ -197,7 +204,7 @@ class chunk_engine {
       at[i] = sizes[i] ? base : nullptr;
       base += round_up(sizes[i], S::kAlignElems);
     }
-    return {at[0], at[1], at[2], at[3], at[4], at[5], at[6], at[7], at[8], at[9], at[10], T(1), {}};
+    return {at[0], at[1], at[2], at[3], at[4], at[5], at[6], at[7], at[8], at[9], at[10], at[11], T(1), {}};
   }
 
   // --- tables ------------------------------------------------------------------------------------
@@ -233,12 +240,13 @@ class chunk_engine {
     T* sum = mx + d;
     std::fill(mx, mx + d, -std::numeric_limits<T>::infinity());
     std::fill(sum, sum + d, T(0));
+    T* cv = p_.k.native() ? nullptr : static_cast<T*>(workspace::of_this_thread(0).get(sizeof(T) * std::size_t(d)));
     for (index j = 0; j < p_.nk; ++j) {
-      const T* x = p_.k.row(b, j, hk);
+      const T* x = k_row(cv, b, j, hk);
       for (index c = 0; c < d; ++c) mx[c] = std::max(mx[c], x[c]);
     }
     for (index j = 0; j < p_.nk; ++j) {
-      const T* x = p_.k.row(b, j, hk);
+      const T* x = k_row(cv, b, j, hk);
       for (index c = 0; c < dv; c += L)
         storeu(sum + c, simd::loadu<V>(sum + c) + exp_nonpositive(simd::loadu<V>(x + c) - simd::loadu<V>(mx + c)));
       for (index c = dv; c < d; ++c) sum[c] += std::exp(x[c] - mx[c]);
@@ -263,28 +271,40 @@ class chunk_engine {
     const index hk = a.h / p_.group, end = std::min(a.end, a.next + kAheadRows);
     for (; a.next < end; ++a.next) {
       if (a.q) {  // with q, the chunk writes its out rows: owning their lines first spares the stores a miss
-        simd::prefetch(p_.q.row(a.b, a.next, a.h), sizeof(T) * std::size_t(p_.d));
-        simd::prefetch(p_.o.row(a.b, a.next, a.h), sizeof(T) * std::size_t(p_.e));
+        simd::prefetch(p_.q.at(a.b, a.next, a.h), elem_bytes(p_.q.type) * std::size_t(p_.d));
+        simd::prefetch(p_.o.at(a.b, a.next, a.h), elem_bytes(p_.o.type) * std::size_t(p_.e));
       }
       if (a.kv) {
-        simd::prefetch(p_.k.row(a.b, a.next, hk), sizeof(T) * std::size_t(p_.d));
-        simd::prefetch(p_.v.row(a.b, a.next, hk), sizeof(T) * std::size_t(p_.e));
+        simd::prefetch(p_.k.at(a.b, a.next, hk), elem_bytes(p_.k.type) * std::size_t(p_.d));
+        simd::prefetch(p_.v.at(a.b, a.next, hk), elem_bytes(p_.v.type) * std::size_t(p_.e));
       }
     }
   }
+
+  /// Row (b, s, h) of q or k as T: where it is, or converted into cv (16-bit storage).
+  static const T* row_of(const bshd_view<const T>& t, T* cv, index d, index b, index s, index h) {
+    if (t.native()) return t.row(b, s, h);
+    t.load(cv, b, s, h, d);
+    return cv;
+  }
+  const T* k_row(T* cv, index b, index s, index h) const { return row_of(p_.k, cv, p_.d, b, s, h); }
 
   /// φ(Q)[t] = scale·φ(q_t), zero past d'.
   void pack_q(scratch& w, index b, index h, index t0, index nb) const {
     const T sc = T(p_.scale);
     const bool ident = p_.map->kind() == feature::identity;
     for (index t = 0; t < nb; ++t) {
-      const T* f = p_.q.row(b, t0 + t, h);
-      if (!ident) {
-        feature_row<Arch, T>(*p_.map, f, p_.d, w.row);
-        f = w.row;
-      }
       T* y = w.qf + t * ldf_;
-      for (index c = 0; c < p_.df; ++c) y[c] = sc * f[c];
+      if (ident && !p_.q.native()) {
+        p_.q.load(y, b, t0 + t, h, p_.d, sc);  // converted and scaled in one pass: scale·q_t
+      } else {
+        const T* f = row_of(p_.q, w.cv, p_.d, b, t0 + t, h);
+        if (!ident) {
+          feature_row<Arch, T>(*p_.map, f, p_.d, w.row);
+          f = w.row;
+        }
+        for (index c = 0; c < p_.df; ++c) y[c] = sc * f[c];
+      }
       std::fill(y + p_.df, y + ldf_, T(0));
     }
   }
@@ -292,7 +312,7 @@ class chunk_engine {
   /// φ(K)[j] = φ(k_j), zero past d'.
   void pack_k(scratch& w, index b, index hk, index t0, index nb) const {
     for (index j = 0; j < nb; ++j) {
-      const T* x = p_.k.row(b, t0 + j, hk);
+      const T* x = k_row(w.cv, b, t0 + j, hk);
       T* y = w.kf + j * ldf_;
       if (soft_) {
         const T* mx = stats_ + (b * p_.hkv + hk) * ld_stats_;
@@ -308,7 +328,7 @@ class chunk_engine {
   void pack_v(scratch& w, index b, index hk, index t0, index nb, bool scaled) const {
     for (index j = 0; j < nb; ++j) {
       T* y = w.v + j * lde_;
-      std::memcpy(y, p_.v.row(b, t0 + j, hk), sizeof(T) * std::size_t(p_.e));
+      p_.v.load(y, b, t0 + j, hk, p_.e);  // a copy, or a conversion from 16 bits
       std::fill(y + p_.e, y + lde_, T(0));
     }
     if (scaled) scale_v(w, nb);
@@ -375,10 +395,14 @@ class chunk_engine {
         w.den[t] = p_.causal ? qdec[t] * simd::hsum(acc) + w.den[t] : simd::hsum(acc);
       }
     }
-    // out = O, or O / (den + eps)
+    // out = O, or O / (den + eps); 16-bit out: the same products, rounded as they are stored
     for (index t = 0; t < nb; ++t) {
-      T* out = p_.o.row(b, t0 + t, h);
       const T* o = w.o + t * lde_;
+      if (!p_.o.native()) {
+        p_.o.store(b, t0 + t, h, o, p_.e, p_.normalize ? T(1) / (w.den[t] + T(p_.eps)) : T(1));
+        continue;
+      }
+      T* out = p_.o.row(b, t0 + t, h);
       if (p_.normalize) {
         const T inv = T(1) / (w.den[t] + T(p_.eps));
         for (index x = 0; x < p_.e; ++x) out[x] = o[x] * inv;
@@ -555,6 +579,7 @@ class chunk_engine {
   const chunk_problem<T>& p_;
   index bk_, ldp_, rows_, ldf_, lde_, srows_, zoff_, sstride_, pw_off_, tw_, units_, kchunks_, qchunks_;
   bool decayed_, soft_;
+  bool converts_;  // q or k holds 16-bit values: their rows are converted before φ
   index window_;
   bool windowed_;
   index head_group_;
@@ -580,16 +605,26 @@ void chunk_step(const chunk_problem<T>& p, const Device& dev) {
   const index ldf = chunk_tiles<T, Arch>::round_up(df, L) + L;
   parallel_for(dev, p.batch * p.hq, [&](index u) {
     const index b = u / p.hq, h = u % p.hq, hk = h / p.group;
-    T* fq = static_cast<T*>(workspace::of_this_thread(0).get(sizeof(T) * std::size_t(2 * ldf + e + L)));
+    // 16-bit q, k, v: converted rows [d], [d], [e] after o
+    const index ldc = chunk_tiles<T, Arch>::round_up(std::max(p.d, e), L);
+    const bool native = p.q.native() && p.k.native() && p.v.native();
+    T* fq = static_cast<T*>(
+        workspace::of_this_thread(0).get(sizeof(T) * std::size_t(2 * ldf + e + L + (native ? 0 : 3 * ldc))));
     T* fk = fq + ldf;
     T* o = fk + ldf;
-    feature_row<Arch, T>(*p.map, p.q.row(b, 0, h), p.d, fq);
-    feature_row<Arch, T>(*p.map, p.k.row(b, 0, hk), p.d, fk);
+    T* cv = o + e + L;
+    auto row = [&](const bshd_view<const T>& t, T* at, index n, index head) {
+      if (t.native()) return t.row(b, 0, head);
+      t.load(at, b, 0, head, n);
+      return static_cast<const T*>(at);
+    };
+    feature_row<Arch, T>(*p.map, row(p.q, cv, p.d, h), p.d, fq);
+    feature_row<Arch, T>(*p.map, row(p.k, cv + ldc, p.d, hk), p.d, fk);
     const T sc = T(p.scale);
     for (index c = 0; c < df; ++c) fq[c] *= sc;
     const double lam_d = std::exp(-p.decay_of(h));
     const T lam = lam_d < double(std::numeric_limits<T>::min()) ? T(0) : T(lam_d);
-    const T* v = p.v.row(b, 0, hk);
+    const T* v = row(p.v, cv + 2 * ldc, e, hk);
     T* st = p.state_out + u * df * cols;
     std::fill(o, o + e, T(0));
     T den = 0;
@@ -611,8 +646,9 @@ void chunk_step(const chunk_problem<T>& p, const Device& dev) {
         den += fq[c] * row[e];
       }
     }
-    T* out = p.o.row(b, 0, h);
     const T inv = p.normalize ? T(1) / (den + T(p.eps)) : T(1);
+    if (!p.o.native()) return p.o.store(b, 0, h, o, e, inv);  // o·inv rounded to 16 bits
+    T* out = p.o.row(b, 0, h);
     for (index x = 0; x < e; ++x) out[x] = o[x] * inv;
   });
 }

@@ -17,9 +17,12 @@ namespace xattn::detail {
 inline constexpr index kMaxChunkSize = 1024;
 
 /// A validated chunk-engine problem: views over the caller's memory plus resolved options. Query
-/// head h reads K/V head h / group (grouped-query attention) and owns its own state.
+/// head h reads K/V head h / group (grouped-query attention) and owns its own state. T is the
+/// compute type (core/convert.hpp's rule): q, k, v and out may hold 16-bit values; states, decays and
+/// every accumulation are T.
 template <class T>
 struct chunk_problem {
+  using value_type = T;  // the compute type
   bshd_view<const T> q, k, v;
   bshd_view<T> o;
   index batch = 0, nq = 0, nk = 0, hq = 0, hkv = 0, group = 1;
@@ -44,13 +47,15 @@ struct chunk_problem {
   }
 };
 
-/// What a front door hands to make_chunk_problem: the tensors' data and shapes, and the options
-/// resolved into one form for both families.
-template <class T>
+/// What a front door hands to make_chunk_problem: the tensors' data (each of its own storage type)
+/// and shapes, and the options resolved into one form for both families.
+template <class T, class SQ = T, class SK = T, class SV = T, class SO = T>
 struct chunk_call {
   const char* fn;
-  const T *q, *k, *v;
-  T* o;
+  const SQ* q;
+  const SK* k;
+  const SV* v;
+  SO* o;
   std::array<index, 4> qd, kd, vd, od;
   layout lay = layout::bshd;
   bool causal = true, normalize = false;
@@ -64,8 +69,8 @@ struct chunk_call {
 
 /// Validates q, k, v, out and the options; throws xattn::error naming `fn`, the argument and the
 /// shapes.
-template <class T>
-chunk_problem<T> make_chunk_problem(const chunk_call<T>& c) {
+template <class T, class SQ, class SK, class SV, class SO>
+chunk_problem<T> make_chunk_problem(const chunk_call<T, SQ, SK, SV, SO>& c) {
   const char* fn = c.fn;
   const qkvo<T> t = check_qkvo<T>(fn, c.q, c.qd, c.k, c.kd, c.v, c.vd, c.o, c.od, c.lay);
   chunk_problem<T> p;
@@ -125,10 +130,11 @@ chunk_problem<T> make_chunk_problem(const chunk_call<T>& c) {
             c.state_out.is_double ? "double" : "float", ", expected ", tname);
     require(c.state_out.dims == sd, fn, "final_state", "shape ", shape_str(c.state_out.dims),
             " != expected [batch, heads, D', e", p.normalize ? " + 1" : "", "] = ", shape_str(sd));
-    for (auto [name, ptr, d] : {std::tuple{"q", c.q, c.qd}, std::tuple{"k", c.k, c.kd}, std::tuple{"v", c.v, c.vd},
-                                std::tuple{"out", static_cast<const T*>(c.o), c.od}})
-      require(!overlaps(c.state_out.data, sb, ptr, bytes_of(d, sizeof(T))), fn, "final_state", "overlaps ", name,
-              " in memory");
+    for (auto [name, ptr, bytes] : {std::tuple{"q", static_cast<const void*>(c.q), bytes_of(c.qd, sizeof(SQ))},
+                                    std::tuple{"k", static_cast<const void*>(c.k), bytes_of(c.kd, sizeof(SK))},
+                                    std::tuple{"v", static_cast<const void*>(c.v), bytes_of(c.vd, sizeof(SV))},
+                                    std::tuple{"out", static_cast<const void*>(c.o), ob}})
+      require(!overlaps(c.state_out.data, sb, ptr, bytes), fn, "final_state", "overlaps ", name, " in memory");
     require(!overlaps(c.decay.data(), c.decay.size_bytes(), c.state_out.data, sb), fn, "decay",
             "overlaps final_state in memory");
     require(!c.state_in || c.state_in.data == c.state_out.data || !overlaps(c.state_in.data, sb, c.state_out.data, sb),
@@ -138,15 +144,23 @@ chunk_problem<T> make_chunk_problem(const chunk_call<T>& c) {
   return p;
 }
 
-/// The element type and the pieces of a chunk_call common to both families, from Eigen tensors.
+/// Do q, k, v and out all hold their compute type (no 16-bit storage)? The fp64 references read
+/// rows in place and need it.
+template <class Q, class K, class V, class O>
+inline constexpr bool native_storage_v = !is_16bit_v<scalar_of<Q>> && !is_16bit_v<scalar_of<K>> &&
+                                         !is_16bit_v<scalar_of<V>> && !is_16bit_v<scalar_of<O>>;
+
+/// The compute type and the pieces of a chunk_call common to both families, from Eigen tensors. The
+/// compute type is compute_t of the four (core/convert.hpp's rule); states hold it.
 template <class Q, class K, class V, class O>
 auto tensor_call(const char* fn, const Q& q, const K& k, const V& v, O& o) {
-  using T = scalar_of<Q>;
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "xattn: tensors must hold float or double");
-  static_assert(std::is_same_v<scalar_of<K>, T> && std::is_same_v<scalar_of<V>, T> && std::is_same_v<scalar_of<O>, T>,
-                "xattn: q, k, v and out must have the same element type");
+  using SQ = scalar_of<Q>;
+  using SK = scalar_of<K>;
+  using SV = scalar_of<V>;
+  using SO = scalar_of<O>;
+  using T = compute_t<SQ, SK, SV, SO>;
   static_assert(!std::is_const_v<std::remove_pointer_t<decltype(o.data())>>, "xattn: out must be writable");
-  chunk_call<T> c{};
+  chunk_call<T, SQ, SK, SV, SO> c{};
   c.fn = fn;
   c.q = q.data(), c.k = k.data(), c.v = v.data(), c.o = o.data();
   c.qd = dims_of(q), c.kd = dims_of(k), c.vd = dims_of(v), c.od = dims_of(o);
@@ -184,8 +198,9 @@ inline void require_no_option_states(const char* fn, const state_cref& in, const
 /// A recurrent step: one token per batch (q, k, v, out of seq 1), the state updated in place.
 template <class P, class S>
 void attach_step_state(const char* fn, P& p, S& state) {
-  using T = std::remove_cvref_t<decltype(*p.o.data)>;
-  static_assert(std::is_same_v<scalar_of<S>, T>, "xattn: state must have the element type of q");
+  using T = typename P::value_type;
+  static_assert(std::is_same_v<scalar_of<S>, T>,
+                "xattn: state holds the compute type: float (double when q, k, v and out are double)");
   static_assert(!std::is_const_v<std::remove_pointer_t<decltype(state.data())>>, "xattn: state must be writable");
   require(p.nq == 1, fn, "q", "seq ", p.nq, " != 1: a step takes one token per batch");
   require(state.data() != nullptr || p.batch == 0, fn, "state", "null data");
@@ -193,12 +208,15 @@ void attach_step_state(const char* fn, P& p, S& state) {
   require(got == sd, fn, "state", "shape ", shape_str(got), " != expected [batch, heads, D', e",
           p.normalize ? " + 1" : "", "] = ", shape_str(sd));
   const std::size_t sb = bytes_of(sd, sizeof(T));
-  const std::size_t ob = static_cast<std::size_t>(p.batch * p.hq * p.e) * sizeof(T);
-  const std::size_t kb = static_cast<std::size_t>(p.batch * p.hkv * p.d) * sizeof(T);
-  const std::size_t vb = static_cast<std::size_t>(p.batch * p.hkv * p.e) * sizeof(T);
-  const std::size_t qb = static_cast<std::size_t>(p.batch * p.hq * p.d) * sizeof(T);
-  for (auto [name, ptr, bytes] : {std::tuple{"q", p.q.data, qb}, std::tuple{"k", p.k.data, kb},
-                                  std::tuple{"v", p.v.data, vb}, std::tuple{"out", static_cast<const T*>(p.o.data), ob}})
+  // the views' raw storage: data is null for 16-bit tensors
+  const auto bytes_of_view = [](const auto& t, index heads, index dim) {
+    return static_cast<std::size_t>(t.batch * heads * dim) * elem_bytes(t.type);
+  };
+  const std::size_t ob = bytes_of_view(p.o, p.hq, p.e), kb = bytes_of_view(p.k, p.hkv, p.d);
+  const std::size_t vb = bytes_of_view(p.v, p.hkv, p.e), qb = bytes_of_view(p.q, p.hq, p.d);
+  for (auto [name, ptr, bytes] :
+       {std::tuple{"q", static_cast<const void*>(p.q.raw), qb}, std::tuple{"k", static_cast<const void*>(p.k.raw), kb},
+        std::tuple{"v", static_cast<const void*>(p.v.raw), vb}, std::tuple{"out", static_cast<const void*>(p.o.raw), ob}})
     require(!overlaps(state.data(), sb, ptr, bytes), fn, "state", "overlaps ", name, " in memory");
   if (p.decay)
     require(!overlaps(p.decay, sizeof(double) * std::size_t(p.hq), state.data(), sb), fn, "decay",

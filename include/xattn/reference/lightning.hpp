@@ -67,6 +67,8 @@ void lightning_attention(const xattn::detail::chunk_problem<T>& p) {
 /// "xattn::reference::lightning_attention" in messages).
 template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O>
 void lightning_attention(const Q& q, const K& k, const V& v, O&& out, const lightning_options& opt = {}) {
+  static_assert(xattn::detail::native_storage_v<Q, K, V, O>,
+                "xattn::reference: the references read float or double tensors (cast 16-bit ones with .cast<double>())");
   detail::lightning_attention(
       xattn::detail::make_lightning_problem("xattn::reference::lightning_attention", q, k, v, out, opt));
 }

@@ -149,6 +149,8 @@ void linear_attention(const xattn::detail::chunk_problem<T>& p) {
 /// "xattn::reference::linear_attention" in messages).
 template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O>
 void linear_attention(const Q& q, const K& k, const V& v, O&& out, const linear_options& opt = {}) {
+  static_assert(xattn::detail::native_storage_v<Q, K, V, O>,
+                "xattn::reference: the references read float or double tensors (cast 16-bit ones with .cast<double>())");
   detail::linear_attention(xattn::detail::make_linear_problem("xattn::reference::linear_attention", q, k, v, out, opt));
 }
 
