@@ -57,6 +57,15 @@ struct compute_type {
 template <class SQ, class SK, class SV, class SO>
 using compute_t = typename compute_type<SQ, SK, SV, SO>::type;
 
+/// Do q, k, v and out all hold float or double (no 16-bit storage)? The fp64 references read rows
+/// in place and need it.
+template <class Q, class K, class V, class O>
+inline constexpr bool native_storage_v =
+    !is_16bit_v<std::remove_const_t<typename std::remove_cvref_t<Q>::Scalar>> &&
+    !is_16bit_v<std::remove_const_t<typename std::remove_cvref_t<K>::Scalar>> &&
+    !is_16bit_v<std::remove_const_t<typename std::remove_cvref_t<V>::Scalar>> &&
+    !is_16bit_v<std::remove_const_t<typename std::remove_cvref_t<O>::Scalar>>;
+
 constexpr std::size_t elem_bytes(elem e) { return e == elem::f64 ? 8 : e == elem::f32 ? 4 : 2; }
 constexpr const char* elem_name(elem e) {
   return e == elem::f32 ? "float" : e == elem::f64 ? "double" : e == elem::bf16 ? "bfloat16" : "half";

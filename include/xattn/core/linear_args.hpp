@@ -144,12 +144,6 @@ chunk_problem<T> make_chunk_problem(const chunk_call<T, SQ, SK, SV, SO>& c) {
   return p;
 }
 
-/// Do q, k, v and out all hold their compute type (no 16-bit storage)? The fp64 references read
-/// rows in place and need it.
-template <class Q, class K, class V, class O>
-inline constexpr bool native_storage_v = !is_16bit_v<scalar_of<Q>> && !is_16bit_v<scalar_of<K>> &&
-                                         !is_16bit_v<scalar_of<V>> && !is_16bit_v<scalar_of<O>>;
-
 /// The compute type and the pieces of a chunk_call common to both families, from Eigen tensors. The
 /// compute type is compute_t of the four (core/convert.hpp's rule); states hold it.
 template <class Q, class K, class V, class O>

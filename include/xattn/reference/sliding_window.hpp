@@ -78,6 +78,8 @@ void neighborhood_attention_2d(const xattn::detail::softmax_problem<T>& p, const
 /// 2-D neighborhood attention in double; same contract and errors as xattn::neighborhood_attention_2d.
 template <row_major_tensor<5> Q, row_major_tensor<5> K, row_major_tensor<5> V, row_major_tensor<5> O>
 void neighborhood_attention_2d(const Q& q, const K& k, const V& v, O&& out, const neighborhood_2d_options& opt = {}) {
+  static_assert(xattn::detail::native_storage_v<Q, K, V, O>,
+                "xattn::reference: the references read float or double tensors (cast 16-bit ones with .cast<double>())");
   constexpr const char* fn = "xattn::reference::neighborhood_attention_2d";
   const auto p = xattn::detail::make_image_problem(fn, q, k, v, out, static_cast<std::nullptr_t*>(nullptr),
                                                    softmax_options{.scale = opt.scale});
@@ -87,6 +89,8 @@ void neighborhood_attention_2d(const Q& q, const K& k, const V& v, O&& out, cons
 /// Sliding-window attention in double; same contract and errors as xattn::sliding_window_attention.
 template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O>
 void sliding_window_attention(const Q& q, const K& k, const V& v, O&& out, const sliding_window_options& opt = {}) {
+  static_assert(xattn::detail::native_storage_v<Q, K, V, O>,
+                "xattn::reference: the references read float or double tensors (cast 16-bit ones with .cast<double>())");
   xattn::detail::window_spec w;
   detail::sliding_window_attention(xattn::detail::make_window_problem("xattn::reference::sliding_window_attention",
                                                                       q, k, v, out, static_cast<std::nullptr_t*>(nullptr), opt, w), w);
@@ -97,6 +101,8 @@ template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, r
           row_major_tensor<3> L>
 void sliding_window_attention(const Q& q, const K& k, const V& v, O&& out, L&& lse,
                               const sliding_window_options& opt = {}) {
+  static_assert(xattn::detail::native_storage_v<Q, K, V, O>,
+                "xattn::reference: the references read float or double tensors (cast 16-bit ones with .cast<double>())");
   xattn::detail::window_spec w;
   detail::sliding_window_attention(
       xattn::detail::make_window_problem("xattn::reference::sliding_window_attention", q, k, v, out, &lse, opt, w), w);

@@ -72,6 +72,8 @@ void softmax_attention(const xattn::detail::softmax_problem<T>& p) {
 /// xattn::softmax_attention (named "xattn::reference::softmax_attention" in messages).
 template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O>
 void softmax_attention(const Q& q, const K& k, const V& v, O&& out, const softmax_options& opt = {}) {
+  static_assert(xattn::detail::native_storage_v<Q, K, V, O>,
+                "xattn::reference: the references read float or double tensors (cast 16-bit ones with .cast<double>())");
   detail::softmax_attention(xattn::detail::make_softmax_problem(
       "xattn::reference::softmax_attention", q, k, v, out, static_cast<std::nullptr_t*>(nullptr), opt));
 }
@@ -80,6 +82,8 @@ void softmax_attention(const Q& q, const K& k, const V& v, O&& out, const softma
 template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O,
           row_major_tensor<3> L>
 void softmax_attention(const Q& q, const K& k, const V& v, O&& out, L&& lse, const softmax_options& opt = {}) {
+  static_assert(xattn::detail::native_storage_v<Q, K, V, O>,
+                "xattn::reference: the references read float or double tensors (cast 16-bit ones with .cast<double>())");
   detail::softmax_attention(
       xattn::detail::make_softmax_problem("xattn::reference::softmax_attention", q, k, v, out, &lse, opt));
 }

@@ -39,6 +39,8 @@ void sparse_attention(xattn::detail::softmax_problem<T> p, const block_layout& l
 template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O>
 void sparse_attention(const Q& q, const K& k, const V& v, O&& out, const block_layout& layout,
                       const softmax_options& opt = {}) {
+  static_assert(xattn::detail::native_storage_v<Q, K, V, O>,
+                "xattn::reference: the references read float or double tensors (cast 16-bit ones with .cast<double>())");
   const char* fn = "xattn::reference::sparse_attention";
   auto p = xattn::detail::make_softmax_problem(fn, q, k, v, out, static_cast<std::nullptr_t*>(nullptr), opt);
   layout.check_for(fn, p.nq, p.nk, p.hq, 1);
@@ -50,6 +52,8 @@ template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, r
           row_major_tensor<3> L>
 void sparse_attention(const Q& q, const K& k, const V& v, O&& out, L&& lse, const block_layout& layout,
                       const softmax_options& opt = {}) {
+  static_assert(xattn::detail::native_storage_v<Q, K, V, O>,
+                "xattn::reference: the references read float or double tensors (cast 16-bit ones with .cast<double>())");
   const char* fn = "xattn::reference::sparse_attention";
   auto p = xattn::detail::make_softmax_problem(fn, q, k, v, out, &lse, opt);
   layout.check_for(fn, p.nq, p.nk, p.hq, 1);
