@@ -1,10 +1,11 @@
 // tests/test_storage16.cpp — 16-bit storage (Eigen::bfloat16 and Eigen::half q, k, v; float or
-// 16-bit out) in every tile-engine family, on every product path this machine has, against the fp64
-// reference on the rounded inputs, by the rule of storage16_util.hpp: twice the error of a naive
-// fp32 loop that rounds the same operands (P too on the amx-bf16 path) plus eps, plus half an ulp of
-// a 16-bit out. Also: the fp32 path equals the float kernel on the rounded values bitwise, the
-// amx-bf16 path is taken where paths.hpp says it is, compute = bf16 on float tensors, logits near
-// ±1e4, fully masked rows, thread-count invariance per path, and bad input.
+// 16-bit out) in every tile-engine family (softmax, decode, streaming decode, sliding window, sparse
+// with BigBird and top-k layouts, 2-D neighborhood), on every product path this machine has,
+// against the fp64 reference on the rounded inputs, by the rule of storage16_util.hpp: twice the
+// error of a naive fp32 loop that rounds the same operands (P too on the amx-bf16 path) plus eps,
+// plus half an ulp of a 16-bit out. Also: the fp32 path equals the float kernel on the rounded
+// values bitwise, the amx-bf16 path is taken where paths.hpp says it is, compute = bf16 on float
+// tensors, logits near ±1e4, fully masked rows, thread-count invariance per path, and bad input.
 #include "storage16_util.hpp"
 
 #include <optional>
@@ -26,7 +27,7 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 /// than decode: one vector of 16.
 constexpr index kDecodeRows = 16;
 
-enum class family { softmax, decode, window, sparse_bigbird, sparse_top_k };
+enum class family { softmax, decode, streaming, window, sparse_bigbird, sparse_top_k };
 enum class qtype { same, f32, bf16 };  // q's element type: the storage's, float, or bfloat16
 
 // ---------------------------------------------------------------------------------------------
@@ -40,6 +41,7 @@ struct Case {
   bool causal_ = false;
   index wl_ = -1, wr_ = -1;           // softmax window, or the sliding window's left/right
   index dil_ = 1, wsinks_ = 0, chunk_ = 0;
+  index stream_sinks_ = 4;            // streaming_decode: sink slots (the window is Nk − sinks)
   double softcap_ = 0;
   bool alibi_ = false, sinks_ = false, bias_ = false, mask_ = false, dead_rows_ = false;
   std::vector<int> sq_, sk_;          // seqlens (decode: sk_ = cache_lengths)
@@ -67,12 +69,15 @@ struct Case {
   Case& mask(bool dead_rows = false) { mask_ = true, dead_rows_ = dead_rows; return *this; }
   Case& seqlens(std::vector<int> q, std::vector<int> k) { sq_ = std::move(q), sk_ = std::move(k); return *this; }
   Case& cache_lengths(std::vector<int> k) { sk_ = std::move(k); return *this; }
+  Case& tokens(index sinks, std::vector<int> t) { stream_sinks_ = sinks, sk_ = std::move(t); return *this; }
   Case& logits(double l) { logits_ = l; return *this; }
   Case& offset(double o) { offset_ = o; return *this; }
   Case& q(qtype t) { qt_ = t; return *this; }
   Case& compute_bf16() { compute_bf16_ = true; return *this; }
   index dv() const { return dv_ ? dv_ : d_; }
   bool sparse() const { return fam == family::sparse_bigbird || fam == family::sparse_top_k; }
+  /// A decode entry point: no LSE, and always the fp32 path.
+  bool decode_like() const { return fam == family::decode || fam == family::streaming; }
 };
 void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
@@ -84,6 +89,8 @@ struct case_options {
   tensor<bool> mask;
   xattn::softmax_options opt;          // everything but the family's own pattern
   xattn::sliding_window_options window;
+  xattn::streaming_options streaming;
+  std::vector<int> kv_len;             // decode entry points: the valid keys of each batch
   std::optional<xattn::block_layout> blocks;
   case_options() = default;
   case_options(const case_options&) = delete;
@@ -107,7 +114,9 @@ std::unique_ptr<case_options> make_options(const Case& c, std::mt19937_64& rng) 
   }
   co->sq = c.sq_, co->sk = c.sk_;
   o.seqlens_q = co->sq;
-  if (c.fam != family::decode) o.seqlens_k = co->sk;  // decode passes them as cache_lengths
+  if (!c.decode_like()) o.seqlens_k = co->sk;  // decode passes them as cache_lengths, streaming as tokens
+  for (int t : co->sk)  // a streaming cache holds the last sinks + window tokens (slot order does not matter)
+    co->kv_len.push_back(c.fam == family::streaming ? int(std::min<index>(t, c.nk_)) : t);
   if (c.bias_) {
     co->bias = tensor<float>(1, c.hq_, c.nq_, c.nk_);
     fill_random(co->bias, rng);
@@ -121,6 +130,7 @@ std::unique_ptr<case_options> make_options(const Case& c, std::mt19937_64& rng) 
     o.mask = co->mask;
   }
   if (c.compute_bf16_) o.compute = xattn::compute::bf16;
+  if (c.fam == family::streaming) co->streaming = {.sinks = c.stream_sinks_, .window = c.nk_ - c.stream_sinks_, .softmax = o};
   if (c.fam == family::window)
     co->window = {.window_left = c.wl_, .window_right = c.wr_, .causal = c.causal_, .dilation = c.dil_,
                   .sinks = c.wsinks_, .chunk = c.chunk_, .softmax = o};
@@ -160,7 +170,7 @@ visibility family_pattern(const Case& c, const case_options& co) {
 
 /// Does the amx-bf16 path compute this call (paths.hpp's rule)?
 bool amx_active(const Case& c, bool kv_bf16, product_path path) {
-  return path == product_path::amx_bf16 && (kv_bf16 || c.compute_bf16_) && c.fam != family::decode &&
+  return path == product_path::amx_bf16 && (kv_bf16 || c.compute_bf16_) && !c.decode_like() &&
          c.nq_ * (c.hq_ / c.hkv_) > kDecodeRows;
 }
 
@@ -216,9 +226,10 @@ reference_result reference(const Case& c, const case_options& co, const tensor<f
   reference_result r{make_tensor<double>(c.lay_, c.b_, c.nq_, c.hq_, c.dv()), tensor<double, 3>(c.b_, c.hq_, c.nq_)};
   switch (c.fam) {
     case family::softmax: xattn::reference::softmax_attention(qd, kd, vd, r.out, r.lse, co.opt); break;
-    case family::decode: {
+    case family::decode:
+    case family::streaming: {
       xattn::softmax_options o = co.opt;
-      o.seqlens_k = co.sk;
+      o.seqlens_k = co.kv_len;
       xattn::reference::softmax_attention(qd, kd, vd, r.out, r.lse, o);
       break;
     }
@@ -239,6 +250,10 @@ void run_kernel(const Case& c, const case_options& co, const Eigen::ThreadPoolDe
       break;
     case family::decode:
       dev ? xattn::softmax_decode(*dev, q, k, v, out, co.sk, co.opt) : xattn::softmax_decode(q, k, v, out, co.sk, co.opt);
+      break;
+    case family::streaming:
+      dev ? xattn::streaming_decode(*dev, q, k, v, out, co.sk, co.streaming)
+          : xattn::streaming_decode(q, k, v, out, co.sk, co.streaming);
       break;
     case family::window:
       dev ? xattn::sliding_window_attention(*dev, q, k, v, out, lse, co.window)
@@ -272,7 +287,7 @@ template <class O>
     for (index h = 0; h < c.hq_; ++h)
       for (index i = 0; i < c.nq_; ++i) {
         if (ref_lse(b, h, i) != -std::numeric_limits<double>::infinity()) continue;
-        if (c.fam != family::decode && !(std::isinf(lse(b, h, i)) && lse(b, h, i) < 0))
+        if (!c.decode_like() && !(std::isinf(lse(b, h, i)) && lse(b, h, i) < 0))
           return ::testing::AssertionFailure() << "lse[" << b << ", " << h << ", " << i << "] = " << lse(b, h, i)
                                                << " in a fully masked row, expected -inf";
         for (index e = 0; e < c.dv(); ++e)
@@ -297,7 +312,7 @@ void check_case(const Case& c) {
   const visibility extra = family_pattern(c, *co);
   const xattn::softmax_options& nopt = c.fam == family::window ? co->window.softmax : co->opt;
   xattn::softmax_options naive_opt = nopt;
-  if (c.fam == family::decode) naive_opt.seqlens_k = co->sk;
+  if (c.decode_like()) naive_opt.seqlens_k = co->kv_len;
 
   const reference_result ref = reference(c, *co, in.qf, in.kf, in.vf);
   const naive16_result fp32 = naive16(in.qf, in.kf, in.vf, naive_opt, false, extra);
@@ -323,7 +338,7 @@ void check_case(const Case& c) {
       tensor<float, 3> lse = nan_lse(c);
       run_kernel(c, *co, nullptr, in.q, in.k, in.v, out, lse);
       EXPECT_TRUE(within_rule16("out", out, naive.out, ref.out, eps));
-      if (c.fam != family::decode) {
+      if (!c.decode_like()) {
         EXPECT_TRUE(within_rule16("lse", lse, naive.lse, ref.lse, leps));
       }
       EXPECT_TRUE(no_nan("out", out));
@@ -379,6 +394,9 @@ const Case kDecodeCases[] = {
         .q(qtype::bf16),
     Case("decode_nq4_causal_sinks", family::decode).batch(2).len(4, 130).heads(32, 8).dim(64).causal().sinks()
         .cache_lengths({130, 9}),
+    Case("streaming_sinks4_window60", family::streaming).batch(3).len(1, 64).heads(32, 8).tokens(4, {10, 64, 500}),
+    Case("streaming_f32q_bhsd_sinks", family::streaming).batch(2).len(1, 130).heads(32, 8).dim(40).bhsd().sinks()
+        .tokens(2, {129, 1000}).q(qtype::f32),
     Case("decode_f32q_bhsd_softcap", family::decode).batch(2).len(1, 100).heads(32, 8).dim(40).bhsd().softcap(10)
         .cache_lengths({100, 50}).q(qtype::f32),
 };
@@ -584,7 +602,7 @@ void check_threads(const Case& c) {
         tensor<float, 3> par_lse = nan_lse(c);
         run_kernel(c, *co, &device(threads), in.q, in.k, in.v, par, par_lse);
         EXPECT_TRUE(bitwise_equal("out", serial, par));
-        if (c.fam != family::decode) {
+        if (!c.decode_like()) {
         EXPECT_TRUE(bitwise_equal("lse", serial_lse, par_lse));
       }
       }
@@ -598,6 +616,7 @@ const Case kThreadCases[] = {
     Case("softmax_causal_n300").len(300).causal().sinks(),
     Case("softmax_nq17_nk257_mqa").len(17, 257).heads(4, 1),
     Case("decode_split_keys", family::decode).batch(1).len(1, 1000).heads(32, 8).cache_lengths({997}),
+    Case("streaming", family::streaming).batch(1).len(1, 1004).heads(32, 8).tokens(4, {3000}),
     Case("window_sinks_chunk", family::window).len(300).causal().window(40, -1).sink_tokens(4),
     Case("bigbird", family::sparse_bigbird).len(300),
     Case("topk", family::sparse_top_k).len(257).causal(),
@@ -628,7 +647,7 @@ void check_fp32_path_is_float_kernel(const Case& c) {
   run_kernel(c, *co, nullptr, in.qf, in.kf, in.vf, want, want_lse);
   run_kernel(c, *co, nullptr, in.q, in.k, in.v, got, got_lse);
   EXPECT_TRUE(bitwise_equal("out (float)", want, got));
-  if (c.fam != family::decode) {
+  if (!c.decode_like()) {
         EXPECT_TRUE(bitwise_equal("lse", want_lse, got_lse));
       }
   tensor<S> got16 = nan_tensor<S>(c);
@@ -645,54 +664,69 @@ TEST_P(Storage16Fp32Path, EqualsFloatKernelOnRoundedValues) {
 INSTANTIATE_TEST_SUITE_P(Storage16, Storage16Fp32Path, ::testing::Combine(::testing::ValuesIn(kThreadCases), kStorages),
                          param_name);
 
+/// |fp32-path result − amx-bf16-path result| of one call (float out).
+template <class Q, class K, class V>
+double path_difference(const Case& c, const Q& q, const K& k, const V& v, const case_options& co) {
+  using O = float;
+  tensor<O> a = nan_tensor<O>(c), b = nan_tensor<O>(c);
+  tensor<float, 3> la = nan_lse(c), lb = nan_lse(c);
+  {
+    const path_cap cap(product_path::fp32);
+    EXPECT_EQ(xattn::bf16_product_path(), product_path::fp32);
+    run_kernel(c, co, nullptr, q, k, v, a, la);
+  }
+  {
+    const path_cap cap(product_path::amx_bf16);
+    EXPECT_EQ(xattn::bf16_product_path(), product_path::amx_bf16);
+    run_kernel(c, co, nullptr, q, k, v, b, lb);
+  }
+  return max_abs_diff(a, b).max;
+}
+
 /// Where paths.hpp says the amx-bf16 path computes a call (bf16 K and V, or compute = bf16, prefill),
-/// its result differs from the fp32 path's (P is rounded to bfloat16); where it says fp32 (half K
-/// and V, decode), the two are bitwise equal.
-TEST(Storage16Amx, PathTakenWherePathsHppSaysSo) {
+/// its result differs from the fp32 path's (P is rounded to bfloat16).
+TEST(Storage16Amx, Bf16PrefillTakesAmxPath) {
   if (xattn::best_product_path() != product_path::amx_bf16)
     GTEST_SKIP() << "no AMX-BF16 on this machine (or the OS does not grant the tile state): best path is "
                  << xattn::path_name(xattn::best_product_path());
-  const auto both = [](const Case& c, auto& q, auto& k, auto& v, const case_options& co) {
-    using O = float;
-    tensor<O> a = nan_tensor<O>(c), b = nan_tensor<O>(c);
-    tensor<float, 3> la = nan_lse(c), lb = nan_lse(c);
-    {
-      const path_cap cap(product_path::fp32);
-      EXPECT_EQ(xattn::bf16_product_path(), product_path::fp32);
-      run_kernel(c, co, nullptr, q, k, v, a, la);
-    }
-    {
-      const path_cap cap(product_path::amx_bf16);
-      EXPECT_EQ(xattn::bf16_product_path(), product_path::amx_bf16);
-      run_kernel(c, co, nullptr, q, k, v, b, lb);
-    }
-    return max_abs_diff(a, b).max;
-  };
   std::mt19937_64 rng(case_seed("amx_path_taken"));
   {
     const Case c = Case("bf16_prefill").len(256).dim(64);
     const auto co = make_options(c, rng);
     const auto in = make_inputs<bf16, bf16>(c, rng);
-    EXPECT_GT(both(c, in.q, in.k, in.v, *co), 0) << "bf16 K/V prefill gave the fp32 path's result bitwise on the "
-                                                       "amx-bf16 path: AMX not taken";
+    EXPECT_GT(path_difference(c, in.q, in.k, in.v, *co), 0)
+        << "bf16 K/V prefill gave the fp32 path's result bitwise on the amx-bf16 path: AMX not taken";
   }
   {
     const Case c = Case("compute_bf16_prefill").len(256).dim(64).compute_bf16();
     const auto co = make_options(c, rng);
     const auto in = make_inputs<float, float>(c, rng);
-    EXPECT_GT(both(c, in.q, in.k, in.v, *co), 0) << "compute = bf16 prefill: AMX not taken";
+    EXPECT_GT(path_difference(c, in.q, in.k, in.v, *co), 0) << "compute = bf16 prefill: AMX not taken";
   }
+}
+
+/// Half K and V, and decode, stay on the fp32 path under either cap (bitwise the same result).
+TEST(Storage16Amx, HalfAndDecodeStayOnFp32Path) {
+  if (xattn::best_product_path() != product_path::amx_bf16)
+    GTEST_SKIP() << "no AMX-BF16 on this machine: nothing to compare the fp32 path with";
+  std::mt19937_64 rng(case_seed("amx_path_not_taken"));
   {
     const Case c = Case("f16_prefill").len(256).dim(64);
     const auto co = make_options(c, rng);
     const auto in = make_inputs<f16, f16>(c, rng);
-    EXPECT_EQ(both(c, in.q, in.k, in.v, *co), 0) << "half K/V must stay on the fp32 path";
+    EXPECT_EQ(path_difference(c, in.q, in.k, in.v, *co), 0) << "half K/V must stay on the fp32 path";
   }
   {
     const Case c = Case("bf16_decode", family::decode).batch(2).len(1, 300).heads(32, 8).cache_lengths({300, 100});
     const auto co = make_options(c, rng);
     const auto in = make_inputs<bf16, bf16>(c, rng);
-    EXPECT_EQ(both(c, in.q, in.k, in.v, *co), 0) << "decode must stay on the fp32 path";
+    EXPECT_EQ(path_difference(c, in.q, in.k, in.v, *co), 0) << "decode must stay on the fp32 path";
+  }
+  {
+    const Case c = Case("bf16_streaming", family::streaming).batch(2).len(1, 260).heads(32, 8).tokens(4, {90, 999});
+    const auto co = make_options(c, rng);
+    const auto in = make_inputs<bf16, bf16>(c, rng);
+    EXPECT_EQ(path_difference(c, in.q, in.k, in.v, *co), 0) << "streaming decode must stay on the fp32 path";
   }
 }
 
