@@ -146,9 +146,10 @@ XATTN_AMX_TARGET inline void values(float* ot, index br, const float* alpha, con
 /// pv's pair rows [p0, p1) (multiples of 2 around [c0, c1)) as bf16, zero outside [c0, c1); Sᵀ is
 /// only read. The max is kept lazily (FlashAttention-3's rule): m moves only when a score exceeds
 /// it by more than 2^8, so P stays below 256 and alpha is exactly 1 on most tiles, where values()
-/// then skips rescaling Oᵀ. l sums P before its rounding.
+/// then skips rescaling Oᵀ. l sums P as rounded (as P·V sees it: their roundings cancel where they
+/// can), lx sums it unrounded (for the log-sum-exp).
 template <int W>
-XATTN_AMX_TARGET inline void softmax_pairs_lanes(float* m, float* l, float* alpha, const float* st, index br, index c0,
+XATTN_AMX_TARGET inline void softmax_pairs_lanes(float* m, float* l, float* lx, float* alpha, const float* st, index br, index c0,
                                                  index c1, index r, float scale, std::uint16_t* pv, index p0,
                                                  index p1) {
   alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
@@ -158,9 +159,10 @@ XATTN_AMX_TARGET inline void softmax_pairs_lanes(float* m, float* l, float* alph
   const __m512i pair = _mm512_load_si512(kPair);
   const __m512 sc = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-__builtin_inff()), zero = _mm512_setzero_ps();
   const __m512 slack = _mm512_set1_ps(8.f);
+  const __m512i hi16 = _mm512_set1_epi32(int(0xffff0000u));
   // Two rows per step with their own maxima and sums: 2·W independent chains (the max and the sum
   // are latency-bound with one chain per vector).
-  __m512 mx[2][W], nmu[W], sum[2][W];
+  __m512 mx[2][W], nmu[W], sum[2][W], sx[W];
   for (int w = 0; w < W; ++w) mx[0][w] = mx[1][w] = ninf;
   index c = c0;
   for (; c + 2 <= c1; c += 2)
@@ -182,6 +184,7 @@ XATTN_AMX_TARGET inline void softmax_pairs_lanes(float* m, float* l, float* alph
     _mm512_storeu_ps(m + r + 16 * w, mnew);
     sum[0][w] = _mm512_mul_ps(_mm512_loadu_ps(l + r + 16 * w), a);
     sum[1][w] = zero;
+    sx[w] = _mm512_mul_ps(_mm512_loadu_ps(lx + r + 16 * w), a);
     nmu[w] = _mm512_sub_ps(zero, mu);
   }
   for (index k = p0; k < p1; k += 2) {
@@ -189,27 +192,29 @@ XATTN_AMX_TARGET inline void softmax_pairs_lanes(float* m, float* l, float* alph
     const bool in0 = k >= c0 && k < c1, in1 = k + 1 >= c0 && k + 1 < c1;
     for (int w = 0; w < W; ++w) {
       __m512 x0 = zero, x1 = zero;
-      if (in0) {
-        x0 = simd::exp2(B(_mm512_fmadd_ps(_mm512_loadu_ps(st + k * br + r + 16 * w), sc, nmu[w])));
-        sum[0][w] = _mm512_add_ps(sum[0][w], x0);
-      }
-      if (in1) {
-        x1 = simd::exp2(B(_mm512_fmadd_ps(_mm512_loadu_ps(st + (k + 1) * br + r + 16 * w), sc, nmu[w])));
-        sum[1][w] = _mm512_add_ps(sum[1][w], x1);
-      }
+      if (in0) x0 = simd::exp2(B(_mm512_fmadd_ps(_mm512_loadu_ps(st + k * br + r + 16 * w), sc, nmu[w])));
+      if (in1) x1 = simd::exp2(B(_mm512_fmadd_ps(_mm512_loadu_ps(st + (k + 1) * br + r + 16 * w), sc, nmu[w])));
+      sx[w] = _mm512_add_ps(sx[w], _mm512_add_ps(x0, x1));
       const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);  // words 0–15: x0, 16–31: x1
-      _mm512_storeu_si512(dst + 32 * w, _mm512_permutexvar_epi16(pair, both));
+      const __m512i inter = _mm512_permutexvar_epi16(pair, both);  // 32-bit lane j: (x0[j], x1[j])
+      _mm512_storeu_si512(dst + 32 * w, inter);
+      // l sums P as rounded, so that the rounding of P·V and of the denominator cancel where they can
+      sum[0][w] = _mm512_add_ps(sum[0][w], _mm512_castsi512_ps(_mm512_slli_epi32(inter, 16)));
+      sum[1][w] = _mm512_add_ps(sum[1][w], _mm512_castsi512_ps(_mm512_and_si512(inter, hi16)));
     }
   }
-  for (int w = 0; w < W; ++w) _mm512_storeu_ps(l + r + 16 * w, _mm512_add_ps(sum[0][w], sum[1][w]));
+  for (int w = 0; w < W; ++w) {
+    _mm512_storeu_ps(l + r + 16 * w, _mm512_add_ps(sum[0][w], sum[1][w]));
+    _mm512_storeu_ps(lx + r + 16 * w, sx[w]);
+  }
 }
 
-XATTN_AMX_TARGET inline void softmax_pairs(float* m, float* l, float* alpha, const float* st, index br, index c0,
+XATTN_AMX_TARGET inline void softmax_pairs(float* m, float* l, float* lx, float* alpha, const float* st, index br, index c0,
                                            index c1, index r0, index r1, float scale, std::uint16_t* pv, index p0,
                                            index p1) {
   index r = r0;
-  for (; r + 64 <= r1; r += 64) softmax_pairs_lanes<4>(m, l, alpha, st, br, c0, c1, r, scale, pv, p0, p1);
-  for (; r < r1; r += 32) softmax_pairs_lanes<2>(m, l, alpha, st, br, c0, c1, r, scale, pv, p0, p1);
+  for (; r + 64 <= r1; r += 64) softmax_pairs_lanes<4>(m, l, lx, alpha, st, br, c0, c1, r, scale, pv, p0, p1);
+  for (; r < r1; r += 32) softmax_pairs_lanes<2>(m, l, lx, alpha, st, br, c0, c1, r, scale, pv, p0, p1);
 }
 
 /// P paired along keys for lanes [r0, r1) (multiples of 16) and keys [c0, c1) (multiples of 32):
@@ -278,7 +283,7 @@ void values(float*, index, const float*, const std::uint16_t*, index, const std:
             index);
 void pack_p(std::uint16_t*, index, const float*, index, index, index, index, index, index);
 void pack_v(std::uint16_t*, const std::uint16_t* const*, index, index, index, index, std::uint32_t*);
-void softmax_pairs(float*, float*, float*, const float*, index, index, index, index, index, float, std::uint16_t*, index,
+void softmax_pairs(float*, float*, float*, float*, const float*, index, index, index, index, index, float, std::uint16_t*, index,
                    index);
 #endif  // XATTN_HAVE_AMX_KERNELS
 

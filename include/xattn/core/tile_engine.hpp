@@ -124,6 +124,8 @@ class tile_engine {
   using V = simd::vec_t<T, Arch>;
   static constexpr index BrMax = S::BrMax, Bc = S::Bc, L = S::L;
   static constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  /// Whether this instantiation carries the AMX path: float compute in an AVX-512 build.
+  static constexpr bool kAmx = amx::built && std::is_same_v<T, float> && L == 16;
 
  public:
   explicit tile_engine(const softmax_problem<T>& p, const Policy& policy = {})
@@ -160,7 +162,7 @@ class tile_engine {
   /// 32-lane groups over contiguous key tiles, float compute, an AVX-512 build, bf16 operands (or
   /// compute = bf16), and the CPU and OS allowing it.
   static bool use_amx(const softmax_problem<T>& p, index br) {
-    if constexpr (Narrow || custom_query_blocks<Policy> || !amx::built || !std::is_same_v<T, float> || L != 16) {
+    if constexpr (Narrow || custom_query_blocks<Policy> || !kAmx) {
       return false;
     } else {
       const bool bf16 = p.q.type == elem::bf16 && p.k.type == elem::bf16 && p.v.type == elem::bf16;
@@ -200,6 +202,9 @@ class tile_engine {
     index heads = 1;                       // narrow: K/V heads in the block, slot_ lanes each
     alignas(simd::kAlign) T aux[kLaneAux][BrMax];  // per-lane rows of the schedule
     online_softmax<Arch, T, BrMax> sm;
+    alignas(simd::kAlign) T lx[BrMax];  // AMX: the sum of P before its rounding (for the LSE; sm.l sums P as rounded)
+    const T* lse_sum() const { return on_amx ? lx : sm.l; }
+    bool on_amx = false;
   };
 
   /// Lanes per block: the policy's choice (e.g. one sparse layout row), else as many rows as fit.
@@ -222,7 +227,7 @@ class tile_engine {
   /// (bf16), and a float row through which Q rows are converted.
   index amx_size() const { return amx_ ? amx_scratch() + ldst_ : 0; }
   index amx_scratch() const { return 32 * br_ + 64 * dvw_; }  // then a float row for conversions
-  index partial_size() const { return o_size_ + 2 * br_; }
+  index partial_size() const { return o_size_ + 3 * br_; }  // O, m, l, and the sum for the LSE
   /// Where output element (value column e, lane r) lives in a block's O.
   index o_at(index e, index r) const { return Narrow ? r * ldv_ + e : e * br_ + r; }
 
@@ -343,7 +348,7 @@ class tile_engine {
     index b, hk, qb;
     unit_coords(u, b, hk, qb);
     block* blk = blocks(1);
-    if constexpr (amx::built)
+    if constexpr (kAmx)
       if (amx_) amx::configure();
     start(*blk, b, hk, qb, split);
     const auto sched = policy_.make(p_, b, hk, view(*blk), Bc);
@@ -507,6 +512,8 @@ class tile_engine {
       blk.sink[r] = p_.sinks ? T(double(p_.sinks[blk.qh[r]]) * kLog2e) : T(0);
     }
     blk.sm.init(p_.sinks && split == 0 ? blk.sink : nullptr, br_);  // the sink joins one split only
+    blk.on_amx = amx_;
+    if (amx_) std::copy(blk.sm.l, blk.sm.l + br_, blk.lx);
     std::fill(blk.ot, blk.ot + o_size_, T(0));
     if constexpr (Narrow) std::fill(blk.st, blk.st + s_rows() * br_, T(0));  // lanes past `valid` stay finite
   }
@@ -517,8 +524,9 @@ class tile_engine {
       std::memcpy(partial, blk.ot, sizeof(T) * o_size_);
       std::memcpy(partial + o_size_, blk.sm.m, sizeof(T) * br_);
       std::memcpy(partial + o_size_ + br_, blk.sm.l, sizeof(T) * br_);
+      std::memcpy(partial + o_size_ + 2 * br_, blk.lse_sum(), sizeof(T) * br_);
     } else {
-      write(blk, b, p_.nq_of(b), blk.ot, blk.sm.m, blk.sm.l);
+      write(blk, b, p_.nq_of(b), blk.ot, blk.sm.m, blk.sm.l, blk.lse_sum());
     }
   }
 
@@ -556,7 +564,7 @@ class tile_engine {
     if constexpr (Narrow) {
       narrow_tile(blk, b, hk, sched, n, j0, nc, key, prefetch_ahead);
     } else {
-      if constexpr (amx::built && !kGather)
+      if constexpr (kAmx && !kGather)
         if (amx_) return amx_tile(blk, b, hk, sched, n, j0, nc, key, prefetch_ahead(hk));
       // Copy the tile into contiguous rows: in place, a tile's rows (4 KiB apart at H·d = 1024
       // floats) would fall into a handful of L1 sets and miss on every broadcast.
@@ -649,7 +657,7 @@ class tile_engine {
   template <class Sched>
   void softmax(block& blk, index b, const Sched& sched, index n, index j0, index c0, index c1, index r0, index r1,
                std::uint16_t* pv, index p0, index p1) const {
-    if constexpr (amx::built) {
+    if constexpr (kAmx) {
       T scale = qs_;
       if (p_.softcap > 0 || p_.alibi || p_.bias || p_.mask || sched.partial(n)) {
         const V s = simd::bcast<V>(qs_);
@@ -658,7 +666,7 @@ class tile_engine {
         modify(blk, b, sched, n, j0, c0, c1, r0, r1);
         scale = T(1);
       }
-      amx::softmax_pairs(blk.sm.m, blk.sm.l, blk.sm.alpha, blk.st, br_, c0, c1, r0, r1, scale, pv, p0, p1);
+      amx::softmax_pairs(blk.sm.m, blk.sm.l, blk.lx, blk.sm.alpha, blk.st, br_, c0, c1, r0, r1, scale, pv, p0, p1);
     }
   }
 
@@ -667,7 +675,7 @@ class tile_engine {
   template <class Sched, class Key, class Prefetch>
   void amx_tile(block& blk, index b, index hk, const Sched& sched, index n, index j0, index nc, const Key& key,
                 const Prefetch& prefetch) const {
-    if constexpr (amx::built) {
+    if constexpr (kAmx) {
       auto* kt = reinterpret_cast<std::uint16_t*>(blk.kt);  // [Bc][d2] when copied
       auto* vt = reinterpret_cast<std::uint16_t*>(blk.vt);  // [dv2][Bc]
       auto* pv = reinterpret_cast<std::uint16_t*>(blk.amx);  // [Bc/2][br][2]
@@ -827,10 +835,11 @@ class tile_engine {
     }
   }
 
-  /// out[b, i, h, :] = O[:, r] / l[r]; lse = (m + log2 l)·ln 2. Rows with l = 0 (fully masked) and
+  /// out[b, i, h, :] = O[:, r] / l[r]; lse = (m + log2 lx)·ln 2 (lx: l, or on the AMX path the
+  /// sum of P before its rounding). Rows with l = 0 (fully masked) and
   /// padded rows (i >= the batch's valid queries) get zeros and LSE −inf; a row whose sum is NaN
   /// (it saw a NaN or +inf score) gets NaN.
-  void write(const block& blk, index b, index nq, const T* ot, const T* m, const T* l) const {
+  void write(const block& blk, index b, index nq, const T* ot, const T* m, const T* l, const T* lx) const {
     T* stage = blk.stage;
     for (index r0 = 0; r0 < blk.valid; r0 += kT) {  // blocked as Q in start()
       const index r1 = std::min(r0 + kT, blk.valid);
@@ -840,7 +849,7 @@ class tile_engine {
         const bool live = i < nq && !(l[r] <= T(0));  // a NaN sum (a NaN score) is live: NaN out
         inv[r - r0] = live ? T(1) / l[r] : T(0);
         if (p_.lse && own_lane(r))
-          p_.lse[(b * p_.hq + h) * p_.nq + i] = live ? T((double(m[r]) + std::log2(double(l[r]))) * kLn2) : kNegInf;
+          p_.lse[(b * p_.hq + h) * p_.nq + i] = live ? T((double(m[r]) + std::log2(double(lx[r]))) * kLn2) : kNegInf;
       }
       // 16-bit rows are written to the stage, then rounded into out
       const bool native = p_.o.native();
@@ -870,25 +879,27 @@ class tile_engine {
     T* ot = parts;
     T* m = parts + o_size_;
     T* l = m + br_;
+    T* lx = l + br_;
     for (index r = 0; r < br_; ++r) {
       T mx = kNegInf;
       for (index s = 0; s < splits_; ++s) mx = std::max(mx, parts[s * ps + o_size_ + r]);
       const T mu = mx == kNegInf ? T(0) : mx;
-      T sum = 0;
+      T sum = 0, sum_x = 0;
       for (index s = 0; s < splits_; ++s) {
         const T w = std::exp2(parts[s * ps + o_size_ + r] - mu);
         sum += parts[s * ps + o_size_ + br_ + r] * w;
+        sum_x += parts[s * ps + o_size_ + 2 * br_ + r] * w;
         for (index e = 0; e < p_.dv; ++e) {
           const T x = parts[s * ps + o_at(e, r)] * w;
           ot[o_at(e, r)] = s == 0 ? x : ot[o_at(e, r)] + x;
         }
       }
-      m[r] = mx, l[r] = sum;
+      m[r] = mx, l[r] = sum, lx[r] = sum_x;
     }
     block blk;  // lane coordinates and the stage only
     lanes(blk, hk, qb);
     blk.stage = blocks(1)->stage;  // this thread's scratch: the workers are done
-    write(blk, b, p_.nq_of(b), ot, m, l);
+    write(blk, b, p_.nq_of(b), ot, m, l, lx);
   }
 
   const softmax_problem<T>& p_;
