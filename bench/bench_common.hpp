@@ -1,7 +1,8 @@
 // bench/bench_common.hpp — what every benchmark of xattn_bench shares: the registry of the machine's
-// measured peaks (FMA throughput, read bandwidth) that pct_peak and pct_bw are computed against,
-// a cache of pre-allocated, pre-touched random tensors, one Eigen thread pool per thread count,
-// and the counter helpers.
+// measured peaks (FMA throughput, bf16 dot-product and AMX throughput, read bandwidth) that
+// pct_peak and pct_bw are computed against, caches of pre-allocated, pre-touched random tensors
+// (float, and their bfloat16 and half roundings), one Eigen thread pool per thread count, and the
+// counter helpers.
 //
 // On these machines touching fresh memory costs about 10 µs per 4 KiB page, so every buffer a
 // benchmark reads or writes is allocated and touched here, before the timed loop, and reused.
@@ -22,16 +23,41 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include <unsupported/Eigen/CXX11/Tensor>
 #include <unsupported/Eigen/CXX11/ThreadPool>
 
+#include <xattn/paths.hpp>
+
 namespace xattn_bench {
 
 using tensor4 = Eigen::Tensor<float, 4, Eigen::RowMajor>;
 using dims4 = std::array<Eigen::Index, 4>;
+
+// ---------------------------------------------------------------------------------------------
+// Storage. Every family also runs its headline shapes with q, k, v (decode: its K/V cache) held in
+// bfloat16 or half; out stays float. Those rows are named like the fp32 row of the same shape plus
+// "/dtype:bf16" or "/dtype:f16"; the fp32 rows keep their names (docs and compare.py know them).
+
+enum class storage { f32, bf16, f16 };
+
+template <storage S>
+using scalar_of = std::conditional_t<S == storage::f32, float,
+                                     std::conditional_t<S == storage::bf16, Eigen::bfloat16, Eigen::half>>;
+template <storage S>
+using tensor4_of = Eigen::Tensor<scalar_of<S>, 4, Eigen::RowMajor>;
+
+inline const char* storage_name(storage s) { return s == storage::f32 ? "fp32" : s == storage::bf16 ? "bf16" : "f16"; }
+
+/// The suffix of a row's name: none for fp32, "/dtype:bf16" or "/dtype:f16" for 16-bit storage.
+inline std::string dtype_suffix(storage s) {
+  return s == storage::f32 ? std::string() : std::string("/dtype:") + storage_name(s);
+}
+
+inline constexpr storage kStorages16[] = {storage::bf16, storage::f16};
 
 /// Thread counts the suite runs at (2 cores on the reference machine).
 inline constexpr int kMaxThreads = 2;
@@ -109,17 +135,48 @@ inline void register_all(suite which) {
 // the best rate they see; a benchmark that needs a peak not yet measured (peak/* filtered out)
 // measures it once on first use, before its timed loop.
 
-inline double fma_peak_gflops[kMaxThreads + 1] = {};  // fp32 FMA throughput, GFLOP/s
-inline double bandwidth_gbs[kMaxThreads + 1] = {};    // streaming read bandwidth, GB/s (1e9 B/s)
+// The bf16 peaks stay 0 on a CPU without the unit (or, for AMX, without the OS's permission).
 
-double measure_fma_gflops(int threads);     // peak.cpp: a few probe runs, best rate
-double measure_bandwidth_gbs(int threads);  // peak.cpp: a few passes over 512 MiB, best rate
+inline double fma_peak_gflops[kMaxThreads + 1] = {};       // fp32 FMA throughput, GFLOP/s
+inline double bf16_dot_peak_gflops[kMaxThreads + 1] = {};  // AVX512-BF16 vdpbf16ps throughput, GFLOP/s
+inline double amx_bf16_peak_gflops[kMaxThreads + 1] = {};  // AMX tdpbf16ps throughput, GFLOP/s
+inline double bandwidth_gbs[kMaxThreads + 1] = {};         // streaming read bandwidth, GB/s (1e9 B/s)
+
+double measure_fma_gflops(int threads);       // peak.cpp: a few probe runs, best rate
+double measure_bf16_dot_gflops(int threads);  // peak.cpp: likewise; 0 without AVX512-BF16
+double measure_amx_bf16_gflops(int threads);  // peak.cpp: likewise; 0 without usable AMX-BF16
+double measure_bandwidth_gbs(int threads);    // peak.cpp: a few passes over 512 MiB, best rate
 
 inline void record_peak(double& slot, double value) { slot = std::max(slot, value); }
 
 inline double fma_peak(int threads) {
   if (!(fma_peak_gflops[threads] > 0)) record_peak(fma_peak_gflops[threads], measure_fma_gflops(threads));
   return fma_peak_gflops[threads];
+}
+
+inline double amx_bf16_peak(int threads) {
+  if (!(amx_bf16_peak_gflops[threads] > 0))
+    record_peak(amx_bf16_peak_gflops[threads], measure_amx_bf16_gflops(threads));
+  return amx_bf16_peak_gflops[threads];
+}
+
+/// The peak of the units a row's products ran on: the AMX peak for rows on AMX tiles, the fp32 FMA
+/// peak for everything else (fp32 rows, half storage, decode, the chunk engine, which convert
+/// 16-bit rows to float and run the float micro-kernels).
+inline double product_peak(xattn::product_path path, int threads) {
+  return path == xattn::product_path::amx_bf16 ? amx_bf16_peak(threads) : fma_peak(threads);
+}
+
+/// The path a row's products take: bfloat16 q, k, v in a prefill family of the tile engine
+/// (softmax, sliding window, sparse, 2-D neighborhood) run on AMX where the CPU allows it
+/// (xattn::bf16_product_path()); everything else on the fp32 path.
+inline xattn::product_path path_of(storage s, bool tile_prefill) {
+  return s == storage::bf16 && tile_prefill ? xattn::bf16_product_path() : xattn::product_path::fp32;
+}
+
+/// Names the path in the label of a 16-bit row ("path:amx-bf16", "path:fp32"); fp32 rows get none.
+inline void label_path(benchmark::State& st, storage s, xattn::product_path path) {
+  if (s != storage::f32) st.SetLabel(std::string("path:") + xattn::path_name(path));
 }
 
 inline double bandwidth_peak(int threads) {
@@ -181,9 +238,11 @@ void parallel_for(int threads, Eigen::Index n, const F& f) {
 
 // ---------------------------------------------------------------------------------------------
 // Tensors: random values uniform in [-1, 1), allocated and written (every page touched) once per
-// (role, shape) and reused by every benchmark of that shape. The cache keeps at most
-// kTensorCacheBytes resident; least recently used shapes are dropped to make room (benchmarks are
-// registered shape by shape, so a shape is built once in a full run).
+// (role, shape) and reused by every benchmark of that shape. Each storage type has its own cache,
+// which keeps at most kTensorCacheBytes resident; least recently used shapes are dropped to make
+// room (benchmarks are registered shape by shape, so a shape is built once in a full run). A
+// bfloat16 or half tensor holds the float tensor of the same (role, shape) rounded to nearest: the
+// same random stream, converted element by element as it is written, before any timed loop.
 
 inline constexpr std::size_t kTensorCacheBytes = std::size_t{1} << 30;
 
@@ -192,10 +251,13 @@ struct tensor_spec {
   dims4 dims;
 };
 
+template <class T>
 class tensor_cache {
  public:
+  using tensor_type = Eigen::Tensor<T, 4, Eigen::RowMajor>;
+
   /// The tensors of `specs`, in order; all of them stay valid until the next call.
-  std::vector<tensor4*> get(std::initializer_list<tensor_spec> specs) {
+  std::vector<tensor_type*> get(std::initializer_list<tensor_spec> specs) {
     ++clock_;
     std::size_t missing = 0;
     for (const auto& s : specs) {
@@ -212,11 +274,11 @@ class tensor_cache {
       resident_ -= bytes_of(lru->first.second);
       entries_.erase(lru);
     }
-    std::vector<tensor4*> out;
+    std::vector<tensor_type*> out;
     for (const auto& s : specs) {
       auto& e = entries_[key_of(s)];
       if (!e.tensor) {
-        e.tensor = std::make_unique<tensor4>(s.dims[0], s.dims[1], s.dims[2], s.dims[3]);
+        e.tensor = std::make_unique<tensor_type>(s.dims[0], s.dims[1], s.dims[2], s.dims[3]);
         fill_random(*e.tensor, seed_of(s));
         resident_ += bytes_of(s.dims);
       }
@@ -229,13 +291,13 @@ class tensor_cache {
  private:
   using key = std::pair<std::string, dims4>;
   struct entry {
-    std::unique_ptr<tensor4> tensor;
+    std::unique_ptr<tensor_type> tensor;
     std::uint64_t last_use = 0;
   };
 
   static key key_of(const tensor_spec& s) { return {s.role, s.dims}; }
   static std::size_t bytes_of(const dims4& d) {
-    return sizeof(float) * static_cast<std::size_t>(d[0] * d[1] * d[2] * d[3]);
+    return sizeof(T) * static_cast<std::size_t>(d[0] * d[1] * d[2] * d[3]);
   }
   static std::uint64_t seed_of(const tensor_spec& s) {
     std::uint64_t h = 0x9e3779b97f4a7c15ull;
@@ -243,15 +305,15 @@ class tensor_cache {
     for (auto x : s.dims) h = (h ^ static_cast<std::uint64_t>(x)) * 0x100000001b3ull;
     return h;
   }
-  static void fill_random(tensor4& t, std::uint64_t state) {
+  static void fill_random(tensor_type& t, std::uint64_t state) {
     constexpr float kTwoPowMinus23 = 1.0f / float(1u << 23);  // 24 random bits × 2⁻²³ → [0, 2)
-    float* p = t.data();
+    T* p = t.data();
     for (Eigen::Index i = 0; i < t.size(); ++i) {
       std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);  // splitmix64
       z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
       z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
       z ^= z >> 31;
-      p[i] = float(z >> 40) * kTwoPowMinus23 - 1.0f;
+      p[i] = T(float(z >> 40) * kTwoPowMinus23 - 1.0f);  // 16-bit T: rounded to nearest even
     }
   }
 
@@ -261,8 +323,41 @@ class tensor_cache {
 };
 
 inline std::vector<tensor4*> cached_tensors(std::initializer_list<tensor_spec> specs) {
-  static tensor_cache cache;
+  static tensor_cache<float> cache;
   return cache.get(specs);
+}
+
+/// cached_tensors in storage S: for 16-bit S the float tensors of the same (role, shape), rounded.
+template <storage S>
+std::vector<tensor4_of<S>*> cached_tensors_as(std::initializer_list<tensor_spec> specs) {
+  if constexpr (S == storage::f32) {
+    return cached_tensors(specs);
+  } else {
+    static tensor_cache<scalar_of<S>> cache;
+    return cache.get(specs);
+  }
+}
+
+/// The tensors of one prefill shape: q, k, v in storage S, out in float.
+template <storage S>
+struct prefill_tensors {
+  const tensor4_of<S>& q;
+  const tensor4_of<S>& k;
+  const tensor4_of<S>& v;
+  tensor4& out;
+};
+
+/// q, k, v, out of `dims` (all four from one call where they share a cache, so that none of them
+/// is dropped to make room for another).
+template <storage S>
+prefill_tensors<S> prefill_tensors_of(const dims4& dims) {
+  if constexpr (S == storage::f32) {
+    auto ts = cached_tensors({{"q", dims}, {"k", dims}, {"v", dims}, {"out", dims}});
+    return {*ts[0], *ts[1], *ts[2], *ts[3]};
+  } else {
+    auto ts = cached_tensors_as<S>({{"q", dims}, {"k", dims}, {"v", dims}});
+    return {*ts[0], *ts[1], *ts[2], *cached_tensors({{"out", dims}})[0]};
+  }
 }
 
 /// Per-worker float scratch of at least n elements, zero-filled (touched) when it grows; call once
@@ -292,27 +387,29 @@ class wall_timer {
   std::chrono::steady_clock::time_point start_;
 };
 
-/// GFLOPS, tokens_per_s and pct_peak (of the FMA peak at `threads`) of a loop that did
-/// flops_per_iter useful flops and processed tokens_per_iter tokens per iteration.
+/// GFLOPS, tokens_per_s and pct_peak (of the peak at `threads` of the units `path` names:
+/// product_peak) of a loop that did flops_per_iter useful flops and processed tokens_per_iter
+/// tokens per iteration.
 inline void report_flops(benchmark::State& st, double seconds, double flops_per_iter, double tokens_per_iter,
-                         int threads) {
+                         int threads, xattn::product_path path = xattn::product_path::fp32) {
   const double iters = static_cast<double>(st.iterations());
   const double gflops = flops_per_iter * iters / seconds * 1e-9;
   st.counters["GFLOPS"] = gflops;
   st.counters["tokens_per_s"] = tokens_per_iter * iters / seconds;
-  st.counters["pct_peak"] = 100.0 * gflops / fma_peak(threads);
+  st.counters["pct_peak"] = 100.0 * gflops / product_peak(path, threads);
 }
 
-/// The timed loop of a FLOP-counted benchmark: body() per iteration (the FMA peak is measured
-/// first if no peak/fma row ran, never inside the loop), then report_flops. Returns the seconds of
+/// The timed loop of a FLOP-counted benchmark: body() per iteration (the peak of `path` is measured
+/// first if no peak/* row measured it, never inside the loop), then report_flops. Returns the seconds of
 /// one iteration. With warm_up, one untimed call comes first (run_flops_after: warm_up() instead): per-thread workspaces grow and the
 /// pool's threads wake there. It matters where one call outlasts --benchmark_min_time (sliding
 /// window at N = 65536: Google Benchmark then reports that single first call, which ran 2–3 %
 /// slower than the calls after it). The naive references, minutes per call, pass false.
 template <class Body, class WarmUp>
 double run_flops_after(benchmark::State& st, int threads, double flops_per_iter, double tokens_per_iter,
-                       const Body& body, const WarmUp& warm_up) {
-  fma_peak(threads);
+                       const Body& body, const WarmUp& warm_up,
+                       xattn::product_path path = xattn::product_path::fp32) {
+  product_peak(path, threads);
   warm_up();
   wall_timer t;
   for (auto _ : st) {
@@ -320,16 +417,18 @@ double run_flops_after(benchmark::State& st, int threads, double flops_per_iter,
     benchmark::ClobberMemory();
   }
   const double seconds = t.seconds();
-  report_flops(st, seconds, flops_per_iter, tokens_per_iter, threads);
+  report_flops(st, seconds, flops_per_iter, tokens_per_iter, threads, path);
   return seconds / static_cast<double>(st.iterations());
 }
 
 template <class Body>
 double run_flops(benchmark::State& st, int threads, double flops_per_iter, double tokens_per_iter, const Body& body,
-                 bool warm_up = true) {
-  return run_flops_after(st, threads, flops_per_iter, tokens_per_iter, body, [&] {
-    if (warm_up) body();
-  });
+                 bool warm_up = true, xattn::product_path path = xattn::product_path::fp32) {
+  return run_flops_after(
+      st, threads, flops_per_iter, tokens_per_iter, body, [&] {
+        if (warm_up) body();
+      },
+      path);
 }
 
 /// The untimed call of the long rows (softmax and sliding window at large N) runs over the first
@@ -339,10 +438,14 @@ inline constexpr Eigen::Index kWarmUpTokens = 4096;
 
 /// The first n tokens of a [1, seq, heads, dim] row-major tensor (with batch 1 they are contiguous),
 /// as a map over its memory.
-inline Eigen::TensorMap<tensor4> leading_tokens(tensor4& t, Eigen::Index n) {
+template <class T>
+Eigen::TensorMap<Eigen::Tensor<T, 4, Eigen::RowMajor>> leading_tokens(Eigen::Tensor<T, 4, Eigen::RowMajor>& t,
+                                                                      Eigen::Index n) {
   return {t.data(), t.dimension(0), std::min(n, t.dimension(1)), t.dimension(2), t.dimension(3)};
 }
-inline Eigen::TensorMap<const tensor4> leading_tokens(const tensor4& t, Eigen::Index n) {
+template <class T>
+Eigen::TensorMap<const Eigen::Tensor<T, 4, Eigen::RowMajor>> leading_tokens(
+    const Eigen::Tensor<T, 4, Eigen::RowMajor>& t, Eigen::Index n) {
   return {t.data(), t.dimension(0), std::min(n, t.dimension(1)), t.dimension(2), t.dimension(3)};
 }
 

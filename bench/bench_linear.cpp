@@ -6,6 +6,9 @@
 //   linear/<impl>/N:<N>/D:128/H:8/causal:<0|1>/threads:<t>    elu+1 features with the normaliser
 //                                                             (Katharopoulos et al.), B = 1
 //   softmax/xattn/N:32768/D:128/H:8/causal:1/threads:<t>      the crossover point (as bench_softmax)
+//   .../dtype:<bf16|f16>   xattn with q, k, v in Eigen::bfloat16 or Eigen::half (out float): lightning
+//                          at every N of the sweep, causal linear at the headline N; the chunk
+//                          engine converts them to float where it packs rows (the fp32 path)
 //
 // d = e = 128, bshd layout, scale 1, the default chunk size. N runs from 1024 to 131072; H = 2 and
 // H = 1 at N = 65536 are the few-heads cases: two heads give each thread one; one head makes two
@@ -74,12 +77,10 @@ std::string name_of(const char* impl, const shape& s) {
   return name + "/threads:" + std::to_string(s.threads);
 }
 
-template <bool Naive>
+template <bool Naive, storage S = storage::f32>
 void bm_chunk(benchmark::State& st, shape s) {
-  const dims4 dims{kBatch, s.n, s.heads, kDim};
-  auto ts = cached_tensors({{"q", dims}, {"k", dims}, {"v", dims}, {"out", dims}});
-  const tensor4 &q = *ts[0], &k = *ts[1], &v = *ts[2];
-  tensor4& out = *ts[3];
+  const auto [q, k, v, out] = prefill_tensors_of<S>({kBatch, s.n, s.heads, kDim});
+  label_path(st, S, xattn::product_path::fp32);
   const std::vector<double> decay = xattn::lightning_slopes(s.heads);
   const xattn::lightning_options lopt{.decay = decay};
   const xattn::linear_options copt{.causal = s.f == family::linear_causal,
@@ -120,11 +121,21 @@ void add(const std::string& name, auto fn, auto arg) {
 // the sweep's xattn rows at N = 2048.
 constexpr Eigen::Index kTableN = 16384, kNaiveTableN = 2048, kTableHeads = 8;
 
+/// xattn in 16-bit storage `st`, registered after the fp32 row of its shape.
+benchmark::internal::Benchmark* add16(storage st, const shape& s) {
+  auto fn = st == storage::bf16 ? bm_chunk<false, storage::bf16> : bm_chunk<false, storage::f16>;
+  return benchmark::RegisterBenchmark((name_of("xattn", s) + dtype_suffix(st)).c_str(), fn, s)
+      ->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+
 void sweep_chunk(Eigen::Index n) {
   for (family f : {family::linear_causal, family::lightning}) {
     const shape s{f, n, kTableHeads, kSweepThreads};
+    const double min_time = n == kTableN ? kTableMinTime : kSweepMinTime;
     benchmark::RegisterBenchmark(name_of("xattn", s).c_str(), bm_chunk<false>, s)
-        ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(n == kTableN ? kTableMinTime : kSweepMinTime);
+        ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(min_time);
+    if (f == family::lightning || n == kTableN)
+      for (storage st : kStorages16) add16(st, s)->MinTime(min_time);
   }
 }
 
@@ -144,6 +155,8 @@ void register_chunk(suite which) {
         const shape s{f, n, 8, threads};
         if (threads == 1 && n <= kNaiveMaxN) add(name_of("naive", s), bm_chunk<true>, s);
         add(name_of("xattn", s), bm_chunk<false>, s);
+        if (f != family::linear_noncausal && (n == kTableN || n == 2 * kTableN))  // the headline N, and lightning's 32k
+          for (storage st : kStorages16) add16(st, s);
       }
   for (Eigen::Index heads : {1, 2})
     for (int threads = 1; threads <= kMaxThreads; ++threads) {

@@ -2,6 +2,8 @@
 // recent keys, itself included: window_left = W − 1), xattn against the fp64 reference.
 //
 //   sliding_window/<impl>/N:<N>/W:<W>/D:128/H:8/threads:<t>      B = 1, Nq = Nk = N, bshd layout
+//   .../dtype:<bf16|f16>   xattn with q, k, v in Eigen::bfloat16 or Eigen::half (out float), at the
+//                          headline shape (N = 16384, W = 1024) only; likewise neighborhood2d below
 //
 // impl
 //   naive  xattn::reference::sliding_window_attention: fp64, materialises the N×N mask and scores;
@@ -37,22 +39,21 @@ double sliding_window_flops(const shape& s) {
   return 4.0 * kBatch * kHeads * kDim * (full + double(ramp) * double(ramp + 1) / 2);
 }
 
-template <bool Naive>
+template <bool Naive, storage S = storage::f32>
 void bm_sliding_window(benchmark::State& st, shape s) {
-  const dims4 dims{kBatch, s.n, kHeads, kDim};
-  auto ts = cached_tensors({{"q", dims}, {"k", dims}, {"v", dims}, {"out", dims}});
-  const tensor4 &q = *ts[0], &k = *ts[1], &v = *ts[2];
-  tensor4& out = *ts[3];
+  const auto [q, k, v, out] = prefill_tensors_of<S>({kBatch, s.n, kHeads, kDim});
   const auto& dev = device(s.threads);
   const xattn::sliding_window_options opt{.window_left = s.w - 1, .causal = true};
-  auto lead = [&](const tensor4& t) { return leading_tokens(t, kWarmUpTokens); };
+  auto lead = [&](const tensor4_of<S>& t) { return leading_tokens(t, kWarmUpTokens); };
   auto out_lead = leading_tokens(out, kWarmUpTokens);
+  const auto path = path_of(S, true);
+  label_path(st, S, path);
   run_flops_after(st, s.threads, sliding_window_flops(s), double(kBatch * s.n), [&] {
     if constexpr (Naive) xattn::reference::sliding_window_attention(q, k, v, out, opt);
     else xattn::sliding_window_attention(dev, q, k, v, out, opt);
   }, [&] {  // the naive reference, minutes per call at the larger N, runs without one
     if constexpr (!Naive) xattn::sliding_window_attention(dev, lead(q), lead(k), lead(v), out_lead, opt);
-  });
+  }, path);
 }
 
 std::string name(const char* impl, const shape& s) {
@@ -65,6 +66,13 @@ benchmark::internal::Benchmark* add_window(const char* impl, const shape& s) {
   return benchmark::RegisterBenchmark(name(impl, s).c_str(), fn, s)->UseRealTime()->Unit(benchmark::kMillisecond);
 }
 
+/// xattn in 16-bit storage `st`, registered after the fp32 row of its shape.
+benchmark::internal::Benchmark* add_window16(storage st, const shape& s) {
+  auto fn = st == storage::bf16 ? bm_sliding_window<false, storage::bf16> : bm_sliding_window<false, storage::f16>;
+  return benchmark::RegisterBenchmark((name("xattn", s) + dtype_suffix(st)).c_str(), fn, s)
+      ->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+
 // The headline suite: W = 1024 over the sweep's N, the row at N = 16384 timed as the table's. The
 // naive reference materialises N×N (17 s at N = 2048), so it runs once at N = 1024 with W = 256,
 // beside xattn at that shape on the table's threads for the ratio.
@@ -72,6 +80,8 @@ constexpr Eigen::Index kTableW = 1024, kTableN = 16384, kNaiveTableN = 1024, kNa
 
 void sweep_sliding_window(Eigen::Index n) {
   add_window("xattn", {n, kTableW, kSweepThreads})->MinTime(n == kTableN ? kTableMinTime : kSweepMinTime);
+  if (n == kTableN)
+    for (storage st : kStorages16) add_window16(st, {n, kTableW, kSweepThreads})->MinTime(kTableMinTime);
 }
 
 void register_sliding_window(suite which) {
@@ -89,6 +99,8 @@ void register_sliding_window(suite which) {
               ->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
         benchmark::RegisterBenchmark(name("xattn", s).c_str(), bm_sliding_window<false>, s)
             ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(kComparedMinTime);
+        if (n == kTableN && w == kTableW)
+          for (storage st : kStorages16) add_window16(st, s)->MinTime(kComparedMinTime);
       }
 }
 
@@ -98,27 +110,42 @@ void register_sliding_window(suite which) {
 // iteration, threads:1); xattn = xattn::neighborhood_attention_2d.
 // FLOPs over visited positions: 4·B·H·d·S²·k² (every query sees exactly k² keys).
 
-using image = Eigen::Tensor<float, 5, Eigen::RowMajor>;
+template <storage S>
+using image_of = Eigen::Tensor<scalar_of<S>, 5, Eigen::RowMajor>;
 
 struct na_shape {
   Eigen::Index img, kernel;
   int threads;
 };
 
-template <bool Naive>
+template <bool Naive, storage S = storage::f32>
 void bm_neighborhood(benchmark::State& st, na_shape s) {
-  const dims4 dims{kBatch, s.img * s.img, kHeads, kDim};
-  auto ts = cached_tensors({{"q", dims}, {"k", dims}, {"v", dims}, {"out", dims}});
+  const auto ts = prefill_tensors_of<S>({kBatch, s.img * s.img, kHeads, kDim});
   const std::array<Eigen::Index, 5> idims{kBatch, s.img, s.img, kHeads, kDim};
-  const Eigen::TensorMap<const image> q(ts[0]->data(), idims), k(ts[1]->data(), idims), v(ts[2]->data(), idims);
-  Eigen::TensorMap<image> out(ts[3]->data(), idims);
+  using input = const image_of<S>;
+  const Eigen::TensorMap<input> q(ts.q.data(), idims), k(ts.k.data(), idims), v(ts.v.data(), idims);
+  Eigen::TensorMap<image_of<storage::f32>> out(ts.out.data(), idims);
   const xattn::neighborhood_2d_options opt{.kernel_h = s.kernel, .kernel_w = s.kernel};
   const auto& dev = device(s.threads);
   const double n = double(s.img * s.img);
+  const auto path = path_of(S, true);
+  label_path(st, S, path);
   run_flops(st, s.threads, 4.0 * kBatch * kHeads * kDim * n * double(s.kernel * s.kernel), kBatch * n, [&] {
     if constexpr (Naive) xattn::reference::neighborhood_attention_2d(q, k, v, out, opt);
     else xattn::neighborhood_attention_2d(dev, q, k, v, out, opt);
-  }, !Naive);
+  }, !Naive, path);
+}
+
+std::string na_name(const char* impl, const na_shape& s) {
+  return std::string("neighborhood2d/") + impl + "/img:" + std::to_string(s.img) + "/K:" + std::to_string(s.kernel) +
+         "/D:" + std::to_string(kDim) + "/H:" + std::to_string(kHeads) + "/threads:" + std::to_string(s.threads);
+}
+
+/// xattn in 16-bit storage `st`, registered after the fp32 row of its shape.
+benchmark::internal::Benchmark* add_na16(storage st, const na_shape& s) {
+  auto fn = st == storage::bf16 ? bm_neighborhood<false, storage::bf16> : bm_neighborhood<false, storage::f16>;
+  return benchmark::RegisterBenchmark((na_name("xattn", s) + dtype_suffix(st)).c_str(), fn, s)
+      ->UseRealTime()->Unit(benchmark::kMillisecond);
 }
 
 // The headline shape is a 128×128 image with a 13×13 kernel; the naive reference runs once on a
@@ -128,12 +155,10 @@ constexpr Eigen::Index kTableImage = 128, kNaiveImage = 64, kTableKernel = 13;
 void register_neighborhood(suite which) {
   if (which == suite::headline) {
     auto add = [](const char* impl, auto fn, na_shape s) {
-      const std::string n = std::string("neighborhood2d/") + impl + "/img:" + std::to_string(s.img) + "/K:" +
-                            std::to_string(s.kernel) + "/D:" + std::to_string(kDim) + "/H:" + std::to_string(kHeads) +
-                            "/threads:" + std::to_string(s.threads);
-      return benchmark::RegisterBenchmark(n.c_str(), fn, s)->UseRealTime()->Unit(benchmark::kMillisecond);
+      return benchmark::RegisterBenchmark(na_name(impl, s).c_str(), fn, s)->UseRealTime()->Unit(benchmark::kMillisecond);
     };
     add("xattn", bm_neighborhood<false>, {kTableImage, kTableKernel, kTableThreads})->MinTime(kTableMinTime);
+    for (storage st : kStorages16) add_na16(st, {kTableImage, kTableKernel, kTableThreads})->MinTime(kTableMinTime);
     add("naive", bm_neighborhood<true>, {kNaiveImage, kTableKernel, 1})->Iterations(1);
     add("xattn", bm_neighborhood<false>, {kNaiveImage, kTableKernel, kTableThreads})->MinTime(kSweepMinTime);
     return;
@@ -149,6 +174,8 @@ void register_neighborhood(suite which) {
               ->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
         benchmark::RegisterBenchmark(("neighborhood2d/xattn" + tail).c_str(), bm_neighborhood<false>, s)
             ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(kComparedMinTime);
+        if (img == kTableImage && kernel == kTableKernel)
+          for (storage st : kStorages16) add_na16(st, s)->MinTime(kComparedMinTime);
       }
 }
 

@@ -3,6 +3,8 @@
 //
 //   softmax/<impl>/N:<N>/D:<D>/H:8/causal:<0|1>/threads:<t>      B = 1, Nq = Nk = N, bshd layout
 //   softmax_decode/<impl>/K:<K>/threads:<t>                      one query token against a K-long cache
+//   .../dtype:<bf16|f16>   xattn with q, k, v (decode: the K/V cache; its queries stay float) in
+//                          Eigen::bfloat16 or Eigen::half, out float, at the headline shapes
 //
 // impl
 //   naive  xattn::reference::softmax_attention: fp64, one thread, an fp64 Nq×Nk score matrix per
@@ -66,17 +68,19 @@ void bm_naive(benchmark::State& st, shape s) {
   run_softmax(st, s, [&] { xattn::reference::softmax_attention(q, k, v, out, opt); }, false);
 }
 
+/// xattn with q, k, v in storage S; bfloat16 runs on AMX where the CPU has it (path_of).
+template <storage S>
 void bm_xattn(benchmark::State& st, shape s) {
-  auto ts = softmax_tensors(s);
-  const tensor4 &q = *ts[0], &k = *ts[1], &v = *ts[2];
-  tensor4& out = *ts[3];
+  const auto [q, k, v, out] = prefill_tensors_of<S>({kBatch, s.n, kHeads, s.d});
   const auto& dev = device(s.threads);
   const xattn::softmax_options opt{.causal = s.causal};
-  auto lead = [&](const tensor4& t) { return leading_tokens(t, kWarmUpTokens); };
+  auto lead = [&](const tensor4_of<S>& t) { return leading_tokens(t, kWarmUpTokens); };
   auto out_lead = leading_tokens(out, kWarmUpTokens);
-  run_flops_after(st, s.threads, softmax_flops(s), double(kBatch * s.n),
-                  [&] { xattn::softmax_attention(dev, q, k, v, out, opt); },
-                  [&] { xattn::softmax_attention(dev, lead(q), lead(k), lead(v), out_lead, opt); });
+  const auto path = path_of(S, true);
+  label_path(st, S, path);
+  run_flops_after(
+      st, s.threads, softmax_flops(s), double(kBatch * s.n), [&] { xattn::softmax_attention(dev, q, k, v, out, opt); },
+      [&] { xattn::softmax_attention(dev, lead(q), lead(k), lead(v), out_lead, opt); }, path);
 }
 
 // --- the Eigen baseline ------------------------------------------------------------------------
@@ -125,8 +129,10 @@ void bm_eigen(benchmark::State& st, shape s) {
 // --- decode ------------------------------------------------------------------------------------
 // One new query token, 32 query heads over 8 K/V heads (GQA 4), d = 128, B = 1, the cache exactly
 // K keys long. Decode is bandwidth-bound: each byte of K and V is read once per step, so the
-// figure of merit is GB/s of K/V read (2·K·8·128·4 bytes) against peak/bandwidth. At K = 4096 the
-// 32 MiB of K/V can partly stay in the last-level cache between iterations, so pct_bw may pass 100.
+// figure of merit is GB/s of K/V read (2·K·8·128·sizeof(element) bytes: half of fp32's for a
+// bfloat16 or half cache, which xattn reads in place) against peak/bandwidth. At K = 4096 the
+// 32 MiB of fp32 K/V can partly stay in the last-level cache between iterations, so pct_bw may
+// pass 100.
 
 constexpr Eigen::Index kDecodeQHeads = 32, kDecodeKvHeads = 8, kDecodeDim = 128;
 constexpr Eigen::Index kNaiveMaxK = 4096;
@@ -136,16 +142,39 @@ struct decode_shape {
   int threads;
 };
 
-double decode_bytes(const decode_shape& s) { return 2.0 * double(s.k * kDecodeKvHeads * kDecodeDim) * sizeof(float); }
+template <storage S = storage::f32>
+double decode_bytes(const decode_shape& s) {
+  return 2.0 * double(s.k * kDecodeKvHeads * kDecodeDim) * sizeof(scalar_of<S>);
+}
 
-template <bool Naive>
-void bm_decode(benchmark::State& st, decode_shape s) {
+/// The K/V cache (storage S) and the float queries and out of a decode step.
+template <storage S>
+struct decode_tensors {
+  const tensor4& q;
+  const tensor4_of<S>& k;
+  const tensor4_of<S>& v;
+  tensor4& out;
+};
+
+template <storage S>
+decode_tensors<S> decode_tensors_of(const decode_shape& s) {
   const dims4 qdims{kBatch, 1, kDecodeQHeads, kDecodeDim}, kvdims{kBatch, s.k, kDecodeKvHeads, kDecodeDim};
-  auto ts = cached_tensors({{"q", qdims}, {"k_cache", kvdims}, {"v_cache", kvdims}, {"out", qdims}});
-  const tensor4 &q = *ts[0], &k = *ts[1], &v = *ts[2];
-  tensor4& out = *ts[3];
+  if constexpr (S == storage::f32) {
+    auto ts = cached_tensors({{"q", qdims}, {"k_cache", kvdims}, {"v_cache", kvdims}, {"out", qdims}});
+    return {*ts[0], *ts[1], *ts[2], *ts[3]};
+  } else {
+    auto kv = cached_tensors_as<S>({{"k_cache", kvdims}, {"v_cache", kvdims}});
+    auto ts = cached_tensors({{"q", qdims}, {"out", qdims}});
+    return {*ts[0], *kv[0], *kv[1], *ts[1]};
+  }
+}
+
+template <bool Naive, storage S = storage::f32>
+void bm_decode(benchmark::State& st, decode_shape s) {
+  const auto [q, k, v, out] = decode_tensors_of<S>(s);
   const std::array<int, kBatch> lengths{static_cast<int>(s.k)};
   const auto& dev = device(s.threads);
+  label_path(st, S, xattn::product_path::fp32);  // decode: always the fp32 path, 16-bit rows widened as loaded
   bandwidth_peak(s.threads);
   const auto step = [&] {
     if constexpr (Naive)
@@ -159,7 +188,7 @@ void bm_decode(benchmark::State& st, decode_shape s) {
     step();
     benchmark::ClobberMemory();
   }
-  report_bandwidth(st, t.seconds(), decode_bytes(s), s.threads);
+  report_bandwidth(st, t.seconds(), decode_bytes<S>(s), s.threads);
 }
 
 /// The Eigen baseline of a decode step: per K/V head g, its kGroup query heads as one matrix,
@@ -223,22 +252,45 @@ benchmark::internal::Benchmark* add(const std::string& name, auto fn, auto arg, 
 // the table's threads for the ratio; naive decode runs at the headline shape.
 constexpr Eigen::Index kTableN = 4096, kTableDim = 128, kNaiveTableN = 512, kTableCacheK = 32768;
 
+/// The 16-bit rows of one shape, after its fp32 rows (which built the float tensors they round).
+benchmark::internal::Benchmark* add16(storage st, const shape& s) {
+  const auto fn = st == storage::bf16 ? bm_xattn<storage::bf16> : bm_xattn<storage::f16>;
+  return add(softmax_name("xattn", s) + dtype_suffix(st), fn, s);
+}
+
+std::string decode_name(const char* impl, Eigen::Index k, int threads, storage st = storage::f32) {
+  return std::string("softmax_decode/") + impl + "/K:" + std::to_string(k) + "/threads:" + std::to_string(threads) +
+         dtype_suffix(st);
+}
+
+benchmark::internal::Benchmark* add_decode16(storage st, const decode_shape& s) {
+  const auto fn = st == storage::bf16 ? bm_decode<false, storage::bf16> : bm_decode<false, storage::f16>;
+  return add(decode_name("xattn", s.k, s.threads, st), fn, s);
+}
+
+// Decode's 16-bit caches at both cache lengths; fp32 at K = 4096 too, for their ratio.
+constexpr Eigen::Index kDecodeCacheKs[] = {4096, 32768};
+
 void register_softmax_table() {
   const shape dense{kTableN, kTableDim, false, kTableThreads};
-  add(softmax_name("xattn", dense), bm_xattn, dense)->MinTime(kTableMinTime);
+  add(softmax_name("xattn", dense), bm_xattn<storage::f32>, dense)->MinTime(kTableMinTime);
+  for (storage st : kStorages16) add16(st, dense)->MinTime(kTableMinTime);
   for (bool causal : {false, true}) {
     const shape s{kTableN, kTableDim, causal, kTableThreads};
     add(softmax_name("eigen", s), bm_eigen, s)->MinTime(kTableMinTime);
     const shape naive{kNaiveTableN, kTableDim, causal, 1}, small{kNaiveTableN, kTableDim, causal, kTableThreads};
     add(softmax_name("naive", naive), bm_naive, naive)->Iterations(1);
-    add(softmax_name("xattn", small), bm_xattn, small)->MinTime(kSweepMinTime);
+    add(softmax_name("xattn", small), bm_xattn<storage::f32>, small)->MinTime(kSweepMinTime);
   }
   const decode_shape decode{kTableCacheK, kTableThreads}, decode_naive{kTableCacheK, 1};
-  add("softmax_decode/xattn/K:32768/threads:" + std::to_string(kTableThreads), bm_decode<false>, decode)
-      ->MinTime(kTableMinTime);
-  add("softmax_decode/naive/K:32768/threads:1", bm_decode<true>, decode_naive)->Iterations(1);
-  add("softmax_decode/eigen/K:32768/threads:" + std::to_string(kTableThreads), bm_decode_eigen, decode)
-      ->MinTime(kTableMinTime);
+  add(decode_name("xattn", kTableCacheK, kTableThreads), bm_decode<false>, decode)->MinTime(kTableMinTime);
+  add(decode_name("naive", kTableCacheK, 1), bm_decode<true>, decode_naive)->Iterations(1);
+  add(decode_name("eigen", kTableCacheK, kTableThreads), bm_decode_eigen, decode)->MinTime(kTableMinTime);
+  for (Eigen::Index k : kDecodeCacheKs) {
+    const decode_shape s{k, kTableThreads};
+    if (k != kTableCacheK) add(decode_name("xattn", k, kTableThreads), bm_decode<false>, s)->MinTime(kTableMinTime);
+    for (storage st : kStorages16) add_decode16(st, s)->MinTime(kTableMinTime);
+  }
 }
 
 // The sweep: causal softmax up to N = 32768. Its cost grows as N² (softmax_flops: 2.2 TFLOP at
@@ -249,7 +301,9 @@ constexpr Eigen::Index kSweepSoftmaxMaxN = 32768;
 void sweep_softmax(Eigen::Index n) {
   if (n > kSweepSoftmaxMaxN) return;
   const shape s{n, kTableDim, true, kSweepThreads};
-  add(softmax_name("xattn", s), bm_xattn, s)->MinTime(n == kTableN ? kTableMinTime : kSweepMinTime);
+  add(softmax_name("xattn", s), bm_xattn<storage::f32>, s)->MinTime(n == kTableN ? kTableMinTime : kSweepMinTime);
+  if (n == kTableN)  // the causal headline shape is a sweep point: its 16-bit rows follow it here
+    for (storage st : kStorages16) add16(st, s)->MinTime(kTableMinTime);
 }
 
 // Shape by shape, so that each shape's tensors are built once and shared by the three impls.
@@ -265,7 +319,9 @@ void register_softmax(suite which) {
             add(softmax_name("naive", s), bm_naive, s);
           const bool compared = n == 4096 || n == 16384;  // the headline shape; sparse's comparison
           if (threads * score_bytes * sizeof(float) < kMaxBufferBytes) add(softmax_name("eigen", s), bm_eigen, s, compared);
-          add(softmax_name("xattn", s), bm_xattn, s, compared);
+          add(softmax_name("xattn", s), bm_xattn<storage::f32>, s, compared);
+          if (n == kTableN && d == kTableDim)  // the headline shape, also in 16-bit storage
+            for (storage st : kStorages16) add16(st, s)->MinTime(kComparedMinTime);
         }
   for (Eigen::Index k : {4096, 32768})
     for (int threads = 1; threads <= kMaxThreads; ++threads) {
@@ -274,6 +330,7 @@ void register_softmax(suite which) {
       if (threads == 1 && k <= kNaiveMaxK) add("softmax_decode/naive" + tail, bm_decode<true>, s);
       add("softmax_decode/eigen" + tail, bm_decode_eigen, s, true);
       add("softmax_decode/xattn" + tail, bm_decode<false>, s, true);
+      for (storage st : kStorages16) add_decode16(st, s)->MinTime(kComparedMinTime);
     }
 }
 

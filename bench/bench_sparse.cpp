@@ -10,6 +10,8 @@
 //   sparse_streaming/xattn/N:<N>/sinks:64/window:1024/D:128/H:8/threads:<t>   the headline suite's
 //        sweep: block_layout::streaming, one sink block and the 16 blocks up to the diagonal
 //        (StreamingLLM), so every query sees about 1088 keys whatever N
+//   sparse/xattn/N:16384/density:10/D:128/H:8/threads:<t>/dtype:<bf16|f16>   the headline shape with
+//        q, k, v in Eigen::bfloat16 or Eigen::half (out float)
 //
 // impl: naive = xattn::reference::sparse_attention (fp64, a dense N×N mask; N = 2048, threads:1);
 // xattn = xattn::sparse_attention. sparse/xattn at density 10, N = 16384 reads against
@@ -52,17 +54,17 @@ std::vector<tensor4*> tensors(const shape& s) {
   return cached_tensors({{"q", dims}, {"k", dims}, {"v", dims}, {"out", dims}});
 }
 
-template <bool Naive>
+template <bool Naive, storage S = storage::f32>
 void bm_sparse(benchmark::State& st, shape s) {
-  auto ts = tensors(s);
-  const tensor4 &q = *ts[0], &k = *ts[1], &v = *ts[2];
-  tensor4& out = *ts[3];
+  const auto [q, k, v, out] = prefill_tensors_of<S>({kBatch, s.n, kHeads, kDim});
   const xattn::block_layout layout = bigbird_of(s);
   const auto& dev = device(s.threads);
+  const auto path = path_of(S, true);
+  label_path(st, S, path);
   run_flops(st, s.threads, sparse_flops(layout), double(kBatch * s.n), [&] {
     if constexpr (Naive) xattn::reference::sparse_attention(q, k, v, out, layout);
     else xattn::sparse_attention(dev, q, k, v, out, layout);
-  }, !Naive);
+  }, !Naive, path);
   st.counters["density"] = layout.density();
 }
 
@@ -95,9 +97,16 @@ std::string name(const std::string& family, const char* impl, const shape& s) {
          "/D:" + std::to_string(kDim) + "/H:" + std::to_string(kHeads) + "/threads:" + std::to_string(s.threads);
 }
 
-void add(const std::string& n, auto fn, shape s) {
+benchmark::internal::Benchmark* add(const std::string& n, auto fn, shape s) {
   auto* row = benchmark::RegisterBenchmark(n.c_str(), fn, s)->UseRealTime()->Unit(benchmark::kMillisecond);
   if (s.n == 16384) row->MinTime(kComparedMinTime);  // compared with dense softmax at N = 16384
+  return row;
+}
+
+/// sparse/xattn in 16-bit storage `st`, registered after the fp32 row of its shape.
+benchmark::internal::Benchmark* add16(storage st, shape s) {
+  auto fn = st == storage::bf16 ? bm_sparse<false, storage::bf16> : bm_sparse<false, storage::f16>;
+  return add(name("sparse", "xattn", s) + dtype_suffix(st), fn, s);
 }
 
 // --- the headline suite ----------------------------------------------------------------------------
@@ -139,6 +148,7 @@ void register_sparse_table() {
       small{kNaiveTableN, kTableDensity, kTableThreads};
   benchmark::RegisterBenchmark(name("sparse", "xattn", table).c_str(), bm_sparse<false>, table)
       ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(kTableMinTime);
+  for (storage st : kStorages16) add16(st, table)->MinTime(kTableMinTime);
   benchmark::RegisterBenchmark(name("sparse", "naive", naive).c_str(), bm_sparse<true>, naive)
       ->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
   benchmark::RegisterBenchmark(name("sparse", "xattn", small).c_str(), bm_sparse<false>, small)
@@ -151,7 +161,11 @@ void register_sparse(suite which) {
       ->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
   add(name("sparse", "xattn", {2048, 10, 1}), bm_sparse<false>, {2048, 10, 1});
   for (int density : {5, 10, 25, 50})
-    for (int threads = 1; threads <= kMaxThreads; ++threads) add(name("sparse", "xattn", {16384, density, threads}), bm_sparse<false>, {16384, density, threads});
+    for (int threads = 1; threads <= kMaxThreads; ++threads) {
+      add(name("sparse", "xattn", {16384, density, threads}), bm_sparse<false>, {16384, density, threads});
+      if (density == kTableDensity)
+        for (storage st : kStorages16) add16(st, {16384, density, threads});
+    }
   for (int threads = 1; threads <= kMaxThreads; ++threads)
     add(name("sparse_topk", "xattn", {16384, 10, threads}), bm_top_k_attention, {16384, 10, threads});
 }

@@ -2,7 +2,8 @@
 // default) or of the full suite (--xattn_full), peaks first, runs them with Google Benchmark's
 // usual flags, and then prints the headline table: each family at its headline shape, xattn beside
 // the naive reference and the Eigen baseline, the time ratios, and xattn's share of the measured
-// peak. The full suite prints, before it, one comparison table per family.
+// peak; below each fp32 row, the same shape with bfloat16 and half storage and their speedup over
+// fp32. The full suite prints, before it, one comparison table per family.
 //
 // Into --xattn_out=DIR (default bench-results/) go the run's Google Benchmark JSON (results.json,
 // unless --benchmark_out names another file), the headline table in Markdown (table.md), and the
@@ -25,6 +26,7 @@
 #include <iostream>
 #include <map>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -55,6 +57,7 @@ std::optional<parsed_name> parse(const std::string& name) {
 struct result {
   double ms = 0;  // real time per iteration
   benchmark::UserCounters counters;
+  std::string label;  // 16-bit rows: "path:<the product path they ran on>"
   bool from_median = false;
 };
 
@@ -74,6 +77,7 @@ struct headline_row {
   std::string family, shape;
   std::string xattn, naive, naive_xattn, eigen;  // names; empty: no such row
   std::string naive_shape;                        // where naive ran, if not at the headline shape
+  std::string fp32 = {};                          // 16-bit lines: the fp32 row their "vs fp32" is over
 };
 
 std::vector<headline_row> headline_rows() {
@@ -102,7 +106,17 @@ std::vector<headline_row> headline_rows() {
   rows.push_back({"2-D neighborhood", "128x128 image, kernel 13", "neighborhood2d/xattn/img:128/K:13/D:128/H:8" + t,
                   "neighborhood2d/naive/img:64/K:13/D:128/H:8/threads:1", "neighborhood2d/xattn/img:64/K:13/D:128/H:8" + t,
                   "", "64x64"});
-  return rows;
+  // Below each row, its shape with 16-bit storage (decode: the K/V cache; its queries stay float).
+  std::vector<headline_row> with16;
+  for (const auto& r : rows) {
+    with16.push_back(r);
+    const bool decode = r.xattn.rfind("softmax_decode/", 0) == 0;
+    for (storage st : kStorages16) {
+      const std::string what = std::string(decode ? "K/V cache in " : "q, k, v in ") + storage_name(st);
+      with16.push_back({std::string("  ") + storage_name(st), what, r.xattn + dtype_suffix(st), "", "", "", "", r.xattn});
+    }
+  }
+  return with16;
 }
 
 /// Collects the results of every run, and prints the tables on Finalize: the per-family comparison
@@ -126,7 +140,7 @@ class comparison_reporter : public Base {
       auto& slot = results_[r.run_name.function_name];
       if (slot.from_median && !median) continue;
       const double to_ms = 1e3 / benchmark::GetTimeUnitMultiplier(r.time_unit);
-      slot = {r.GetAdjustedRealTime() * to_ms, r.counters, median};
+      slot = {r.GetAdjustedRealTime() * to_ms, r.counters, r.report_label, median};
     }
   }
 
@@ -150,6 +164,10 @@ class comparison_reporter : public Base {
   };
 
   void print_tables() {
+    // Families with 16-bit rows get a dtype column: their fp32 rows, named without one, read fp32.
+    std::set<std::string> with_dtype;
+    for (const auto& [name, res] : results_)
+      if (auto p = parse(name); p && !p->args.empty() && p->args.back().first == "dtype") with_dtype.insert(p->family);
     // family → rows in first-seen (= registration) order, keyed by their argument string.
     std::map<std::string, std::vector<row>> families;
     std::vector<std::string> family_order;
@@ -157,6 +175,8 @@ class comparison_reporter : public Base {
     for (const auto& [name, res] : results_) {
       auto p = parse(name);
       if (!p || p->family == "peak") continue;
+      if (with_dtype.count(p->family) && (p->args.empty() || p->args.back().first != "dtype"))
+        p->args.emplace_back("dtype", "fp32");
       if (!families.count(p->family)) family_order.push_back(p->family);
       auto& rows = families[p->family];
       std::string key;
@@ -272,23 +292,28 @@ class comparison_reporter : public Base {
       return it == r->counters.end() ? -1.0 : it->second.value;
     };
     const std::vector<std::string> head = {"family", "shape", "xattn ms", "naive ms", "eigen ms",
-                                           "x naive", "x eigen", "% peak"};
+                                           "x naive", "x eigen", "vs fp32", "% peak"};
     const std::string mark = markdown ? " \\*" : " *";  // a bare * would start emphasis or a list in Markdown
+    const std::string amx = std::string("path:") + xattn::path_name(xattn::product_path::amx_bf16);
     std::vector<std::vector<std::string>> cells;
     for (const auto& h : headline_rows()) {
       const result* x = find(h.xattn);
+      if (!x && !h.fp32.empty()) continue;  // a 16-bit line whose row did not run (a filter)
       const result* n = h.naive.empty() ? nullptr : find(h.naive);
       const result* nx = h.naive_xattn.empty() ? x : find(h.naive_xattn);
       const result* e = h.eigen.empty() ? nullptr : find(h.eigen);
+      const result* f = h.fp32.empty() ? nullptr : find(h.fp32);
+      const bool on_amx = x && x->label == amx;
       std::string peak = "-";
       if (x) {
         const double bw = counter(x, "pct_bw"), fl = counter(x, "pct_peak");
-        peak = bw >= 0 ? fmt("%.1f bw", bw) : fl >= 0 ? fmt("%.1f", fl) : "-";
+        peak = bw >= 0 ? fmt("%.1f bw", bw) : fl >= 0 ? fmt("%.1f", fl) + (on_amx ? " amx" : "") : "-";
       }
-      cells.push_back({h.family, h.shape, x ? ms(x->ms) : "-",
+      const std::string shape = h.shape + (on_amx ? ", AMX" : !h.fp32.empty() ? ", fp32 units" : "");
+      cells.push_back({h.family, shape, x ? ms(x->ms) : "-",
                        n ? ms(n->ms) + (h.naive_shape.empty() ? "" : " @" + h.naive_shape + mark) : "-",
                        e ? ms(e->ms) : "-", n && nx ? fmt("%.0fx", n->ms / nx->ms) : "-",
-                       e && x ? fmt("%.2fx", e->ms / x->ms) : "-", peak});
+                       e && x ? fmt("%.2fx", e->ms / x->ms) : "-", f && x ? fmt("%.2fx", f->ms / x->ms) : "-", peak});
     }
     std::vector<std::size_t> w(head.size());
     for (std::size_t c = 0; c < head.size(); ++c) {
@@ -305,8 +330,8 @@ class comparison_reporter : public Base {
       return out + "\n";
     };
     const std::string threads = std::to_string(kTableThreads);
-    os << (markdown ? "# " : "\n") << "xattn_bench: each family at its headline shape, B=1, fp32, xattn on " << threads
-       << " threads\n\n";
+    os << (markdown ? "# " : "\n") << "xattn_bench: each family at its headline shape, B=1, fp32 (16-bit lines below), "
+       << "xattn on " << threads << " threads\n\n";
     os << line(head);
     if (markdown) {
       os << "|";
@@ -327,11 +352,18 @@ class comparison_reporter : public Base {
        << bullet << mark.substr(1) << " the naive reference takes seconds per call (it materialises N x N), so it ran once" << more
        << "at the smaller shape shown; its ratio is to xattn (" << threads << " threads) at that shape.\n"
        << bullet << "% peak: xattn's GFLOPS (visited pairs only) over the FMA peak measured first" << more
-       << "(peak/fma); \"bw\": decode's K/V bytes read per second over the measured read bandwidth.\n";
+       << "(peak/fma); \"bw\": decode's K/V bytes read per second over the measured read bandwidth.\n"
+       << bullet << "bf16, f16: the row above with q, k, v (decode: the K/V cache) in Eigen::bfloat16 or" << more
+       << "Eigen::half, out float; vs fp32 = fp32 time / 16-bit time. \"AMX\": the products ran on" << more
+       << "AMX-BF16 tiles, and % peak is over the AMX peak (peak/amx_bf16, \"amx\"); \"fp32 units\": the" << more
+       << "16-bit rows were widened to float, % peak over the FMA peak; decode's bw counts the 2-byte" << more
+       << "elements it read.\n";
     if (markdown) {
-      os << bullet << "measured peaks at " << threads << " threads: FMA "
-         << (fma_peak_gflops[kTableThreads] > 0 ? fmt("%.1f GFLOPS", fma_peak_gflops[kTableThreads]) : "not measured")
-         << ", read bandwidth "
+      auto peak = [&](const double* slot) {
+        return slot[kTableThreads] > 0 ? fmt("%.1f GFLOPS", slot[kTableThreads]) : std::string("not measured");
+      };
+      os << bullet << "measured peaks at " << threads << " threads: FMA " << peak(fma_peak_gflops) << ", bf16 dot "
+         << peak(bf16_dot_peak_gflops) << ", AMX-BF16 " << peak(amx_bf16_peak_gflops) << ", read bandwidth "
          << (bandwidth_gbs[kTableThreads] > 0 ? fmt("%.1f GB/s", bandwidth_gbs[kTableThreads]) : "not measured") << ".\n";
     }
     os << "\n";
@@ -345,13 +377,15 @@ class comparison_reporter : public Base {
 
   static void print_peaks(std::ostream& os) {
     os << "measured peaks (pct_peak and pct_bw are relative to these):\n";
+    auto gflops = [](double v) { return v > 0 ? fmt("%7.1f GFLOPS", v) : std::string("   not measured"); };
     for (int t = 1; t <= kMaxThreads; ++t) {
-      os << "  threads:" << t << "  FMA "
-         << (fma_peak_gflops[t] > 0 ? fmt("%7.1f GFLOPS", fma_peak_gflops[t]) : std::string("   not measured"))
-         << "   read bandwidth "
-         << (bandwidth_gbs[t] > 0 ? fmt("%5.1f GB/s", bandwidth_gbs[t]) : std::string("not measured")) << "\n";
+      os << "  threads:" << t << "  FMA " << gflops(fma_peak_gflops[t]) << "   read bandwidth "
+         << (bandwidth_gbs[t] > 0 ? fmt("%5.1f GB/s", bandwidth_gbs[t]) : std::string("not measured")) << "\n"
+         << "             bf16 dot " << gflops(bf16_dot_peak_gflops[t]) << "   AMX-BF16 "
+         << gflops(amx_bf16_peak_gflops[t]) << "\n";
     }
   }
+
 
   static std::string cell(const result& r, const char* rate, const char* pct) {
     const auto a = r.counters.find(rate), b = r.counters.find(pct);

@@ -41,8 +41,9 @@ def series(benchmarks):
     """{label: [(N, tokens/s)]} from the iteration rows (or medians, when there are repetitions)."""
     out = {}
     for label, pattern in FAMILIES:
-        # run_name may go on with Google Benchmark's /min_time:.../real_time
-        rx = re.compile((pattern % THREADS).rstrip("$") + "(?:/|$)")
+        # run_name may go on with Google Benchmark's /min_time:.../real_time, but not with
+        # /dtype:...: the 16-bit rows of the same shape are not the plot's fp32 line
+        rx = re.compile((pattern % THREADS).rstrip("$") + "(?!/dtype:)(?:/|$)")
         points = {}
         for b in benchmarks:
             if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
