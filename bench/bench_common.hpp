@@ -168,8 +168,8 @@ inline double product_peak(xattn::product_path path, int threads) {
 }
 
 /// The path a row's products take: bfloat16 q, k, v in a prefill family of the tile engine
-/// (softmax, sliding window, sparse, 2-D neighborhood) run on AMX where the CPU allows it
-/// (xattn::bf16_product_path()); everything else on the fp32 path.
+/// (softmax, sliding window, sparse) run on AMX where the CPU allows it
+/// (xattn::bf16_product_path()); everything else (the 2-D neighborhood too) on the fp32 path.
 inline xattn::product_path path_of(storage s, bool tile_prefill) {
   return s == storage::bf16 && tile_prefill ? xattn::bf16_product_path() : xattn::product_path::fp32;
 }

@@ -128,7 +128,7 @@ void bm_neighborhood(benchmark::State& st, na_shape s) {
   const xattn::neighborhood_2d_options opt{.kernel_h = s.kernel, .kernel_w = s.kernel};
   const auto& dev = device(s.threads);
   const double n = double(s.img * s.img);
-  const auto path = path_of(S, true);
+  const auto path = path_of(S, false);
   label_path(st, S, path);
   run_flops(st, s.threads, 4.0 * kBatch * kHeads * kDim * n * double(s.kernel * s.kernel), kBatch * n, [&] {
     if constexpr (Naive) xattn::reference::neighborhood_attention_2d(q, k, v, out, opt);

@@ -49,10 +49,10 @@ void neighborhood_2d_forward(const Device& dev, const Q& q, const K& k, const V&
   neighborhood_policy policy{make_neighborhood_spec(fn, q.dimension(1), q.dimension(2), opt)};
   if (p.batch == 0 || p.nq == 0) return;  // an empty result
   // Plain windows on images at least a vector wide: the row-stencil kernel (one image row of
-  // queries in the lanes). Dilation, causal axes, narrower images and 16-bit tensors (which only the
-  // tile engine's copies convert): the tile engine's patches.
-  const bool native = p.q.native() && p.k.native() && p.v.native() && p.o.native();
-  if (native && neighborhood_rows<T, Arch>::covers(policy.s)) {
+  // queries in the lanes; 16-bit rows converted as it loads them, products in float: its strips
+  // of one image row do not make AMX tiles). Dilation, causal axes and narrower images: the tile
+  // engine's patches (float products too).
+  if (neighborhood_rows<T, Arch>::covers(policy.s)) {
     neighborhood_rows<T, Arch>(p, policy.s).run(dev);
     return;
   }

@@ -5,14 +5,17 @@
 //   product_path::amx_bf16  AMX tiles (tdpbf16ps), where CPUID reports AMX-TILE and AMX-BF16, XCR0
 //                           enables the tile state and Linux grants it (arch_prctl
 //                           ARCH_REQ_XCOMP_PERM, asked once per process on first use). Taken by
-//                           the tile engine's prefill blocks (softmax, sliding window, sparse, the
-//                           2-D neighborhood's patches) when K and V hold bfloat16, or when the
-//                           options ask for compute = bf16: QKᵀ and P·V on bf16 operands, P rounded
-//                           to bfloat16, every sum in float.
+//                           the tile engine's prefill blocks (softmax, sliding window, sparse: more
+//                           than 16 query rows per K/V head) when q, k and v hold bfloat16, or when
+//                           the options ask for compute = bf16: QKᵀ and P·V on bf16 operands, P
+//                           rounded to bfloat16, every sum in float. The product of each row is
+//                           then off by about bf16's rounding of P (relative 2^-9 per term).
 //   product_path::fp32      everything else: 16-bit rows are converted to float where tiles are
 //                           copied and the float micro-kernels run (AVX-512, AVX2, NEON, scalar).
 //                           Decode (a few query rows against a cache) always runs here: it is bound
-//                           by the bytes it reads, which a 16-bit cache halves.
+//                           by the bytes it reads, which a 16-bit cache halves. So do the 2-D
+//                           neighborhood (its row-stencil kernel converts rows as it loads them),
+//                           the chunk engine (linear, lightning) and half storage.
 //
 // bf16_product_path() says which one a call would take now; limit_product_path() caps it for the
 // whole process (tests and benchmarks compare the paths that way).

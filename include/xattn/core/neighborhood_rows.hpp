@@ -117,6 +117,7 @@ class neighborhood_rows {
     qt_size_ = round(p.d * L);
     s_size_ = round(s.kh * nt_max_ * L);
     ob_size_ = round(L * dvp_);
+    ldc_ = round(std::max(p.d, p.dv));
     // O by whole cache lines around the caches when it is larger than a last-level cache (write())
     stream_ = !simd::is_scalar_v<V> && p.dv % (64 / index(sizeof(T))) == 0 &&
               double(p.batch) * double(p.nq) * double(p.hq) * double(p.dv) * sizeof(T) > neighborhood_stream_bytes;
@@ -186,19 +187,20 @@ class neighborhood_rows {
   /// row's V as it is, one key per dvp values, for the columns inside the image (no window reaches
   /// past the image, so the others are never read). A copy, not a transpose: V rows sit 4 KiB
   /// apart in the caller's tensor at 8 heads × d 128, all in the same few L1 sets.
-  void load_row(const strip& g, index b, index hk, index r, T* slot) const {
+  void load_row(const strip& g, index b, index hk, index r, T* slot, T* conv) const {
     for (index j = 0; j < g.ld; j += L) {
       const index j0 = std::min(j, g.ld - L), col0 = g.x0 + g.tmin + j0;
       const T* src[L];
       for (index l = 0; l < L; ++l)
-        src[l] = col0 + l >= 0 && col0 + l < s_.width ? p_.k.row(b, r * s_.width + col0 + l, hk) : nullptr;
+        src[l] = col0 + l >= 0 && col0 + l < s_.width ? row_of(p_.k, b, r * s_.width + col0 + l, hk, p_.d, conv + l * ldc_)
+                                                     : nullptr;
       simd::transpose_rows<T, Arch>(src, p_.d, T(1), slot + j0, g.ld);  // null rows: zeros
     }
     std::fill(slot + p_.d * g.ld, slot + p_.d * g.ld + 2 * L, T(0));  // read by scores, never used
     T* vp = slot + kt_size_;
     const index j_lo = std::max<index>(0, -(g.x0 + g.tmin)), j_hi = std::min(g.ld, s_.width - g.x0 - g.tmin);
     for (index j = j_lo; j < j_hi; ++j) {
-      const T* src = p_.v.row(b, r * s_.width + g.x0 + g.tmin + j, hk);
+      const T* src = row_of(p_.v, b, r * s_.width + g.x0 + g.tmin + j, hk, p_.dv, conv);
       T* dst = vp + j * dvp_;
       index e = 0;
       for (; e + L <= p_.dv; e += L) simd::store(dst + e, simd::loadu<V>(src + e));
@@ -208,9 +210,10 @@ class neighborhood_rows {
   }
 
   /// Qᵀ of query row y, head h, scaled by scale·log2 e (zeros on padding lanes).
-  void load_q(const strip& g, index b, index y, index h, T* qt) const {
+  void load_q(const strip& g, index b, index y, index h, T* qt, T* conv) const {
     const T* src[L];
-    for (index l = 0; l < L; ++l) src[l] = l < g.valid ? p_.q.row(b, y * s_.width + g.x0 + l, h) : nullptr;
+    for (index l = 0; l < L; ++l)
+      src[l] = l < g.valid ? row_of(p_.q, b, y * s_.width + g.x0 + l, h, p_.d, conv + l * ldc_) : nullptr;
     simd::transpose_rows<T, Arch>(src, p_.d, T(p_.scale * kLog2e), qt, L);
   }
 
@@ -346,19 +349,28 @@ class neighborhood_rows {
   /// 4 % of the time at 128², kernel 13, one thread; streamed, two threads ran 5 % faster). A
   /// smaller O stays in the cache for the caller. Writing a pair's rows a few at a time during the
   /// next pair's scores instead was no faster.
-  void write(const strip& g, index b, index y, index h, const T* o, const T* inv) const {
+  void write(const strip& g, index b, index y, index h, const T* o, const T* inv, T* conv) const {
     for (index l = 0; l < g.valid; ++l) {
-      T* out = p_.o.row(b, y * s_.width + g.x0 + l, h);
+      const bool native = p_.o.native();
+      T* out = native ? p_.o.row(b, y * s_.width + g.x0 + l, h) : conv;  // 16-bit: rounded from conv below
       const T* src = o + l * dvp_;
       index e = 0;
       if constexpr (!simd::is_scalar_v<V>) {
         const V s = simd::bcast<V>(inv[l]);
-        if (stream_ && reinterpret_cast<std::uintptr_t>(out) % 64 == 0)
+        if (stream_ && native && reinterpret_cast<std::uintptr_t>(out) % 64 == 0)
           for (; e + L <= p_.dv; e += L) simd::stream(out + e, simd::load<V>(src + e) * s);
         for (; e + L <= p_.dv; e += L) simd::storeu(out + e, simd::load<V>(src + e) * s);
       }
       for (; e < p_.dv; ++e) out[e] = src[e] * inv[l];
+      if (!native) p_.o.store(b, y * s_.width + g.x0 + l, h, conv, p_.dv);
     }
+  }
+
+  /// A row of `t` as T: where it is, or (16-bit storage) converted into `conv`.
+  static const T* row_of(const bshd_view<const T>& t, index b, index s, index h, index n, T* conv) {
+    if (t.native()) return t.row(b, s, h);
+    t.load(conv, b, s, h, n);
+    return conv;
   }
 
   void work(index item) const {
@@ -371,11 +383,12 @@ class neighborhood_rows {
     const strip g = make_strip(si);
     const index kh = s_.kh, nk = kh * g.nt;
     T* ws = static_cast<T*>(workspace::of_this_thread().get(
-        sizeof(T) * std::size_t((kh + 1) * slot_ + 2 * qt_size_ + 2 * s_size_ + 2 * ob_size_)));
+        sizeof(T) * std::size_t((kh + 1) * slot_ + 2 * qt_size_ + 2 * s_size_ + 2 * ob_size_ + L * ldc_)));
     const ring rows{ws, kh + 1, slot_};
     T* const qt[2] = {ws + (kh + 1) * slot_, ws + (kh + 1) * slot_ + qt_size_};
     T* const sb[2] = {qt[1] + qt_size_, qt[1] + qt_size_ + s_size_};
     T* const ob[2] = {sb[1] + s_size_, sb[1] + s_size_ + ob_size_};
+    T* const conv = ob[1] + ob_size_;  // L rows of ldc_: 16-bit rows converted on their way in and out
     // Passes over offsets (scores) and over value vectors (P·V), as equal as possible; groups of
     // at most kQ query lanes, as equal as possible.
     const index chunks = (g.nt + kMaxNT - 1) / kMaxNT, nv = dvp_ / L, echunks = (nv + kMaxE - 1) / kMaxE;
@@ -388,25 +401,25 @@ class neighborhood_rows {
       const bool two = y + 1 < y_end;
       const index first[2] = {row_start(y), row_start(two ? y + 1 : y)};
       const index r_lo = first[0], r_hi = first[1] + kh;  // at most kh + 1 rows
-      for (; loaded < r_hi; ++loaded) load_row(g, b, hk, loaded, rows[loaded]);
+      for (; loaded < r_hi; ++loaded) load_row(g, b, hk, loaded, rows[loaded], conv);
       // The images come from DRAM at these sizes: ask for the next pair's query rows and new key rows
       // now, while this pair computes (~10 µs at d = 128).
       if (y + 2 < y_end) {
         const index ny = std::min(y + 3, y_end - 1), next_hi = row_start(ny) + kh;
         for (index qy = y + 2; qy <= ny; ++qy)
           for (index l = 0; l < g.valid; ++l)
-            simd::prefetch(p_.q.row(b, qy * s_.width + g.x0 + l, hk * p_.group), std::size_t(p_.group * p_.d) * sizeof(T));
+            simd::prefetch(p_.q.at(b, qy * s_.width + g.x0 + l, hk * p_.group), std::size_t(p_.group * p_.d) * elem_bytes(p_.q.type));
         for (index r = r_hi; r < next_hi; ++r)
           for (index col = std::max<index>(0, g.x0 + g.tmin); col < std::min(s_.width, g.x0 + g.tmin + g.ld); ++col) {
-            simd::prefetch(p_.k.row(b, r * s_.width + col, hk), std::size_t(p_.d) * sizeof(T));
-            simd::prefetch(p_.v.row(b, r * s_.width + col, hk), std::size_t(p_.dv) * sizeof(T));
+            simd::prefetch(p_.k.at(b, r * s_.width + col, hk), std::size_t(p_.d) * elem_bytes(p_.k.type));
+            simd::prefetch(p_.v.at(b, r * s_.width + col, hk), std::size_t(p_.dv) * elem_bytes(p_.v.type));
           }
       }
 
       for (index gi = 0; gi < p_.group; ++gi) {
         const index h = hk * p_.group + gi;
-        load_q(g, b, y, h, qt[0]);
-        if (two) load_q(g, b, y + 1, h, qt[1]);
+        load_q(g, b, y, h, qt[0], conv);
+        if (two) load_q(g, b, y + 1, h, qt[1], conv);
         V mx[2] = {ninf, ninf};
         for (index r = r_lo; r < r_hi; ++r) {
           const bool u0 = r < first[0] + kh, u1 = two && r >= first[1];
@@ -454,7 +467,7 @@ class neighborhood_rows {
             }
           }
         }
-        for (int i = 0; i < (two ? 2 : 1); ++i) write(g, b, y + i, h, ob[i], inv[i]);
+        for (int i = 0; i < (two ? 2 : 1); ++i) write(g, b, y + i, h, ob[i], inv[i], conv);
       }
     }
     simd::stream_fence();  // the streamed rows of O are complete before the item is
@@ -463,6 +476,7 @@ class neighborhood_rows {
   const softmax_problem<T>& p_;
   neighborhood_spec s_;
   index strips_, nt_max_, ld_max_, band_, bands_, dvp_, kt_size_, slot_, qt_size_, s_size_, ob_size_;
+  index ldc_ = 0;  // row stride of the conversion rows
   bool stream_;
 };
 
