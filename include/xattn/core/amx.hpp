@@ -121,11 +121,12 @@ XATTN_AMX_TARGET inline void scores(float* st, index br, const std::uint16_t* kt
 /// [keys/2][br][2].
 XATTN_AMX_TARGET inline void values(float* ot, index br, const float* alpha, const std::uint16_t* vt, index ldv,
                                     const std::uint16_t* pv, index dv2, index c0, index c1, index r0, index r1) {
-  for (index e = 0; e < dv2; e += 32) {
-    const int mt = e + 32 <= dv2 ? 2 : 1;
-    for (index r = r0; r < r1; r += 32) {
-      const __m512 a0 = _mm512_loadu_ps(alpha + r), a1 = _mm512_loadu_ps(alpha + r + 16), one = _mm512_set1_ps(1.f);
-      const bool same = _mm512_cmp_ps_mask(a0, one, _CMP_EQ_OQ) == 0xffff && _mm512_cmp_ps_mask(a1, one, _CMP_EQ_OQ) == 0xffff;
+  // Lanes outer: a lane group's P (4 KiB) stays in L1 for all of dv, beside Vᵀ (16 KiB at dv 128).
+  for (index r = r0; r < r1; r += 32) {
+    const __m512 a0 = _mm512_loadu_ps(alpha + r), a1 = _mm512_loadu_ps(alpha + r + 16), one = _mm512_set1_ps(1.f);
+    const bool same = _mm512_cmp_ps_mask(a0, one, _CMP_EQ_OQ) == 0xffff && _mm512_cmp_ps_mask(a1, one, _CMP_EQ_OQ) == 0xffff;
+    for (index e = 0; e < dv2; e += 32) {
+      const int mt = e + 32 <= dv2 ? 2 : 1;
       for (index i = e; i < e + 16 * mt && !same; ++i) {
         float* row = ot + i * br + r;
         _mm512_storeu_ps(row, _mm512_mul_ps(_mm512_loadu_ps(row), a0));
@@ -238,12 +239,12 @@ XATTN_AMX_TARGET inline void pack_p(std::uint16_t* pv, index br, const float* st
   }
 }
 
-/// The V tile transposed: vt[e][c] (rows ldv = 64 bf16 apart, e < dv2, c < 64) = V[c][e] for
+/// The V tile transposed: vt[e][c] (rows ldv bf16 apart, e < dv2, c < 64) = V[c][e] for
 /// c < nc, 0 for c >= nc; rows[c] are the bf16 rows of V (dv values each). w is scratch of
 /// 32 × dvw 32-bit words (dvw = dv rounded up to 32): first each key pair (c, c + 1) interleaved
 /// per value column, then 16 × 16 blocks of those pairs transposed as 32-bit words.
-XATTN_AMX_TARGET inline void pack_v(std::uint16_t* vt, const std::uint16_t* const* rows, index nc, index dv, index dv2,
-                                    index dvw, std::uint32_t* w) {
+XATTN_AMX_TARGET inline void pack_v(std::uint16_t* vt, index ldv, const std::uint16_t* const* rows, index nc, index dv,
+                                    index dv2, index dvw, std::uint32_t* w) {
   alignas(64) static constexpr std::uint16_t kLo[32] = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,
                                                         37, 6, 38, 7, 39, 8,  40, 9,  41, 10, 42,
                                                         11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
@@ -259,14 +260,14 @@ XATTN_AMX_TARGET inline void pack_v(std::uint16_t* vt, const std::uint16_t* cons
       _mm512_storeu_si512(wr + e + 16, _mm512_permutex2var_epi16(a, hi, b));
     }
   }
-  auto* v32 = reinterpret_cast<std::uint32_t*>(vt);  // [dv2][32] words
+  auto* v32 = reinterpret_cast<std::uint32_t*>(vt);  // [dv2][ldv / 2] words
   for (index e = 0; e < dv2; e += 16)
     for (index cp0 = 0; cp0 < 32; cp0 += 16) {
       const float* src[16];
       for (int i = 0; i < 16; ++i) src[i] = reinterpret_cast<const float*>(w + (cp0 + i) * dvw + e);
       xsimd::batch<float, xsimd::avx512f> col[16];
       simd::transpose_block<float, xsimd::avx512f>(src, col);
-      for (int j = 0; j < 16; ++j) col[j].store_unaligned(reinterpret_cast<float*>(v32 + (e + j) * 32 + cp0));
+      for (int j = 0; j < 16; ++j) col[j].store_unaligned(reinterpret_cast<float*>(v32 + (e + j) * (ldv / 2) + cp0));
     }
 }
 
@@ -282,7 +283,7 @@ void scores(float*, index, const std::uint16_t*, index, const std::uint16_t*, in
 void values(float*, index, const float*, const std::uint16_t*, index, const std::uint16_t*, index, index, index, index,
             index);
 void pack_p(std::uint16_t*, index, const float*, index, index, index, index, index, index);
-void pack_v(std::uint16_t*, const std::uint16_t* const*, index, index, index, index, std::uint32_t*);
+void pack_v(std::uint16_t*, index, const std::uint16_t* const*, index, index, index, index, std::uint32_t*);
 void softmax_pairs(float*, float*, float*, float*, const float*, index, index, index, index, index, float, std::uint16_t*, index,
                    index);
 #endif  // XATTN_HAVE_AMX_KERNELS

@@ -205,6 +205,11 @@ class tile_engine {
     alignas(simd::kAlign) T lx[BrMax];  // AMX: the sum of P before its rounding (for the LSE; sm.l sums P as rounded)
     const T* lse_sum() const { return on_amx ? lx : sm.l; }
     bool on_amx = false;
+    // AMX: a full tile's P·V waits for the next tile's, so that the two run as one product over 128
+    // keys (one load and store of Oᵀ instead of two); its alpha, and the keys its P covers.
+    bool pending = false;
+    index pending_keys = 0;
+    alignas(simd::kAlign) T pending_alpha[BrMax];
   };
 
   /// Lanes per block: the policy's choice (e.g. one sparse layout row), else as many rows as fit.
@@ -223,10 +228,10 @@ class tile_engine {
   // Wide: MRK more rows, where a lane group's micro-tiles run past its key range.
   index s_rows() const { return S::round_up(Bc + (Narrow ? 0 : S::MRK), std::max<index>(S::MR, L)); }
   index q_size() const { return Narrow ? br_ * ldq_ : amx_ ? d2_ * br_ / 2 : p_.d * br_; }
-  /// AMX scratch (floats): P paired [32][br], the V pairs [32][dvw], converted V rows [64][dvw]
+  /// AMX scratch (floats): P paired for two tiles [64][br], the V pairs [32][dvw], converted V rows [64][dvw]
   /// (bf16), and a float row through which Q rows are converted.
   index amx_size() const { return amx_ ? amx_scratch() + ldst_ : 0; }
-  index amx_scratch() const { return 32 * br_ + 64 * dvw_; }  // then a float row for conversions
+  index amx_scratch() const { return 64 * br_ + 64 * dvw_; }  // then a float row for conversions
   index partial_size() const { return o_size_ + 3 * br_; }  // O, m, l, and the sum for the LSE
   /// Where output element (value column e, lane r) lives in a block's O.
   index o_at(index e, index r) const { return Narrow ? r * ldv_ + e : e * br_ + r; }
@@ -513,6 +518,7 @@ class tile_engine {
     }
     blk.sm.init(p_.sinks && split == 0 ? blk.sink : nullptr, br_);  // the sink joins one split only
     blk.on_amx = amx_;
+    blk.pending = false;
     if (amx_) std::copy(blk.sm.l, blk.sm.l + br_, blk.lx);
     std::fill(blk.ot, blk.ot + o_size_, T(0));
     if constexpr (Narrow) std::fill(blk.st, blk.st + s_rows() * br_, T(0));  // lanes past `valid` stay finite
@@ -520,6 +526,8 @@ class tile_engine {
 
   /// Hands the block's state to its split's partial, or writes its rows.
   void finish(block& blk, index b, T* partial) const {
+    if constexpr (kAmx)
+      if (blk.pending) flush(blk);
     if (partial) {
       std::memcpy(partial, blk.ot, sizeof(T) * o_size_);
       std::memcpy(partial + o_size_, blk.sm.m, sizeof(T) * br_);
@@ -677,31 +685,29 @@ class tile_engine {
                 const Prefetch& prefetch) const {
     if constexpr (kAmx) {
       auto* kt = reinterpret_cast<std::uint16_t*>(blk.kt);  // [Bc][d2] when copied
-      auto* vt = reinterpret_cast<std::uint16_t*>(blk.vt);  // [dv2][Bc]
-      auto* pv = reinterpret_cast<std::uint16_t*>(blk.amx);  // [Bc/2][br][2]
-      auto* w = reinterpret_cast<std::uint32_t*>(blk.amx + 32 * br_);
-      auto* vconv = reinterpret_cast<std::uint16_t*>(blk.amx + 32 * br_ + 32 * dvw_);
+      auto* vt = reinterpret_cast<std::uint16_t*>(blk.vt);  // [dv2][2·Bc]: two tiles' Vᵀ
+      auto* pv = reinterpret_cast<std::uint16_t*>(blk.amx);  // [Bc][br][2]: two tiles' P pairs
+      auto* w = reinterpret_cast<std::uint32_t*>(blk.amx + 64 * br_);
+      auto* vconv = reinterpret_cast<std::uint16_t*>(blk.amx + 64 * br_ + 32 * dvw_);
       const auto* qv = reinterpret_cast<const std::uint16_t*>(blk.qt);
-      // K rows feed the tiles where they are when they hold bf16 and need no zero padding (d a
-      // multiple of 32), else they are copied (converted) with zeros up to d2.
-      // (The tiles read whole groups of 16 rows: the rows past nc must exist in the tensor too.)
-      const bool k_in_place = p_.k.type == elem::bf16 && p_.d == d2_ && j0 + S::round_up(nc, 16) <= p_.k.seq;
-      const std::uint16_t* ktile = k_in_place ? reinterpret_cast<const std::uint16_t*>(p_.k.at(b, j0, hk)) : kt;
-      const index ldk = k_in_place ? p_.k.ss : d2_;
+      // K rows are copied (converted) into d2-wide rows, zeros past d: in place, a tile's rows sit
+      // H·d apart (2 KiB at 8 heads × 128 bf16), all in two L1 sets per column, and the 8 lane
+      // groups that reuse them missed L1 (the products ran ~25 % slower that way).
+      const std::uint16_t* ktile = kt;
+      const index ldk = d2_;
       const std::uint16_t* vrows[Bc];
       for (index c = 0; c < nc; ++c) {
-        if (!k_in_place) {
-          std::uint16_t* kr = kt + c * d2_;
-          const std::uint16_t* src = bf16_row(p_.k, b, key(c), hk, p_.d, blk.stage, kr);
-          if (src != kr) std::memcpy(kr, src, 2 * std::size_t(p_.d));
-          std::fill(kr + p_.d, kr + d2_, std::uint16_t(0));
-        }
+        std::uint16_t* kr = kt + c * d2_;
+        const std::uint16_t* src = bf16_row(p_.k, b, key(c), hk, p_.d, blk.stage, kr);
+        if (src != kr) std::memcpy(kr, src, 2 * std::size_t(p_.d));
+        std::fill(kr + p_.d, kr + d2_, std::uint16_t(0));
         vrows[c] = bf16_row(p_.v, b, key(c), hk, p_.dv, blk.stage, vconv + c * dvw_);
         prefetch(c);
       }
-      amx::pack_v(vt, vrows, nc, p_.dv, dv2_, dvw_, w);
       if constexpr (lane_grouped_keys<Sched>) {
         if (sched.partial(n)) {
+          if (blk.pending) flush(blk);
+          amx::pack_v(vt, 2 * Bc, vrows, nc, p_.dv, dv2_, dvw_, w);
           constexpr index W = 32;
           for (index r0 = 0; r0 < blk.valid; r0 += W) {
             index c0, c1;
@@ -710,15 +716,44 @@ class tile_engine {
             amx::scores(blk.st, br_, ktile, ldk, qv, d2_, c0 & ~index(15), std::min(S::round_up(c1, 16), Bc), r0, r0 + W);
             const index p0 = c0 & ~index(31), p1 = S::round_up(c1, 32);
             softmax(blk, b, sched, n, j0, c0, c1, r0, r0 + W, pv, p0, p1);
-            amx::values(blk.ot, br_, blk.sm.alpha, vt, Bc, pv, dv2_, p0, p1, r0, r0 + W);
+            amx::values(blk.ot, br_, blk.sm.alpha, vt, 2 * Bc, pv, dv2_, p0, p1, r0, r0 + W);
           }
           return;
         }
       }
+      // A full tile: its V and P go to the second half of the buffers when a tile is pending.
+      const index half = blk.pending ? Bc : 0;
+      amx::pack_v(vt + half, 2 * Bc, vrows, nc, p_.dv, dv2_, dvw_, w);
       amx::scores(blk.st, br_, ktile, ldk, qv, d2_, 0, S::round_up(nc, 16), 0, br_);
       const index p1 = S::round_up(nc, 32);
-      softmax(blk, b, sched, n, j0, 0, nc, 0, br_, pv, 0, p1);
-      amx::values(blk.ot, br_, blk.sm.alpha, vt, Bc, pv, dv2_, 0, p1, 0, br_);
+      softmax(blk, b, sched, n, j0, 0, nc, 0, br_, pv + half * br_, 0, p1);
+      if (!blk.pending) {
+        blk.pending = true, blk.pending_keys = p1;
+        std::copy(blk.sm.alpha, blk.sm.alpha + br_, blk.pending_alpha);
+        return;
+      }
+      // Both tiles' P·V: as one product over their keys where this tile left a lane group's max
+      // where it was (alpha = 1, most tiles: see amx::softmax_pairs), else one after the other.
+      blk.pending = false;
+      for (index r0 = 0; r0 < br_; r0 += 32) {
+        bool same = blk.pending_keys == Bc;
+        for (index r = r0; r < r0 + 32 && same; ++r) same = blk.sm.alpha[r] == T(1);
+        if (same) {
+          amx::values(blk.ot, br_, blk.pending_alpha, vt, 2 * Bc, pv, dv2_, 0, Bc + p1, r0, r0 + 32);
+        } else {
+          amx::values(blk.ot, br_, blk.pending_alpha, vt, 2 * Bc, pv, dv2_, 0, blk.pending_keys, r0, r0 + 32);
+          amx::values(blk.ot, br_, blk.sm.alpha, vt, 2 * Bc, pv, dv2_, Bc, Bc + p1, r0, r0 + 32);
+        }
+      }
+    }
+  }
+
+  /// The pending tile's P·V (see block::pending), on its own.
+  void flush(block& blk) const {
+    if constexpr (kAmx) {
+      blk.pending = false;
+      amx::values(blk.ot, br_, blk.pending_alpha, reinterpret_cast<const std::uint16_t*>(blk.vt), 2 * Bc,
+                  reinterpret_cast<const std::uint16_t*>(blk.amx), dv2_, 0, blk.pending_keys, 0, br_);
     }
   }
 
