@@ -272,5 +272,31 @@ const Case kCases[] = {
 
 INSTANTIATE_TEST_SUITE_P(Cases, ChunkAmx, ::testing::ValuesIn(kCases), chunk::case_name);
 
+// A float out past kStreamOutBytes is streamed past the caches: one call over 8192 tokens equals two
+// calls of 4096 (out small enough to be stored as usual) passing the state between them, bit for bit.
+class ChunkAmxLarge : public ChunkAmx {};
+
+TEST_F(ChunkAmxLarge, StreamedOutEqualsTwoSegments) {
+  const index n = 8192, half = n / 2, heads = 8, d = 128;
+  static_assert(std::size_t(n * heads * d) * sizeof(float) >= xattn::detail::kStreamOutBytes);
+  const Case c = Case("large_streamed").batch(1).heads(heads, heads).dim(d).len(n);
+  const bf16_inputs in = make_bf16_inputs(c);
+  const std::vector<double> decay = xattn::lightning_slopes(heads);
+  tensor<float> out = nan_out<float>(c), state(1, heads, d, d);
+  xattn::lightning_attention(device(2), in.q, in.k, in.v, out, {.decay = decay, .final_state = state});
+
+  auto first = [&](const tensor<bf16>& x, index t0) {
+    return tensor<bf16>(x.slice(Eigen::array<index, 4>{0, t0, 0, 0}, Eigen::array<index, 4>{1, half, heads, d}));
+  };
+  tensor<float> o0(1, half, heads, d), o1(1, half, heads, d), s0(1, heads, d, d), s1(1, heads, d, d);
+  xattn::lightning_attention(device(2), first(in.q, 0), first(in.k, 0), first(in.v, 0), o0,
+                             {.decay = decay, .final_state = s0});
+  xattn::lightning_attention(device(2), first(in.q, half), first(in.k, half), first(in.v, half), o1,
+                             {.decay = decay, .initial_state = s0, .final_state = s1});
+  const tensor<float> both = o0.concatenate(o1, 1);
+  EXPECT_TRUE(bitwise_equal("out", out, both));
+  EXPECT_TRUE(bitwise_equal("final_state", state, s1));
+}
+
 }  // namespace
 }  // namespace xattn_test::chunk_amx

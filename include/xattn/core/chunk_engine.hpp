@@ -119,6 +119,9 @@ inline constexpr index kMaxWindow = 64;
 inline constexpr index kPrefixSlice = 2048;
 /// Consecutive chunks per item of the windowed order.
 inline constexpr index kRunChunks = 4;
+/// Bytes of float out from which the AMX path streams its out rows past the caches (stream_out_):
+/// about a last-level cache of these machines.
+inline constexpr std::size_t kStreamOutBytes = std::size_t{32} << 20;
 /// Heads one item of the per-unit order sweeps together: at most kMaxHeadGroup, fewer when that
 /// would leave less than kMinGroupItems items (two threads' worth: B = 1, H = 8 runs as two items
 /// of four heads, measured ~5% faster at N = 131072 than four items of two).
@@ -140,6 +143,8 @@ class chunk_engine {
   static constexpr index ceil_div(index x, index m) { return (x + m - 1) / m; }
   static constexpr index kAheadRows = 4;       // rows of the next chunk prefetched after each product
   static constexpr index kAheadTile = 4 * MR;  // rows of the large products between two of those
+  /// Whether this engine carries the AMX path: float compute with 16 lanes in an AVX-512 build.
+  static constexpr bool kAmx = amx::built && std::is_same_v<T, float> && L == 16;
 
  public:
   explicit chunk_engine(const chunk_problem<T>& p)
@@ -163,13 +168,15 @@ class chunk_engine {
         window_(std::clamp<index>(index(kWindowBytes / (sizeof(T) * std::size_t(units_ * sstride_))), 1, kMaxWindow)),
         windowed_(units_ < kChunkParallelUnits && kchunks_ > 1 && window_ > 1),
         head_group_(head_group_of(p.batch, p.hq)),
-        amx_(use_amx(p)) {}
+        amx_(use_amx(p)),
+        stream_out_(amx_ && p.o.native() &&
+                    std::size_t(p.batch * p.nq * p.hq * p.e) * sizeof(T) >= kStreamOutBytes) {}
 
   /// Whether this engine runs its products on AMX tiles (see paths.hpp): float compute in an
   /// AVX-512 build, the identity map without normaliser, d, e and the chunk multiples of 32 (whole
   /// tiles), bf16 q, k and v (or compute = bf16), and the CPU and OS allowing it.
   static bool use_amx(const chunk_problem<T>& p) {
-    if constexpr (!amx::built || !std::is_same_v<T, float> || L != 16) {
+    if constexpr (!kAmx) {
       return false;
     } else {
       const bool bf16 = p.q.type == elem::bf16 && p.k.type == elem::bf16 && p.v.type == elem::bf16;
@@ -247,7 +254,7 @@ class chunk_engine {
   }
   /// Loads this thread's tile configuration (each item: other code may have changed it).
   void configure_tiles() const {
-    if constexpr (amx::built)
+    if constexpr (kAmx)
       if (amx_) amx::configure();
   }
 
@@ -334,7 +341,7 @@ class chunk_engine {
     for (; a.next < end; ++a.next) {
       if (a.q) {  // with q, the chunk writes its out rows: owning their lines first spares the stores a miss
         simd::prefetch(p_.q.at(a.b, a.next, a.h), elem_bytes(p_.q.type) * std::size_t(p_.d));
-        simd::prefetch(p_.o.at(a.b, a.next, a.h), elem_bytes(p_.o.type) * std::size_t(p_.e));
+        if (!stream_out_) simd::prefetch(p_.o.at(a.b, a.next, a.h), elem_bytes(p_.o.type) * std::size_t(p_.e));
       }
       if (a.kv) {
         simd::prefetch(p_.k.at(a.b, a.next, hk), elem_bytes(p_.k.type) * std::size_t(p_.d));
@@ -370,7 +377,8 @@ class chunk_engine {
 
   /// φ(Q)[t] = scale·φ(q_t), zero past d'. AMX: the bf16 rows of q, unscaled.
   void pack_q(scratch& w, index b, index h, index t0, index nb) const {
-    if (amx_) return bf16_rows(p_.q, w.f, b, h, t0, nb, p_.d, w.qb);
+    if constexpr (kAmx)
+      if (amx_) return bf16_rows(p_.q, w.f, b, h, t0, nb, p_.d, w.qb);
     const T sc = T(p_.scale);
     const bool ident = p_.map->kind() == feature::identity;
     for (index t = 0; t < nb; ++t) {
@@ -391,7 +399,7 @@ class chunk_engine {
 
   /// φ(K)[j] = φ(k_j), zero past d'. AMX: K's bf16 rows, their pairs along d (words [d/2][B]) and Kᵀ.
   void pack_k(scratch& w, index b, index hk, index t0, index nb) const {
-    if constexpr (amx::built)
+    if constexpr (kAmx)
       if (amx_) {
         const index d2 = p_.d / 2, n32 = round_up(nb, 32);
         bf16_rows(p_.k, w.f, b, hk, t0, nb, p_.d, w.kr);
@@ -415,7 +423,7 @@ class chunk_engine {
 
   /// V[j] = v_j, zero past e; when `scaled`, also scale_v. AMX: V's bf16 rows and their pairs.
   void pack_v(scratch& w, index b, index hk, index t0, index nb, bool scaled) const {
-    if constexpr (amx::built)
+    if constexpr (kAmx)
       if (amx_) {
         bf16_rows(p_.v, w.f, b, hk, t0, nb, p_.e, w.vr);
         amx::pair_rows(w.vp, 2 * p_.e, w.vr, p_.e, nullptr, round_up(nb, 32), nb, p_.e);
@@ -432,7 +440,7 @@ class chunk_engine {
 
   /// (λV)[j] = λ^(nb−1−j)·V[j] with the current head's kdec (AMX: paired, rounded to bf16).
   void scale_v(scratch& w, index nb) const {
-    if constexpr (amx::built)
+    if constexpr (kAmx)
       if (amx_) return amx::pair_rows(w.vdp, 2 * p_.e, w.vr, p_.e, w.kdec, round_up(nb, 32), nb, p_.e);
     for (index j = 0; j < nb; ++j) {
       const V f = simd::bcast<V>(w.kdec[j]);
@@ -444,7 +452,7 @@ class chunk_engine {
 
   /// Output rows [t0, t0 + nb) of unit (b, h) from the packed chunk and the state st before it.
   void output(scratch& w, const T* st, index b, index h, index t0, index nb) const {
-    if constexpr (amx::built)
+    if constexpr (kAmx)
       if (amx_) return output_amx(w, st, b, h, t0, nb);
     const T* qdec = powers(h) + 1;  // λ^(t+1)
     const index nbl = round_up(nb, L), df = p_.df;
@@ -514,7 +522,7 @@ class chunk_engine {
 
   /// The same on AMX tiles (see the header): whole 32-row blocks of the chunk, the rows past nb zero.
   void output_amx(scratch& w, const T* st, index b, index h, index t0, index nb) const {
-    if constexpr (amx::built) {
+    if constexpr (kAmx) {
       const index d = p_.d, e = p_.e, n32 = round_up(nb, 32);
       const T sc = T(p_.scale);
       if (p_.causal) {
@@ -540,19 +548,19 @@ class chunk_engine {
         amx::gemm(w.o + r0 * lde_, lde_, w.qb + r0 * d, d, w.sp, 2 * e, 32, e, d);
         prefetch_some(w);
       }
-      // out[t] = scale·λ^(t+1)·O[t] + O'[t] (non-causal: scale·O[t]); 16-bit out rounded as stored
+      // out[t] = scale·λ^(t+1)·O[t] + O'[t] (non-causal: scale·O[t]); 16-bit out rounded as stored.
+      // Float rows on 64-byte boundaries are streamed past the caches (see stream_out_).
       const T* qdec = powers(h) + 1;
       for (index t = 0; t < nb; ++t) {
         T* o = w.o + t * lde_;
         T* dst = p_.o.native() ? p_.o.row(b, t0 + t, h) : o;
-        if (p_.causal) {
-          const V f = simd::bcast<V>(sc * qdec[t]);
-          const T* o2 = w.o2 + t * e;
-          for (index x = 0; x < e; x += L)
-            simd::storeu(dst + x, simd::fma(f, simd::loadu<V>(o + x), simd::loadu<V>(o2 + x)));
-        } else {
-          const V f = simd::bcast<V>(sc);
-          for (index x = 0; x < e; x += L) simd::storeu(dst + x, simd::loadu<V>(o + x) * f);
+        const bool stream = stream_out_ && reinterpret_cast<std::uintptr_t>(dst) % simd::kAlign == 0;
+        const V f = simd::bcast<V>(p_.causal ? sc * qdec[t] : sc);
+        const T* o2 = w.o2 + t * e;
+        for (index x = 0; x < e; x += L) {
+          const V y = p_.causal ? simd::fma(f, simd::loadu<V>(o + x), simd::loadu<V>(o2 + x)) : simd::loadu<V>(o + x) * f;
+          if (stream) simd::stream(dst + x, y);
+          else simd::storeu(dst + x, y);
         }
         if (!p_.o.native()) p_.o.store(b, t0 + t, h, o, e);
       }
@@ -561,7 +569,7 @@ class chunk_engine {
 
   /// ΔS = φ(K)ᵀ·(λV) and Δz = Σ_j λ^(nb−1−j)·φ(k_j) of the packed chunk into ds.
   void delta(scratch& w, T* ds, index nb) const {
-    if constexpr (amx::built)
+    if constexpr (kAmx)
       if (amx_) {
         const index e = p_.e, n32 = round_up(nb, 32);
         for (index r0 = 0; r0 < p_.d; r0 += 32) {
@@ -662,6 +670,7 @@ class chunk_engine {
         }
       }
     for (index h = h0; h < h1; ++h) store_state(b * p_.hq + h, state(h));
+    if (stream_out_) simd::stream_fence();  // the streamed out rows, visible before the item ends
   }
 
   T* carry(index u) const { return carry_ + u * sstride_; }
@@ -688,6 +697,7 @@ class chunk_engine {
         w.ahead = i + 1 < i1 ? rows_of(b, h, c0 + i + 1, q, kv) : ahead_rows{};
         fn(w, chunk_at{u, b, h, hk, i, t0, nb});
       }
+      if (stream_out_ && q) simd::stream_fence();  // the streamed out rows, visible before the item ends
     });
   }
 
@@ -742,6 +752,10 @@ class chunk_engine {
   bool windowed_;
   index head_group_;
   bool amx_;  // products on AMX tiles (use_amx)
+  // AMX, float out larger than a last-level cache: out rows are written with streaming stores, not
+  // prefetched. At AMX speed the chunk is bound by memory, and a store that misses first reads its
+  // line (a third of the traffic at bf16 q, k, v and float out).
+  bool stream_out_;
   T *tab_ = nullptr, *stats_ = nullptr, *carry_ = nullptr, *slots_ = nullptr;
   index ld_stats_ = 0;
 };
