@@ -361,6 +361,33 @@ XATTN_AMX_TARGET inline void split_pairs(std::uint16_t* dst, index ldd, const st
     }
 }
 
+/// The state update s = fma(lam, s, ds) over rows × n floats (rows ld apart, n a multiple of 16),
+/// and the updated rows as B pairs for the next chunk: sp[p][x][0..1] = bf16(s[2p][x]),
+/// bf16(s[2p + 1][x]) (pair rows 2n bf16 apart), in the same pass.
+XATTN_AMX_TARGET inline void combine_pairs(float* s, const float* ds, float lam, std::uint16_t* sp, index rows, index n,
+                                           index ld) {
+  alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                          21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                                          11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i pair = _mm512_load_si512(kPair);
+  const __m512 l = _mm512_set1_ps(lam);
+  for (index r = 0; r < rows; r += 2) {
+    float* s0 = s + r * ld;
+    float* s1 = s0 + ld;
+    const float* d0 = ds + r * ld;
+    const float* d1 = d0 + ld;
+    std::uint16_t* dst = sp + r * n;  // pair row r/2
+    for (index x = 0; x < n; x += 16) {
+      const __m512 x0 = _mm512_fmadd_ps(l, _mm512_loadu_ps(s0 + x), _mm512_loadu_ps(d0 + x));
+      const __m512 x1 = _mm512_fmadd_ps(l, _mm512_loadu_ps(s1 + x), _mm512_loadu_ps(d1 + x));
+      _mm512_storeu_ps(s0 + x, x0);
+      _mm512_storeu_ps(s1 + x, x1);
+      const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);  // words 0–15: x0, 16–31: x1
+      _mm512_storeu_si512(dst + 2 * x, _mm512_permutexvar_epi16(pair, both));
+    }
+  }
+}
+
 /// A row of A from float scores: dst[j] = bf16(s·p[j]·mask[j]) for j < n (a multiple of 32),
 /// rounded to nearest even; mask read unaligned.
 XATTN_AMX_TARGET inline void masked_row(std::uint16_t* dst, const float* p, const float* mask, float s, index n) {
@@ -393,6 +420,7 @@ void pair_rows(std::uint16_t*, index, const std::uint16_t*, index, const float*,
 void transpose_words(std::uint32_t*, index, const std::uint32_t*, index, index, index);
 void split_pairs(std::uint16_t*, index, const std::uint32_t*, index, index, index);
 void masked_row(std::uint16_t*, const float*, const float*, float, index);
+void combine_pairs(float*, const float*, float, std::uint16_t*, index, index, index);
 #endif  // XATTN_HAVE_AMX_KERNELS
 
 }  // namespace xattn::detail::amx

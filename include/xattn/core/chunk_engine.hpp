@@ -228,6 +228,10 @@ class chunk_engine {
     std::uint16_t *qb = nullptr, *kr = nullptr, *kp = nullptr, *kt = nullptr, *vr = nullptr, *vp = nullptr,
                   *vdp = nullptr, *sp = nullptr, *pb = nullptr;
     T *o2 = nullptr, *f = nullptr;
+    // AMX, per-unit order: the S pairs of each of the item's heads, written as its state is updated,
+    // and the ones output() is to use (null: it pairs the state it is given itself)
+    std::uint16_t* sps = nullptr;
+    const std::uint16_t* sp_ready = nullptr;
   };
 
   /// The AMX part of an item's scratch, in T: the bf16 buffers of scratch, then O' and the row.
@@ -238,12 +242,12 @@ class chunk_engine {
     for (int i = 0; i < 9; ++i) total += (n ? n[i] = sizes[i] : sizes[i]);
     return total;
   }
-  index amx_size() const {
+  index amx_size(index states) const {
     return amx_ ? round_up(amx_bf16_sizes(nullptr) / 2, S::kAlignElems) + round_up(bk_ * p_.e, S::kAlignElems) +
-                      std::max(p_.d, p_.e)
+                      round_up(std::max(p_.d, p_.e), S::kAlignElems) + states * p_.d * p_.e / 2
                 : 0;
   }
-  void carve_amx(scratch& w, T* base) const {
+  void carve_amx(scratch& w, T* base, index states) const {
     index n[9];
     amx_bf16_sizes(n);
     auto* h = reinterpret_cast<std::uint16_t*>(base);
@@ -251,6 +255,7 @@ class chunk_engine {
     for (int i = 0; i < 9; ++i) *at[i] = n[i] ? h : nullptr, h += n[i];  // each a multiple of 32 bf16
     w.o2 = base + round_up(amx_bf16_sizes(nullptr) / 2, S::kAlignElems);
     w.f = w.o2 + round_up(bk_ * p_.e, S::kAlignElems);
+    if (states) w.sps = reinterpret_cast<std::uint16_t*>(w.f + round_up(std::max(p_.d, p_.e), S::kAlignElems));
   }
   /// Loads this thread's tile configuration (each item: other code may have changed it).
   void configure_tiles() const {
@@ -261,7 +266,7 @@ class chunk_engine {
   scratch carve(index states) const {
     const index sizes[] = {bk_ * ldf_,   bk_ * ldf_, p_.causal ? rows_ * ldp_ : 0, bk_ * lde_, decayed_ ? bk_ * lde_ : 0,
                            rows_ * lde_, ldp_,       rows_,        std::max(p_.df, p_.d) + L,
-                           converts_ ? p_.d + L : 0, states * sstride_, states ? sstride_ : 0, amx_size()};
+                           converts_ ? p_.d + L : 0, states * sstride_, states ? sstride_ : 0, amx_size(states)};
     constexpr int kParts = int(std::size(sizes));
     index total = 0;
     for (index n : sizes) total += round_up(n, S::kAlignElems);
@@ -272,7 +277,7 @@ class chunk_engine {
       base += round_up(sizes[i], S::kAlignElems);
     }
     scratch w{at[0], at[1], at[2], at[3], at[4], at[5], at[6], at[7], at[8], at[9], at[10], at[11], T(1), {}};
-    if (amx_) carve_amx(w, at[12]);
+    if (amx_) carve_amx(w, at[12], states);
     return w;
   }
 
@@ -543,9 +548,10 @@ class chunk_engine {
         }
       }
       // O = Q·bf16(S)
-      amx::pair_rows(w.sp, 2 * e, st, lde_, nullptr, d, d, e);
+      const std::uint16_t* sp = w.sp_ready;
+      if (!sp) amx::pair_rows(w.sp, 2 * e, st, lde_, nullptr, d, d, e), sp = w.sp;
       for (index r0 = 0; r0 < n32; r0 += 32) {
-        amx::gemm(w.o + r0 * lde_, lde_, w.qb + r0 * d, d, w.sp, 2 * e, 32, e, d);
+        amx::gemm(w.o + r0 * lde_, lde_, w.qb + r0 * d, d, sp, 2 * e, 32, e, d);
         prefetch_some(w);
       }
       // out[t] = scale·λ^(t+1)·O[t] + O'[t] (non-causal: scale·O[t]); 16-bit out rounded as stored.
@@ -629,6 +635,7 @@ class chunk_engine {
     scratch w = carve(h1 - h0);
     configure_tiles();
     auto state = [&](index h) { return w.s + (h - h0) * sstride_; };
+    auto pairs = [&](index h) { return w.sps + (h - h0) * p_.d * p_.e; };  // AMX: S pairs of head h
     for (index h = h0; h < h1; ++h) load_state(b * p_.hq + h, state(h));
     // After (chunk c, head h): the next head's rows of chunk c, or the first head's of chunk c + 1.
     auto next = [&](index c, index h, bool q, bool kv) {
@@ -651,11 +658,17 @@ class chunk_engine {
         }
         if (p_.causal) {
           pack_q(w, b, h, t0, nb);
+          w.sp_ready = amx_ && c > 0 ? pairs(h) : nullptr;
           output(w, state(h), b, h, t0, nb);
         }
         delta(w, w.ds, nb);
-        const V lam = simd::bcast<V>(w.lam_nb);
         T* st = state(h);
+        if constexpr (kAmx)
+          if (amx_) {  // the same fma as combined(), and the pairs of the new state in the same pass
+            amx::combine_pairs(st, w.ds, w.lam_nb, pairs(h), p_.d, p_.e, lde_);
+            continue;
+          }
+        const V lam = simd::bcast<V>(w.lam_nb);
         for (index x = 0; x < sstride_; x += L)
           simd::store(st + x, combined(lam, simd::load<V>(st + x), simd::load<V>(w.ds + x)));
       }
@@ -666,6 +679,7 @@ class chunk_engine {
         for (index h = h0; h < h1; ++h) {
           w.ahead = next(c, h, true, false);
           pack_q(w, b, h, t0, nb);
+          w.sp_ready = amx_ && kchunks_ > 0 ? pairs(h) : nullptr;
           output(w, state(h), b, h, t0, nb);
         }
       }
