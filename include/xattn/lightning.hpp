@@ -15,6 +15,12 @@
 // throws xattn::error before anything is written. The device overloads run on an
 // Eigen::ThreadPoolDevice; results are bitwise identical for any thread count.
 //
+// With bfloat16 q, k and v (or .compute = xattn::compute::bf16 on float ones), d and e multiples of
+// 32 and a block_size multiple of 32, the products run on AMX-BF16 tiles where
+// xattn::bf16_product_path() allows it: bf16 operands (q, k, v; the masked scores P; the state,
+// rounded chunk by chunk for the inter-chunk product; the decayed values of the state update), every
+// sum and the state itself in float.
+//
 // Arch (first template parameter, defaulted) is the xsimd architecture of the kernels, as in
 // softmax.hpp: lightning_attention<xattn::simd::scalar>(...) forces the scalar path.
 #pragma once

@@ -189,6 +189,7 @@ struct lightning_options {
   state_cref initial_state = {};        // [batch, heads, d, e]: the state before token 0 (a previous segment's final_state); empty = zeros
   state_ref final_state = {};           // [batch, heads, d, e]: written with the state after the last token; may be initial_state's tensor
   xattn::layout layout = layout::bshd;  // memory order of q, k, v and out (the states are always [batch, heads, d, e])
+  xattn::compute compute = compute::exact;  // bf16: float tensors' products on the bf16 units too (see enum compute)
 };
 
 /// Options of linear attention: out = φ(Q)·(φ(K)ᵀ·V)·scale, optionally divided row by row by
@@ -204,6 +205,7 @@ struct linear_options {
   state_cref initial_state = {};        // [batch, heads, D', e + normalize]: Σ φ(k)ᵀv so far and, with normalize, Σ φ(k) as the last column; empty = zeros
   state_ref final_state = {};           // [batch, heads, D', e + normalize]: written with the state after the last key; may be initial_state's tensor
   xattn::layout layout = layout::bshd;  // memory order of q, k, v and out (the states are always [batch, heads, D', e(+1)])
+  xattn::compute compute = compute::exact;  // bf16: float tensors' products on the bf16 units too (see enum compute)
 };
 
 

@@ -271,6 +271,140 @@ XATTN_AMX_TARGET inline void pack_v(std::uint16_t* vt, index ldv, const std::uin
     }
 }
 
+// --- the chunk engine's products (core/chunk_engine.hpp) ------------------------------------------
+// There the operands are row-major chunks, not lanes: C[m × n] = A[m × k]·B with A bf16 rows and B
+// paired along k, every dimension a multiple of 32. The helpers below make the paired and the
+// transposed operands: B pairs from float or bf16 rows, K's pairs by a 32-bit transpose, and Kᵀ by
+// splitting those pairs into their two halves.
+
+/// C[m][n] = A[m][k]·B for m, n, k multiples of 32: A bf16 rows lda apart, B paired rows ldb bf16
+/// apart, C float rows ldc apart; 2 × 2 tiles per 32 × 32 block of C.
+XATTN_AMX_TARGET inline void gemm(float* c, index ldc, const std::uint16_t* a, index lda, const std::uint16_t* b,
+                                  index ldb, index m, index n, index k) {
+  for (index r = 0; r < m; r += 32)
+    for (index x = 0; x < n; x += 32) mm<2, false>(c + r * ldc + x, ldc, a + r * lda, lda, b + 2 * x, ldb, k);
+}
+
+/// B pairs from float rows: dst[p][x][0..1] = bf16(s·src[2p][x]), bf16(s·src[2p + 1][x]) with
+/// s = scale[row] (1 when scale is null), rows >= valid read as zeros; pair rows ldd bf16 apart,
+/// p < rows/2, x < n (a multiple of 16). Rounded to nearest even.
+XATTN_AMX_TARGET inline void pair_rows(std::uint16_t* dst, index ldd, const float* src, index lds, const float* scale,
+                                       index rows, index valid, index n) {
+  alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                          21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                                          11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i pair = _mm512_load_si512(kPair);
+  const __m512 zero = _mm512_setzero_ps();
+  for (index r = 0; r < rows; r += 2) {
+    const bool in0 = r < valid, in1 = r + 1 < valid;
+    const __m512 s0 = _mm512_set1_ps(scale && in0 ? scale[r] : 1.f), s1 = _mm512_set1_ps(scale && in1 ? scale[r + 1] : 1.f);
+    std::uint16_t* d = dst + (r / 2) * ldd;
+    for (index x = 0; x < n; x += 16) {
+      const __m512 x0 = in0 ? _mm512_mul_ps(_mm512_loadu_ps(src + r * lds + x), s0) : zero;
+      const __m512 x1 = in1 ? _mm512_mul_ps(_mm512_loadu_ps(src + (r + 1) * lds + x), s1) : zero;
+      const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);  // words 0–15: x0, 16–31: x1
+      _mm512_storeu_si512(d + 2 * x, _mm512_permutexvar_epi16(pair, both));
+    }
+  }
+}
+
+/// B pairs from bf16 rows: dst[p][x][0..1] = src[2p][x], src[2p + 1][x], rows >= valid as zeros;
+/// with scale, bf16(scale[row]·src[row][x]) instead (rounded to nearest even). p < rows/2, x < n (a
+/// multiple of 32).
+XATTN_AMX_TARGET inline void pair_rows(std::uint16_t* dst, index ldd, const std::uint16_t* src, index lds,
+                                       const float* scale, index rows, index valid, index n) {
+  alignas(64) static constexpr std::uint16_t kLo[32] = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,
+                                                        37, 6, 38, 7, 39, 8,  40, 9,  41, 10, 42,
+                                                        11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  const __m512i lo = _mm512_load_si512(kLo), hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+  const auto widen = [](__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); };
+  for (index r = 0; r < rows; r += 2) {
+    const bool in0 = r < valid, in1 = r + 1 < valid;
+    std::uint16_t* d = dst + (r / 2) * ldd;
+    for (index x = 0; x < n; x += 32) {
+      __m512i a = in0 ? _mm512_loadu_si512(src + r * lds + x) : _mm512_setzero_si512();
+      __m512i b = in1 ? _mm512_loadu_si512(src + (r + 1) * lds + x) : _mm512_setzero_si512();
+      if (scale) {  // words 0–15 and 16–31 of a row: widened, scaled and rounded back in order
+        const __m512 s0 = _mm512_set1_ps(in0 ? scale[r] : 0.f), s1 = _mm512_set1_ps(in1 ? scale[r + 1] : 0.f);
+        a = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(widen(_mm512_extracti64x4_epi64(a, 1)), s0),
+                                         _mm512_mul_ps(widen(_mm512_castsi512_si256(a)), s0));
+        b = (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(widen(_mm512_extracti64x4_epi64(b, 1)), s1),
+                                         _mm512_mul_ps(widen(_mm512_castsi512_si256(b)), s1));
+      }
+      _mm512_storeu_si512(d + 2 * x, _mm512_permutex2var_epi16(a, lo, b));
+      _mm512_storeu_si512(d + 2 * x + 32, _mm512_permutex2var_epi16(a, hi, b));
+    }
+  }
+}
+
+/// A 32-bit transpose: dst[c][r] = src[r][c] for r < rows, c < cols (both multiples of 16); rows
+/// of src lds words apart, of dst ldd. Over bf16 rows of K this makes K's pairs along d.
+XATTN_AMX_TARGET inline void transpose_words(std::uint32_t* dst, index ldd, const std::uint32_t* src, index lds,
+                                             index rows, index cols) {
+  for (index r0 = 0; r0 < rows; r0 += 16)
+    for (index c0 = 0; c0 < cols; c0 += 16) {
+      const float* in[16];
+      for (int i = 0; i < 16; ++i) in[i] = reinterpret_cast<const float*>(src + (r0 + i) * lds + c0);
+      xsimd::batch<float, xsimd::avx512f> col[16];
+      simd::transpose_block<float, xsimd::avx512f>(in, col);
+      for (int j = 0; j < 16; ++j) col[j].store_unaligned(reinterpret_cast<float*>(dst + (c0 + j) * ldd + r0));
+    }
+}
+
+/// Pairs split into rows: dst[2p][x] = the low half of src[p][x], dst[2p + 1][x] its high half, for
+/// p < pairs, x < n (a multiple of 32). K's pairs along d become the rows of Kᵀ.
+XATTN_AMX_TARGET inline void split_pairs(std::uint16_t* dst, index ldd, const std::uint32_t* src, index lds,
+                                         index pairs, index n) {
+  alignas(64) static constexpr std::uint16_t kEven[32] = {0,  2,  4,  6,  8,  10, 12, 14, 16, 18, 20,
+                                                          22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42,
+                                                          44, 46, 48, 50, 52, 54, 56, 58, 60, 62};
+  const __m512i even = _mm512_load_si512(kEven), odd = _mm512_add_epi16(even, _mm512_set1_epi16(1));
+  for (index p = 0; p < pairs; ++p)
+    for (index x = 0; x < n; x += 32) {
+      const __m512i a = _mm512_loadu_si512(src + p * lds + x), b = _mm512_loadu_si512(src + p * lds + x + 16);
+      _mm512_storeu_si512(dst + 2 * p * ldd + x, _mm512_permutex2var_epi16(a, even, b));
+      _mm512_storeu_si512(dst + (2 * p + 1) * ldd + x, _mm512_permutex2var_epi16(a, odd, b));
+    }
+}
+
+/// The state update s = fma(lam, s, ds) over rows × n floats (rows ld apart, n a multiple of 16),
+/// and the updated rows as B pairs for the next chunk: sp[p][x][0..1] = bf16(s[2p][x]),
+/// bf16(s[2p + 1][x]) (pair rows 2n bf16 apart), in the same pass.
+XATTN_AMX_TARGET inline void combine_pairs(float* s, const float* ds, float lam, std::uint16_t* sp, index rows, index n,
+                                           index ld) {
+  alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                          21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                                          11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i pair = _mm512_load_si512(kPair);
+  const __m512 l = _mm512_set1_ps(lam);
+  for (index r = 0; r < rows; r += 2) {
+    float* s0 = s + r * ld;
+    float* s1 = s0 + ld;
+    const float* d0 = ds + r * ld;
+    const float* d1 = d0 + ld;
+    std::uint16_t* dst = sp + r * n;  // pair row r/2
+    for (index x = 0; x < n; x += 16) {
+      const __m512 x0 = _mm512_fmadd_ps(l, _mm512_loadu_ps(s0 + x), _mm512_loadu_ps(d0 + x));
+      const __m512 x1 = _mm512_fmadd_ps(l, _mm512_loadu_ps(s1 + x), _mm512_loadu_ps(d1 + x));
+      _mm512_storeu_ps(s0 + x, x0);
+      _mm512_storeu_ps(s1 + x, x1);
+      const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);  // words 0–15: x0, 16–31: x1
+      _mm512_storeu_si512(dst + 2 * x, _mm512_permutexvar_epi16(pair, both));
+    }
+  }
+}
+
+/// A row of A from float scores: dst[j] = bf16(s·p[j]·mask[j]) for j < n (a multiple of 32),
+/// rounded to nearest even; mask read unaligned.
+XATTN_AMX_TARGET inline void masked_row(std::uint16_t* dst, const float* p, const float* mask, float s, index n) {
+  const __m512 sv = _mm512_set1_ps(s);
+  for (index j = 0; j < n; j += 32) {
+    const __m512 x0 = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(p + j), _mm512_loadu_ps(mask + j)), sv);
+    const __m512 x1 = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(p + j + 16), _mm512_loadu_ps(mask + j + 16)), sv);
+    _mm512_storeu_si512(dst + j, (__m512i)_mm512_cvtne2ps_pbh(x1, x0));  // words 0–15: x0, 16–31: x1
+  }
+}
+
 #undef XATTN_TILE_LOAD
 #undef XATTN_TILE_STORE
 #undef XATTN_TILE_ZERO
@@ -286,6 +420,13 @@ void pack_p(std::uint16_t*, index, const float*, index, index, index, index, ind
 void pack_v(std::uint16_t*, index, const std::uint16_t* const*, index, index, index, index, std::uint32_t*);
 void softmax_pairs(float*, float*, float*, float*, const float*, index, index, index, index, index, float, std::uint16_t*, index,
                    index);
+void gemm(float*, index, const std::uint16_t*, index, const std::uint16_t*, index, index, index, index);
+void pair_rows(std::uint16_t*, index, const float*, index, const float*, index, index, index);
+void pair_rows(std::uint16_t*, index, const std::uint16_t*, index, const float*, index, index, index);
+void transpose_words(std::uint32_t*, index, const std::uint32_t*, index, index, index);
+void split_pairs(std::uint16_t*, index, const std::uint32_t*, index, index, index);
+void masked_row(std::uint16_t*, const float*, const float*, float, index);
+void combine_pairs(float*, const float*, float, std::uint16_t*, index, index, index);
 #endif  // XATTN_HAVE_AMX_KERNELS
 
 }  // namespace xattn::detail::amx

@@ -28,6 +28,17 @@
 // operands — ΔS from zero, then fma(λ^nb, S, ΔS) — so results are bitwise identical whichever
 // runs and for any thread count.
 //
+// On AMX-BF16 tiles (core/amx.hpp; see use_amx for when), the same products with bf16 operands and
+// float sums, each as C = A·B with A bf16 rows and B paired along k:
+//     P  = Q·Kᵀ            A = Q rows, B = K paired along d (a 32-bit transpose of its rows); lower
+//                          32 × 32 blocks only; then P ⊙ scale·D rounded to bf16 rows
+//     O  = Q·S             A = Q rows, B = S paired along d, rounded to bf16 chunk by chunk
+//     O' = P·V             A = P, B = V paired along keys
+//     ΔS = Kᵀ·(λV)         A = Kᵀ (K's pairs split into rows), B = λ-scaled V paired, rounded to bf16
+// and out = scale·λ^(t+1)·O + O'. Q, K and V enter as bf16 unscaled (scale multiplies float
+// results), so bf16 inputs are used exactly. States stay float and are combined as on the fp32 path,
+// so both orders still give the same bits.
+//
 // Storage: q, k, v and out may hold Eigen::bfloat16 or Eigen::half (core/convert.hpp). They enter
 // as rows are packed (pack_q, pack_k, pack_v, the key statistics) and leave as out rows are
 // written; everything between, states included, is T. Native rows are read where they are, as
@@ -40,6 +51,8 @@
 #include <iterator>
 #include <limits>
 
+#include "../paths.hpp"
+#include "amx.hpp"
 #include "feature_maps.hpp"
 #include "linear_args.hpp"
 #include "microkernel.hpp"
@@ -106,6 +119,9 @@ inline constexpr index kMaxWindow = 64;
 inline constexpr index kPrefixSlice = 2048;
 /// Consecutive chunks per item of the windowed order.
 inline constexpr index kRunChunks = 4;
+/// Bytes of float out from which the AMX path streams its out rows past the caches (stream_out_):
+/// about a last-level cache of these machines.
+inline constexpr std::size_t kStreamOutBytes = std::size_t{32} << 20;
 /// Heads one item of the per-unit order sweeps together: at most kMaxHeadGroup, fewer when that
 /// would leave less than kMinGroupItems items (two threads' worth: B = 1, H = 8 runs as two items
 /// of four heads, measured ~5% faster at N = 131072 than four items of two).
@@ -127,6 +143,8 @@ class chunk_engine {
   static constexpr index ceil_div(index x, index m) { return (x + m - 1) / m; }
   static constexpr index kAheadRows = 4;       // rows of the next chunk prefetched after each product
   static constexpr index kAheadTile = 4 * MR;  // rows of the large products between two of those
+  /// Whether this engine carries the AMX path: float compute with 16 lanes in an AVX-512 build.
+  static constexpr bool kAmx = amx::built && std::is_same_v<T, float> && L == 16;
 
  public:
   explicit chunk_engine(const chunk_problem<T>& p)
@@ -149,7 +167,23 @@ class chunk_engine {
         converts_(!p.q.native() || !p.k.native()),
         window_(std::clamp<index>(index(kWindowBytes / (sizeof(T) * std::size_t(units_ * sstride_))), 1, kMaxWindow)),
         windowed_(units_ < kChunkParallelUnits && kchunks_ > 1 && window_ > 1),
-        head_group_(head_group_of(p.batch, p.hq)) {}
+        head_group_(head_group_of(p.batch, p.hq)),
+        amx_(use_amx(p)),
+        stream_out_(amx_ && p.o.native() &&
+                    std::size_t(p.batch * p.nq * p.hq * p.e) * sizeof(T) >= kStreamOutBytes) {}
+
+  /// Whether this engine runs its products on AMX tiles (see paths.hpp): float compute in an
+  /// AVX-512 build, the identity map without normaliser, d, e and the chunk multiples of 32 (whole
+  /// tiles), bf16 q, k and v (or compute = bf16), and the CPU and OS allowing it.
+  static bool use_amx(const chunk_problem<T>& p) {
+    if constexpr (!kAmx) {
+      return false;
+    } else {
+      const bool bf16 = p.q.type == elem::bf16 && p.k.type == elem::bf16 && p.v.type == elem::bf16;
+      return (bf16 || p.bf16_compute) && p.map->kind() == feature::identity && !p.normalize && p.d % 32 == 0 &&
+             p.e % 32 == 0 && p.block % 32 == 0 && bf16_product_path() == product_path::amx_bf16;
+    }
+  }
 
   template <class Device>
   void run(const Device& dev) {
@@ -189,12 +223,50 @@ class chunk_engine {
     T *qf, *kf, *p, *v, *vd, *o, *kdec, *den, *row, *cv, *s, *ds;
     T lam_nb;  // λ^nb of the current chunk
     ahead_rows ahead;
+    // AMX (bf16): Q, K and V rows [B][d|e], K's pairs [d/2][B] words, Kᵀ [d][B], V, λV and S paired
+    // [B/2|d/2][e][2], P [B][B]; O' [B][e] and a converted row [max(d, e)] in float
+    std::uint16_t *qb = nullptr, *kr = nullptr, *kp = nullptr, *kt = nullptr, *vr = nullptr, *vp = nullptr,
+                  *vdp = nullptr, *sp = nullptr, *pb = nullptr;
+    T *o2 = nullptr, *f = nullptr;
+    // AMX, per-unit order: the S pairs of each of the item's heads, written as its state is updated,
+    // and the ones output() is to use (null: it pairs the state it is given itself)
+    std::uint16_t* sps = nullptr;
+    const std::uint16_t* sp_ready = nullptr;
   };
+
+  /// The AMX part of an item's scratch, in T: the bf16 buffers of scratch, then O' and the row.
+  index amx_bf16_sizes(index* n) const {
+    const index d = p_.d, e = p_.e, bk = bk_;
+    const index sizes[] = {bk * d, bk * d, bk * d, d * bk, bk * e, bk * e, decayed_ ? bk * e : 0, d * e, bk * bk};
+    index total = 0;
+    for (int i = 0; i < 9; ++i) total += (n ? n[i] = sizes[i] : sizes[i]);
+    return total;
+  }
+  index amx_size(index states) const {
+    return amx_ ? round_up(amx_bf16_sizes(nullptr) / 2, S::kAlignElems) + round_up(bk_ * p_.e, S::kAlignElems) +
+                      round_up(std::max(p_.d, p_.e), S::kAlignElems) + states * p_.d * p_.e / 2
+                : 0;
+  }
+  void carve_amx(scratch& w, T* base, index states) const {
+    index n[9];
+    amx_bf16_sizes(n);
+    auto* h = reinterpret_cast<std::uint16_t*>(base);
+    std::uint16_t** at[] = {&w.qb, &w.kr, &w.kp, &w.kt, &w.vr, &w.vp, &w.vdp, &w.sp, &w.pb};
+    for (int i = 0; i < 9; ++i) *at[i] = n[i] ? h : nullptr, h += n[i];  // each a multiple of 32 bf16
+    w.o2 = base + round_up(amx_bf16_sizes(nullptr) / 2, S::kAlignElems);
+    w.f = w.o2 + round_up(bk_ * p_.e, S::kAlignElems);
+    if (states) w.sps = reinterpret_cast<std::uint16_t*>(w.f + round_up(std::max(p_.d, p_.e), S::kAlignElems));
+  }
+  /// Loads this thread's tile configuration (each item: other code may have changed it).
+  void configure_tiles() const {
+    if constexpr (kAmx)
+      if (amx_) amx::configure();
+  }
 
   scratch carve(index states) const {
     const index sizes[] = {bk_ * ldf_,   bk_ * ldf_, p_.causal ? rows_ * ldp_ : 0, bk_ * lde_, decayed_ ? bk_ * lde_ : 0,
                            rows_ * lde_, ldp_,       rows_,        std::max(p_.df, p_.d) + L,
-                           converts_ ? p_.d + L : 0, states * sstride_, states ? sstride_ : 0};
+                           converts_ ? p_.d + L : 0, states * sstride_, states ? sstride_ : 0, amx_size(states)};
     constexpr int kParts = int(std::size(sizes));
     index total = 0;
     for (index n : sizes) total += round_up(n, S::kAlignElems);
@@ -204,7 +276,9 @@ class chunk_engine {
       at[i] = sizes[i] ? base : nullptr;
       base += round_up(sizes[i], S::kAlignElems);
     }
-    return {at[0], at[1], at[2], at[3], at[4], at[5], at[6], at[7], at[8], at[9], at[10], at[11], T(1), {}};
+    scratch w{at[0], at[1], at[2], at[3], at[4], at[5], at[6], at[7], at[8], at[9], at[10], at[11], T(1), {}};
+    if (amx_) carve_amx(w, at[12], states);
+    return w;
   }
 
   // --- tables ------------------------------------------------------------------------------------
@@ -272,7 +346,7 @@ class chunk_engine {
     for (; a.next < end; ++a.next) {
       if (a.q) {  // with q, the chunk writes its out rows: owning their lines first spares the stores a miss
         simd::prefetch(p_.q.at(a.b, a.next, a.h), elem_bytes(p_.q.type) * std::size_t(p_.d));
-        simd::prefetch(p_.o.at(a.b, a.next, a.h), elem_bytes(p_.o.type) * std::size_t(p_.e));
+        if (!stream_out_) simd::prefetch(p_.o.at(a.b, a.next, a.h), elem_bytes(p_.o.type) * std::size_t(p_.e));
       }
       if (a.kv) {
         simd::prefetch(p_.k.at(a.b, a.next, hk), elem_bytes(p_.k.type) * std::size_t(p_.d));
@@ -289,8 +363,27 @@ class chunk_engine {
   }
   const T* k_row(T* cv, index b, index s, index h) const { return row_of(p_.k, cv, p_.d, b, s, h); }
 
-  /// φ(Q)[t] = scale·φ(q_t), zero past d'.
+  /// Row (b, s, h) of t as bf16 into out: copied, or rounded to nearest even (16-bit half rows
+  /// through the float row f).
+  static void bf16_row(const bshd_view<const T>& t, T* f, index b, index s, index h, index n, std::uint16_t* out) {
+    if (t.type == elem::bf16) {
+      std::memcpy(out, t.at(b, s, h), 2 * std::size_t(n));
+      return;
+    }
+    if (!t.native()) t.load(f, b, s, h, n);
+    store_row(out, elem::bf16, t.native() ? t.row(b, s, h) : f, n);
+  }
+  /// n bf16 rows of `t` from token t0 into dst [round_up(n, 32)][dim] (rows past n zero).
+  void bf16_rows(const bshd_view<const T>& t, T* f, index b, index h, index t0, index n, index dim,
+                 std::uint16_t* dst) const {
+    for (index j = 0; j < n; ++j) bf16_row(t, f, b, t0 + j, h, dim, dst + j * dim);
+    std::fill(dst + n * dim, dst + round_up(n, 32) * dim, std::uint16_t(0));
+  }
+
+  /// φ(Q)[t] = scale·φ(q_t), zero past d'. AMX: the bf16 rows of q, unscaled.
   void pack_q(scratch& w, index b, index h, index t0, index nb) const {
+    if constexpr (kAmx)
+      if (amx_) return bf16_rows(p_.q, w.f, b, h, t0, nb, p_.d, w.qb);
     const T sc = T(p_.scale);
     const bool ident = p_.map->kind() == feature::identity;
     for (index t = 0; t < nb; ++t) {
@@ -309,8 +402,17 @@ class chunk_engine {
     }
   }
 
-  /// φ(K)[j] = φ(k_j), zero past d'.
+  /// φ(K)[j] = φ(k_j), zero past d'. AMX: K's bf16 rows, their pairs along d (words [d/2][B]) and Kᵀ.
   void pack_k(scratch& w, index b, index hk, index t0, index nb) const {
+    if constexpr (kAmx)
+      if (amx_) {
+        const index d2 = p_.d / 2, n32 = round_up(nb, 32);
+        bf16_rows(p_.k, w.f, b, hk, t0, nb, p_.d, w.kr);
+        auto* kp = reinterpret_cast<std::uint32_t*>(w.kp);
+        amx::transpose_words(kp, bk_, reinterpret_cast<const std::uint32_t*>(w.kr), d2, n32, d2);
+        amx::split_pairs(w.kt, bk_, kp, bk_, d2, n32);
+        return;
+      }
     for (index j = 0; j < nb; ++j) {
       const T* x = k_row(w.cv, b, t0 + j, hk);
       T* y = w.kf + j * ldf_;
@@ -324,8 +426,15 @@ class chunk_engine {
     }
   }
 
-  /// V[j] = v_j, zero past e; when `scaled`, also scale_v.
+  /// V[j] = v_j, zero past e; when `scaled`, also scale_v. AMX: V's bf16 rows and their pairs.
   void pack_v(scratch& w, index b, index hk, index t0, index nb, bool scaled) const {
+    if constexpr (kAmx)
+      if (amx_) {
+        bf16_rows(p_.v, w.f, b, hk, t0, nb, p_.e, w.vr);
+        amx::pair_rows(w.vp, 2 * p_.e, w.vr, p_.e, nullptr, round_up(nb, 32), nb, p_.e);
+        if (scaled) scale_v(w, nb);
+        return;
+      }
     for (index j = 0; j < nb; ++j) {
       T* y = w.v + j * lde_;
       p_.v.load(y, b, t0 + j, hk, p_.e);  // a copy, or a conversion from 16 bits
@@ -334,8 +443,10 @@ class chunk_engine {
     if (scaled) scale_v(w, nb);
   }
 
-  /// (λV)[j] = λ^(nb−1−j)·V[j] with the current head's kdec.
+  /// (λV)[j] = λ^(nb−1−j)·V[j] with the current head's kdec (AMX: paired, rounded to bf16).
   void scale_v(scratch& w, index nb) const {
+    if constexpr (kAmx)
+      if (amx_) return amx::pair_rows(w.vdp, 2 * p_.e, w.vr, p_.e, w.kdec, round_up(nb, 32), nb, p_.e);
     for (index j = 0; j < nb; ++j) {
       const V f = simd::bcast<V>(w.kdec[j]);
       for (index x = 0; x < lde_; x += L) simd::store(w.vd + j * lde_ + x, simd::load<V>(w.v + j * lde_ + x) * f);
@@ -346,6 +457,8 @@ class chunk_engine {
 
   /// Output rows [t0, t0 + nb) of unit (b, h) from the packed chunk and the state st before it.
   void output(scratch& w, const T* st, index b, index h, index t0, index nb) const {
+    if constexpr (kAmx)
+      if (amx_) return output_amx(w, st, b, h, t0, nb);
     const T* qdec = powers(h) + 1;  // λ^(t+1)
     const index nbl = round_up(nb, L), df = p_.df;
     if (p_.causal) {
@@ -412,8 +525,65 @@ class chunk_engine {
     }
   }
 
+  /// The same on AMX tiles (see the header): whole 32-row blocks of the chunk, the rows past nb zero.
+  void output_amx(scratch& w, const T* st, index b, index h, index t0, index nb) const {
+    if constexpr (kAmx) {
+      const index d = p_.d, e = p_.e, n32 = round_up(nb, 32);
+      const T sc = T(p_.scale);
+      if (p_.causal) {
+        // P[t][j] = q_t·k_j for the 32 × 32 blocks on and below the diagonal, then
+        // bf16(scale·P[t][j]·D[t][j]) up to the block's last key (zero past t), zero rows past nb
+        for (index r0 = 0; r0 < n32; r0 += 32) {
+          amx::gemm(w.p + r0 * ldp_, ldp_, w.qb + r0 * d, d, w.kp, 2 * bk_, 32, r0 + 32, d);
+          prefetch_some(w);
+        }
+        const T* rev = mask_table(h);
+        for (index t = 0; t < nb; ++t)
+          amx::masked_row(w.pb + t * bk_, w.p + t * ldp_, rev + (bk_ - 1 - t), sc, round_up(t + 1, 32));
+        std::fill(w.pb + nb * bk_, w.pb + n32 * bk_, std::uint16_t(0));
+        // O' = P·V, each block of rows up to its last key
+        for (index r0 = 0; r0 < n32; r0 += 32) {
+          amx::gemm(w.o2 + r0 * e, e, w.pb + r0 * bk_, bk_, w.vp, 2 * e, 32, e, r0 + 32);
+          prefetch_some(w);
+        }
+      }
+      // O = Q·bf16(S)
+      const std::uint16_t* sp = w.sp_ready;
+      if (!sp) amx::pair_rows(w.sp, 2 * e, st, lde_, nullptr, d, d, e), sp = w.sp;
+      for (index r0 = 0; r0 < n32; r0 += 32) {
+        amx::gemm(w.o + r0 * lde_, lde_, w.qb + r0 * d, d, sp, 2 * e, 32, e, d);
+        prefetch_some(w);
+      }
+      // out[t] = scale·λ^(t+1)·O[t] + O'[t] (non-causal: scale·O[t]); 16-bit out rounded as stored.
+      // Float rows on 64-byte boundaries are streamed past the caches (see stream_out_).
+      const T* qdec = powers(h) + 1;
+      for (index t = 0; t < nb; ++t) {
+        T* o = w.o + t * lde_;
+        T* dst = p_.o.native() ? p_.o.row(b, t0 + t, h) : o;
+        const bool stream = stream_out_ && reinterpret_cast<std::uintptr_t>(dst) % simd::kAlign == 0;
+        const V f = simd::bcast<V>(p_.causal ? sc * qdec[t] : sc);
+        const T* o2 = w.o2 + t * e;
+        for (index x = 0; x < e; x += L) {
+          const V y = p_.causal ? simd::fma(f, simd::loadu<V>(o + x), simd::loadu<V>(o2 + x)) : simd::loadu<V>(o + x) * f;
+          if (stream) simd::stream(dst + x, y);
+          else simd::storeu(dst + x, y);
+        }
+        if (!p_.o.native()) p_.o.store(b, t0 + t, h, o, e);
+      }
+    }
+  }
+
   /// ΔS = φ(K)ᵀ·(λV) and Δz = Σ_j λ^(nb−1−j)·φ(k_j) of the packed chunk into ds.
   void delta(scratch& w, T* ds, index nb) const {
+    if constexpr (kAmx)
+      if (amx_) {
+        const index e = p_.e, n32 = round_up(nb, 32);
+        for (index r0 = 0; r0 < p_.d; r0 += 32) {
+          amx::gemm(ds + r0 * lde_, lde_, w.kt + r0 * bk_, bk_, decayed_ ? w.vdp : w.vp, 2 * e, 32, e, n32);
+          prefetch_some(w);
+        }
+        return;
+      }
     for (index r0 = 0; r0 < p_.df; r0 += kAheadTile) {
       chunk_gemm<Arch, T, mma_init::zero>(ds + r0 * lde_, lde_, w.kf + r0, 1, ldf_, std::min(kAheadTile, p_.df - r0),
                                           decayed_ ? w.vd : w.v, lde_, lde_, nb);
@@ -463,7 +633,9 @@ class chunk_engine {
   /// open, and the query heads of one K/V head pack its K and V once.
   void run_group(index b, index h0, index h1) const {
     scratch w = carve(h1 - h0);
+    configure_tiles();
     auto state = [&](index h) { return w.s + (h - h0) * sstride_; };
+    auto pairs = [&](index h) { return w.sps + (h - h0) * p_.d * p_.e; };  // AMX: S pairs of head h
     for (index h = h0; h < h1; ++h) load_state(b * p_.hq + h, state(h));
     // After (chunk c, head h): the next head's rows of chunk c, or the first head's of chunk c + 1.
     auto next = [&](index c, index h, bool q, bool kv) {
@@ -486,11 +658,17 @@ class chunk_engine {
         }
         if (p_.causal) {
           pack_q(w, b, h, t0, nb);
+          w.sp_ready = amx_ && c > 0 ? pairs(h) : nullptr;
           output(w, state(h), b, h, t0, nb);
         }
         delta(w, w.ds, nb);
-        const V lam = simd::bcast<V>(w.lam_nb);
         T* st = state(h);
+        if constexpr (kAmx)
+          if (amx_) {  // the same fma as combined(), and the pairs of the new state in the same pass
+            amx::combine_pairs(st, w.ds, w.lam_nb, pairs(h), p_.d, p_.e, lde_);
+            continue;
+          }
+        const V lam = simd::bcast<V>(w.lam_nb);
         for (index x = 0; x < sstride_; x += L)
           simd::store(st + x, combined(lam, simd::load<V>(st + x), simd::load<V>(w.ds + x)));
       }
@@ -501,10 +679,12 @@ class chunk_engine {
         for (index h = h0; h < h1; ++h) {
           w.ahead = next(c, h, true, false);
           pack_q(w, b, h, t0, nb);
+          w.sp_ready = amx_ && kchunks_ > 0 ? pairs(h) : nullptr;
           output(w, state(h), b, h, t0, nb);
         }
       }
     for (index h = h0; h < h1; ++h) store_state(b * p_.hq + h, state(h));
+    if (stream_out_) simd::stream_fence();  // the streamed out rows, visible before the item ends
   }
 
   T* carry(index u) const { return carry_ + u * sstride_; }
@@ -525,11 +705,13 @@ class chunk_engine {
       const index u = it / runs, b = u / p_.hq, h = u % p_.hq, hk = h / p_.group;
       const index i0 = it % runs * kRunChunks, i1 = std::min(i0 + kRunChunks, count);
       scratch w = carve(0);
+      configure_tiles();
       for (index i = i0; i < i1; ++i) {
         const index t0 = (c0 + i) * bk_, nb = std::min(bk_, n - t0);
         w.ahead = i + 1 < i1 ? rows_of(b, h, c0 + i + 1, q, kv) : ahead_rows{};
         fn(w, chunk_at{u, b, h, hk, i, t0, nb});
       }
+      if (stream_out_ && q) simd::stream_fence();  // the streamed out rows, visible before the item ends
     });
   }
 
@@ -583,6 +765,11 @@ class chunk_engine {
   index window_;
   bool windowed_;
   index head_group_;
+  bool amx_;  // products on AMX tiles (use_amx)
+  // AMX, float out larger than a last-level cache: out rows are written with streaming stores, not
+  // prefetched. At AMX speed the chunk is bound by memory, and a store that misses first reads its
+  // line (a third of the traffic at bf16 q, k, v and float out).
+  bool stream_out_;
   T *tab_ = nullptr, *stats_ = nullptr, *carry_ = nullptr, *slots_ = nullptr;
   index ld_stats_ = 0;
 };

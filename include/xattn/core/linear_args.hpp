@@ -28,6 +28,7 @@ struct chunk_problem {
   index batch = 0, nq = 0, nk = 0, hq = 0, hkv = 0, group = 1;
   index d = 0, e = 0, df = 0;       // head dims of q/k and of v; D', the feature dim of φ(q), φ(k)
   bool causal = true;
+  bool bf16_compute = false;        // compute = bf16: float operands may run on the bf16 units
   double scale = 1;
   const double* decay = nullptr;    // [hq] rates s_h; null = no decay
   const xattn::feature_map* map = nullptr;  // never null; the options' map (outlives the call)
@@ -58,7 +59,7 @@ struct chunk_call {
   SO* o;
   std::array<index, 4> qd, kd, vd, od;
   layout lay = layout::bshd;
-  bool causal = true, normalize = false;
+  bool causal = true, normalize = false, bf16_compute = false;
   double scale = 1, eps = 0;
   index block = 0;
   std::span<const double> decay;
@@ -86,6 +87,7 @@ chunk_problem<T> make_chunk_problem(const chunk_call<T, SQ, SK, SV, SO>& c) {
   require(c.block >= 0 && c.block <= kMaxChunkSize, fn, "block_size", "must be in [0, ", kMaxChunkSize,
           "] (0 = default), got ", c.block);
   p.causal = c.causal;
+  p.bf16_compute = c.bf16_compute;
   p.scale = c.scale;
   p.block = c.block ? c.block : default_chunk_size;
   if (!c.decay.empty()) {
@@ -171,6 +173,7 @@ auto make_lightning_problem(const char* fn, const Q& q, const K& k, const V& v, 
   auto c = tensor_call(fn, q, k, v, o);
   c.lay = opt.layout, c.causal = true, c.scale = opt.scale, c.block = opt.block_size, c.decay = opt.decay;
   c.map = &identity_map(), c.state_in = opt.initial_state, c.state_out = opt.final_state;
+  c.bf16_compute = opt.compute == compute::bf16;
   return make_chunk_problem(c);
 }
 
@@ -179,6 +182,7 @@ auto make_linear_problem(const char* fn, const Q& q, const K& k, const V& v, O& 
   auto c = tensor_call(fn, q, k, v, o);
   c.lay = opt.layout, c.causal = opt.causal, c.normalize = opt.normalize, c.scale = opt.scale, c.eps = opt.eps;
   c.block = opt.block_size, c.map = &opt.feature_map, c.state_in = opt.initial_state, c.state_out = opt.final_state;
+  c.bf16_compute = opt.compute == compute::bf16;
   return make_chunk_problem(c);
 }
 
