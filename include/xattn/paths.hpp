@@ -9,13 +9,16 @@
 //                           than 16 query rows per K/V head) when q, k and v hold bfloat16, or when
 //                           the options ask for compute = bf16: QKᵀ and P·V on bf16 operands, P
 //                           rounded to bfloat16, every sum in float. The product of each row is
-//                           then off by about bf16's rounding of P (relative 2^-9 per term).
+//                           then off by about bf16's rounding of P (relative 2^-9 per term). Also
+//                           the chunk engine: lightning attention and linear attention with the
+//                           identity map and no normaliser (d, dv and the block size multiples of
+//                           32), with P and the state rounded to bf16 for their products.
 //   product_path::fp32      everything else: 16-bit rows are converted to float where tiles are
 //                           copied and the float micro-kernels run (AVX-512, AVX2, NEON, scalar).
 //                           Decode (a few query rows against a cache) always runs here: it is bound
 //                           by the bytes it reads, which a 16-bit cache halves. So do the 2-D
 //                           neighborhood (its row-stencil kernel converts rows as it loads them),
-//                           the chunk engine (linear, lightning) and half storage.
+//                           the chunk engine's other shapes and maps, and half storage.
 //
 // bf16_product_path() says which one a call would take now; limit_product_path() caps it for the
 // whole process (tests and benchmarks compare the paths that way).
