@@ -44,6 +44,12 @@ inline constexpr bool built = XATTN_HAVE_AMX_KERNELS;
 #define XATTN_TILE_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
 #define XATTN_TILE_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
 
+/// The word order that interleaves two rows' bf16 (words 0–15 of one, 16–31 of the other) into
+/// pairs: _mm512_permutexvar_epi16(kPairWords, cvtne2ps_pbh(b, a)) holds (a[j], b[j]) in 32-bit lane j.
+alignas(64) inline constexpr std::uint16_t kPairWords[32] = {0,  16, 1,  17, 2,  18, 3,  19, 4,  20, 5,
+                                                             21, 6,  22, 7,  23, 8,  24, 9,  25, 10, 26,
+                                                             11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+
 struct alignas(64) tile_config {
   std::uint8_t palette = 1, start_row = 0;
   std::uint8_t reserved[14] = {};
@@ -153,11 +159,8 @@ template <int W>
 XATTN_AMX_TARGET inline void softmax_pairs_lanes(float* m, float* l, float* lx, float* alpha, const float* st, index br, index c0,
                                                  index c1, index r, float scale, std::uint16_t* pv, index p0,
                                                  index p1) {
-  alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
-                                                          21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
-                                                          11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
   using B = xsimd::batch<float, xsimd::avx512f>;
-  const __m512i pair = _mm512_load_si512(kPair);
+  const __m512i pair = _mm512_load_si512(kPairWords);
   const __m512 sc = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-__builtin_inff()), zero = _mm512_setzero_ps();
   const __m512 slack = _mm512_set1_ps(8.f);
   const __m512i hi16 = _mm512_set1_epi32(int(0xffff0000u));
@@ -218,27 +221,6 @@ XATTN_AMX_TARGET inline void softmax_pairs(float* m, float* l, float* lx, float*
   for (; r < r1; r += 32) softmax_pairs_lanes<2>(m, l, lx, alpha, st, br, c0, c1, r, scale, pv, p0, p1);
 }
 
-/// P paired along keys for lanes [r0, r1) (multiples of 16) and keys [c0, c1) (multiples of 32):
-/// pv[c/2][r][c % 2] = bf16(P[c][r]) for keys inside [v0, v1), 0 outside.
-XATTN_AMX_TARGET inline void pack_p(std::uint16_t* pv, index br, const float* st, index c0, index c1, index v0,
-                                    index v1, index r0, index r1) {
-  alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
-                                                          21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
-                                                          11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m512i pair = _mm512_load_si512(kPair);
-  const __m512 zero = _mm512_setzero_ps();
-  for (index c = c0; c < c1; c += 2) {
-    const bool in0 = c >= v0 && c < v1, in1 = c + 1 >= v0 && c + 1 < v1;
-    std::uint16_t* dst = pv + c * br;  // pair row c/2: 2·br bf16
-    for (index r = r0; r < r1; r += 16) {
-      const __m512 x0 = in0 ? _mm512_loadu_ps(st + c * br + r) : zero;
-      const __m512 x1 = in1 ? _mm512_loadu_ps(st + (c + 1) * br + r) : zero;
-      const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);  // words 0–15: x0, 16–31: x1
-      _mm512_storeu_si512(dst + 2 * r, _mm512_permutexvar_epi16(pair, both));
-    }
-  }
-}
-
 /// The V tile transposed: vt[e][c] (rows ldv bf16 apart, e < dv2, c < 64) = V[c][e] for
 /// c < nc, 0 for c >= nc; rows[c] are the bf16 rows of V (dv values each). w is scratch of
 /// 32 × dvw 32-bit words (dvw = dv rounded up to 32): first each key pair (c, c + 1) interleaved
@@ -290,10 +272,7 @@ XATTN_AMX_TARGET inline void gemm(float* c, index ldc, const std::uint16_t* a, i
 /// p < rows/2, x < n (a multiple of 16). Rounded to nearest even.
 XATTN_AMX_TARGET inline void pair_rows(std::uint16_t* dst, index ldd, const float* src, index lds, const float* scale,
                                        index rows, index valid, index n) {
-  alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
-                                                          21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
-                                                          11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m512i pair = _mm512_load_si512(kPair);
+  const __m512i pair = _mm512_load_si512(kPairWords);
   const __m512 zero = _mm512_setzero_ps();
   for (index r = 0; r < rows; r += 2) {
     const bool in0 = r < valid, in1 = r + 1 < valid;
@@ -372,10 +351,7 @@ XATTN_AMX_TARGET inline void split_pairs(std::uint16_t* dst, index ldd, const st
 /// bf16(s[2p + 1][x]) (pair rows 2n bf16 apart), in the same pass.
 XATTN_AMX_TARGET inline void combine_pairs(float* s, const float* ds, float lam, std::uint16_t* sp, index rows, index n,
                                            index ld) {
-  alignas(64) static constexpr std::uint16_t kPair[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
-                                                          21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
-                                                          11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m512i pair = _mm512_load_si512(kPair);
+  const __m512i pair = _mm512_load_si512(kPairWords);
   const __m512 l = _mm512_set1_ps(lam);
   for (index r = 0; r < rows; r += 2) {
     float* s0 = s + r * ld;
@@ -416,7 +392,6 @@ inline void configure();
 void scores(float*, index, const std::uint16_t*, index, const std::uint16_t*, index, index, index, index, index);
 void values(float*, index, const float*, const std::uint16_t*, index, const std::uint16_t*, index, index, index, index,
             index);
-void pack_p(std::uint16_t*, index, const float*, index, index, index, index, index, index);
 void pack_v(std::uint16_t*, index, const std::uint16_t* const*, index, index, index, index, std::uint32_t*);
 void softmax_pairs(float*, float*, float*, float*, const float*, index, index, index, index, index, float, std::uint16_t*, index,
                    index);
