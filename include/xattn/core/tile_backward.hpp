@@ -1,0 +1,303 @@
+// xattn/core/tile_backward.hpp — the tile engine's backward pass (FlashAttention-2, Dao 2023,
+// Algorithm 2), deterministic: no atomics, each gradient row is summed by one thread in one order.
+//
+// Per tile of 64 query rows × 64 keys, from the forward's saved LSE (never an Nq×Nk matrix):
+//   S  = Q·Kᵀ                       X = modify(scale·S)   (softcap, ALiBi, bias, mask, band)
+//   P  = exp(X − LSE)               dP = dO·Vᵀ
+//   dS = P ∘ (dP − D) ∘ X′ · scale  D = rowsum(dO ∘ O),  X′ = 1 − tanh² with a softcap, else 1
+//   dV += Pᵀ·dO    dK += dSᵀ·Q    dQ += dS·K
+//
+// Pass 1 owns dK and dV: one work item per (batch, K/V head, key block of 64) walks every query
+// head of its group and every query block that sees the key block. Pass 2 owns dQ: one item per
+// (batch, query head, query block) walks the key blocks it sees and recomputes P and dS (FA2's
+// deterministic variant: 6 of the 4 + 4 + 2 tile products again, in exchange for no reduction
+// buffer). Every product is detail::mma_ab on 8 × 2-vector register tiles; B operands are rows
+// of the caller's tensors when the head dim is a whole number of panels, else packed copies.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "microkernel.hpp"
+#include "parallel.hpp"
+#include "simd.hpp"
+#include "softmax_backward_args.hpp"
+#include "workspace.hpp"
+
+namespace xattn::detail {
+
+template <class Arch, class T>
+class tile_backward {
+  using V = simd::vec_t<T, Arch>;
+  static constexpr index L = simd::lanes_v<T, Arch>;
+  static constexpr int MR = 8, NV = 2;        // register tile: 8 rows × 2 vectors, 16 accumulators
+  static constexpr index kPanel = NV * L;     // panel widths are multiples of this
+  static constexpr index kB = 64;             // query rows and keys per tile (a multiple of kPanel)
+  static_assert(kB % kPanel == 0);
+
+  enum class visit { none, full, partial };
+
+ public:
+  explicit tile_backward(const softmax_backward_problem<T>& bp)
+      : bp_(bp), p_(bp.fwd), dp_(round_up(p_.d, kPanel)), dvp_(round_up(p_.dv, kPanel)) {}
+
+  template <class Device>
+  void run(const Device& dev) const {
+    if (p_.batch == 0) return;
+    const index kblocks = ceil_div(p_.nk, kB), qblocks = ceil_div(p_.nq, kB);
+    parallel_for(dev, p_.batch * p_.hkv * kblocks, [&](index item) {
+      key_block(item / (p_.hkv * kblocks), item / kblocks % p_.hkv, item % kblocks * kB);
+    });
+    parallel_for(dev, p_.batch * p_.hq * qblocks, [&](index item) {
+      query_block(item / (p_.hq * qblocks), item / qblocks % p_.hq, item % qblocks * kB);
+    });
+  }
+
+ private:
+  static index round_up(index x, index m) { return (x + m - 1) / m * m; }
+  static index ceil_div(index x, index m) { return (x + m - 1) / m; }
+
+  /// Which of the tile's (query i0.., key j0..) pairs the band (causal, window, lengths) lets
+  /// through: none, all, or some; a boolean mask makes every visited tile partial.
+  visit classify(index b, index i0, index ni, index j0, index nj) const {
+    const index off = p_.nk_of(b) - p_.nq_of(b), i1 = i0 + ni - 1, j1 = j0 + nj - 1;
+    const index wl = p_.window_left, wr = p_.window_right;
+    if ((wr >= 0 && j0 > i1 + off + wr) || (wl >= 0 && j1 < i0 + off - wl)) return visit::none;
+    const bool all = (wr < 0 || j1 <= i0 + off + wr) && (wl < 0 || j0 >= i1 + off - wl);
+    return all && !p_.mask && nj == kB ? visit::full : visit::partial;
+  }
+
+  /// The scratch of one tile: its scores and their gradients, and per-row LSE and D.
+  struct tile_bufs {
+    T* s;     // [kB × kB]: S, then X, then P
+    T* ds;    // [kB × kB]: dP, then dS
+    T* dcap;  // [kB × kB]: X′ = 1 − tanh² (softcap only)
+    T* lse2;  // [kB]: LSE · log2 e
+    T* dsum;  // [kB]: D
+    T* ones;  // [kB]: 1, the row scale of the accumulating products
+  };
+
+  /// dst[r][c] = row(r)[c] for r < n, c < dim, zero elsewhere in [rows × ld].
+  static void pack_rows(T* dst, index ld, index rows, const bshd_view<const T>& t, index b, index s0, index n,
+                        index h, index dim) {
+    for (index r = 0; r < rows; ++r) {
+      T* d = dst + r * ld;
+      if (r < n) {
+        std::memcpy(d, t.row(b, s0 + r, h), sizeof(T) * static_cast<std::size_t>(dim));
+        std::fill(d + dim, d + ld, T(0));
+      } else {
+        std::fill(d, d + ld, T(0));
+      }
+    }
+  }
+  /// dst[c][r] = row(r)[c]: the [dim × kB] transpose of n ≤ kB rows, zero columns past n.
+  static void pack_transposed(T* dst, const bshd_view<const T>& t, index b, index s0, index n, index h, index dim) {
+    for (index c = 0; c < dim; ++c) std::fill(dst + c * kB + n, dst + (c + 1) * kB, T(0));
+    for (index r = 0; r < n; ++r) {
+      const T* src = t.row(b, s0 + r, h);
+      for (index c = 0; c < dim; ++c) dst[c * kB + r] = src[c];
+    }
+  }
+
+  /// The rows of a B operand [n × dim]: the tensor's own rows when dim is a whole number of
+  /// panels, else a zero-padded copy in `scratch` [kB × padded].
+  struct panel {
+    const T* p;
+    index ld;
+  };
+  static panel rows_as_b(T* scratch, index padded, const bshd_view<const T>& t, index b, index s0, index n, index h,
+                         index dim) {
+    if (dim == padded) return {t.row(b, s0, h), t.ss};
+    pack_rows(scratch, padded, kB, t, b, s0, n, h, dim);
+    return {scratch, padded};
+  }
+
+  /// LSE·log2 e and D = rowsum(dO ∘ O) of query rows i0 .. i0 + ni of head h.
+  void row_stats(const tile_bufs& w, index b, index h, index i0, index ni) const {
+    for (index r = 0; r < ni; ++r) {
+      w.lse2[r] = bp_.lse[(b * p_.hq + h) * p_.nq + i0 + r] * T(kLog2e);
+      const T* o = bp_.o.row(b, i0 + r, h);
+      const T* g = bp_.dout.row(b, i0 + r, h);
+      T acc = 0;
+      for (index e = 0; e < p_.dv; ++e) acc += o[e] * g[e];
+      w.dsum[r] = acc;
+    }
+  }
+
+  /// From S = Q·Kᵀ and dP = dO·Vᵀ of one tile (rows < ni, keys < nj): P into w.s and dS into
+  /// w.ds. Keys past nj get P = dS = 0, so the products may run over whole vectors.
+  void scores_to_grads(const tile_bufs& w, visit vis, index b, index h, index i0, index ni, index j0, index nj) const {
+    const V scale = simd::bcast<V>(T(p_.scale));
+    const bool capped = p_.softcap > 0;
+    const V cap = simd::bcast<V>(T(p_.softcap)), inv_cap = simd::bcast<V>(T(1 / p_.softcap));
+    // X = modify(scale·S): the softcap first, in vectors (its derivative kept beside)
+    for (index r = 0; r < ni; ++r) {
+      T* s = w.s + r * kB;
+      T* g = w.dcap + r * kB;
+      for (index c = 0; c < kB; c += L) {
+        V x = simd::load<V>(s + c) * scale;
+        if (capped) {
+          const V t = simd::tanh(x * inv_cap);
+          x = cap * t;
+          simd::store(g + c, simd::bcast<V>(T(1)) - t * t);  // d(cap·tanh(x/cap))/dx
+        }
+        simd::store(s + c, x);
+      }
+    }
+    // then ALiBi, bias and the masks, element by element, only where a tile needs them
+    if (vis == visit::partial || p_.alibi || p_.bias) {
+      const index off = p_.nk_of(b) - p_.nq_of(b);
+      const T ninf = -std::numeric_limits<T>::infinity();
+      const T slope = p_.alibi ? T(p_.alibi_of(b, h)) : T(0);
+      for (index r = 0; r < ni; ++r) {
+        const index i = i0 + r;
+        T* s = w.s + r * kB;
+        if (p_.alibi)
+          for (index c = 0; c < nj; ++c) s[c] -= slope * T(std::abs(i + off - (j0 + c)));
+        if (p_.bias) {
+          const float* bias = p_.bias + b * p_.bias_sb + h * p_.bias_sh + i * p_.nk + j0;
+          for (index c = 0; c < nj; ++c) s[c] += T(bias[c]);
+        }
+        if (vis == visit::partial) {
+          const bool* mask = p_.mask ? p_.mask + b * p_.mask_sb + h * p_.mask_sh + i * p_.nk + j0 : nullptr;
+          for (index c = 0; c < nj; ++c)
+            if (!p_.band_visible(b, i, j0 + c) || (mask && !mask[c])) s[c] = ninf;
+          std::fill(s + nj, s + kB, ninf);
+        }
+      }
+    }
+    // P = 2^(X·log2 e − LSE·log2 e);  dS = P ∘ (dP − D) ∘ X′ · scale
+    const V log2e = simd::bcast<V>(T(kLog2e)), zero = simd::bcast<V>(T(0));
+    for (index r = 0; r < ni; ++r) {
+      T* s = w.s + r * kB;
+      T* ds = w.ds + r * kB;
+      if (w.lse2[r] == -std::numeric_limits<T>::infinity()) {  // a fully masked row: no gradient
+        std::fill(s, s + kB, T(0));
+        std::fill(ds, ds + kB, T(0));
+        continue;
+      }
+      const V lse2 = simd::bcast<V>(w.lse2[r]), dsum = simd::bcast<V>(w.dsum[r]);
+      const T* g = w.dcap + r * kB;
+      for (index c = 0; c < kB; c += L) {
+        const V pv = simd::exp2(simd::fma(simd::load<V>(s + c), log2e, zero - lse2));
+        V d = pv * (simd::load<V>(ds + c) - dsum) * scale;
+        if (capped) d = d * simd::load<V>(g + c);
+        simd::store(s + c, pv);
+        simd::store(ds + c, d);
+      }
+    }
+  }
+
+  /// S and dP of one tile: S = Q·Kᵀ (A = Q rows in place, B = Kᵀ packed) and dP = dO·Vᵀ.
+  void tile_products(const tile_bufs& w, const T* kt, const T* vt, index b, index h, index i0, index ni) const {
+    mma_ab<Arch, T, MR, NV, mma_init::zero>(w.s, kB, p_.q.row(b, i0, h), p_.q.ss, 1, ni, kt, kB, kB, p_.d);
+    mma_ab<Arch, T, MR, NV, mma_init::zero>(w.ds, kB, bp_.dout.row(b, i0, h), bp_.dout.ss, 1, ni, vt, kB, kB,
+                                            p_.dv);
+  }
+
+  /// Carves one thread's workspace: the tile buffers plus `extra` panels of kB × `widths[i]`.
+  template <std::size_t N>
+  tile_bufs carve(const std::array<index, N>& widths, std::array<T*, N>& panels) const {
+    std::size_t elems = 3 * kB * kB + 3 * kB;
+    for (index wdt : widths) elems += static_cast<std::size_t>(kB * wdt);
+    T* base = static_cast<T*>(workspace::of_this_thread().get(elems * sizeof(T)));
+    tile_bufs w{base, base + kB * kB, base + 2 * kB * kB, base + 3 * kB * kB, base + 3 * kB * kB + kB,
+                base + 3 * kB * kB + 2 * kB};
+    std::fill(w.ones, w.ones + kB, T(1));
+    T* next = base + 3 * kB * kB + 3 * kB;  // every piece a multiple of 64 elements: stays aligned
+    for (std::size_t i = 0; i < N; ++i) panels[i] = next, next += kB * widths[i];
+    return w;
+  }
+
+  /// Pass 1: dK and dV of keys j0 .. j0 + 64 of K/V head hk, over every query that sees them.
+  void key_block(index b, index hk, index j0) const {
+    const index nj_all = std::min(kB, p_.nk - j0), nj = std::clamp<index>(p_.nk_of(b) - j0, 0, nj_all);
+    // panels: Kᵀ [d × kB], Vᵀ [dv × kB], dK, dV accumulators, packed Q and dO rows
+    std::array<T*, 6> pn;
+    const tile_bufs w = carve(std::array<index, 6>{p_.d, p_.dv, dp_, dvp_, dp_, dvp_}, pn);
+    T *kt = pn[0], *vt = pn[1], *dk = pn[2], *dv = pn[3], *qpack = pn[4], *dopack = pn[5];
+    std::fill(dk, dk + kB * dp_, T(0));
+    std::fill(dv, dv + kB * dvp_, T(0));
+    if (nj > 0) {
+      pack_transposed(kt, p_.k, b, j0, nj, hk, p_.d);
+      pack_transposed(vt, p_.v, b, j0, nj, hk, p_.dv);
+      const index nq = p_.nq_of(b);
+      for (index h = hk * p_.group; h < (hk + 1) * p_.group; ++h) {
+        for (index i0 = 0; i0 < nq; i0 += kB) {
+          const index ni = std::min(kB, nq - i0);
+          const visit vis = classify(b, i0, ni, j0, nj);
+          if (vis == visit::none) continue;
+          row_stats(w, b, h, i0, ni);
+          tile_products(w, kt, vt, b, h, i0, ni);
+          scores_to_grads(w, vis, b, h, i0, ni, j0, nj);
+          // dV += Pᵀ·dO and dK += dSᵀ·Q: Aᵀ's rows are P's columns, consecutive scalars
+          const panel dob = rows_as_b(dopack, dvp_, bp_.dout, b, i0, ni, h, p_.dv);
+          mma_ab<Arch, T, MR, NV, mma_init::scale_rows, true>(dv, dvp_, w.s, 1, kB, nj, dob.p, dob.ld, dvp_, ni,
+                                                              w.ones);
+          const panel qb = rows_as_b(qpack, dp_, p_.q, b, i0, ni, h, p_.d);
+          mma_ab<Arch, T, MR, NV, mma_init::scale_rows, true>(dk, dp_, w.ds, 1, kB, nj, qb.p, qb.ld, dp_, ni,
+                                                              w.ones);
+        }
+      }
+    }
+    // Accumulator rows past nj hold the micro-kernel's padding rows; keys past the batch's
+    // length get zeros.
+    for (index r = 0; r < nj_all; ++r) {
+      T* dkr = bp_.dk.row(b, j0 + r, hk);
+      T* dvr = bp_.dv.row(b, j0 + r, hk);
+      if (r < nj) {
+        std::memcpy(dkr, dk + r * dp_, sizeof(T) * static_cast<std::size_t>(p_.d));
+        std::memcpy(dvr, dv + r * dvp_, sizeof(T) * static_cast<std::size_t>(p_.dv));
+      } else {
+        std::fill(dkr, dkr + p_.d, T(0));
+        std::fill(dvr, dvr + p_.dv, T(0));
+      }
+    }
+  }
+
+  /// Pass 2: dQ of query rows i0 .. i0 + 64 of head h, over every key block they see.
+  void query_block(index b, index h, index i0) const {
+    const index hk = h / p_.group;
+    const index ni_all = std::min(kB, p_.nq - i0), ni = std::clamp<index>(p_.nq_of(b) - i0, 0, ni_all);
+    std::array<T*, 4> pn;  // Kᵀ, Vᵀ, packed K rows, dQ accumulator
+    const tile_bufs w = carve(std::array<index, 4>{p_.d, p_.dv, dp_, dp_}, pn);
+    T *kt = pn[0], *vt = pn[1], *kpack = pn[2], *dq = pn[3];
+    std::fill(dq, dq + kB * dp_, T(0));
+    if (ni > 0) {
+      row_stats(w, b, h, i0, ni);
+      const index nk = p_.nk_of(b);
+      for (index j0 = 0; j0 < nk; j0 += kB) {
+        const index nj = std::min(kB, nk - j0);
+        const visit vis = classify(b, i0, ni, j0, nj);
+        if (vis == visit::none) continue;
+        pack_transposed(kt, p_.k, b, j0, nj, hk, p_.d);
+        pack_transposed(vt, p_.v, b, j0, nj, hk, p_.dv);
+        tile_products(w, kt, vt, b, h, i0, ni);
+        scores_to_grads(w, vis, b, h, i0, ni, j0, nj);
+        const panel kb = rows_as_b(kpack, dp_, p_.k, b, j0, nj, hk, p_.d);
+        mma_ab<Arch, T, MR, NV, mma_init::scale_rows>(dq, dp_, w.ds, kB, 1, ni, kb.p, kb.ld, dp_, nj, w.ones);
+      }
+    }
+    for (index r = 0; r < ni_all; ++r) {  // padded rows (past the batch's length) get zeros
+      T* dqr = bp_.dq.row(b, i0 + r, h);
+      if (r < ni) std::memcpy(dqr, dq + r * dp_, sizeof(T) * static_cast<std::size_t>(p_.d));
+      else std::fill(dqr, dqr + p_.d, T(0));
+    }
+  }
+
+  const softmax_backward_problem<T>& bp_;
+  const softmax_problem<T>& p_;
+  index dp_, dvp_;  // d and dv rounded up to whole panels
+};
+
+/// The backward's one dispatch site: options it cannot run are rejected here, by name.
+template <class Arch, class T, class Device>
+void softmax_backward(const softmax_backward_problem<T>& bp, const Device& dev) {
+  require(!bp.fwd.bf16_compute, "xattn::softmax_attention_backward", "compute",
+          "compute::bf16 is not supported by the backward pass (use compute::exact)");
+  tile_backward<Arch, T>(bp).run(dev);
+}
+
+}  // namespace xattn::detail
