@@ -8,11 +8,12 @@
 //   dV += Pᵀ·dO    dK += dSᵀ·Q    dQ += dS·K
 //
 // Pass 1 owns dK and dV: one work item per (batch, K/V head, key block of 64) walks every query
-// head of its group and every query block that sees the key block. Pass 2 owns dQ: one item per
-// (batch, query head, query block) walks the key blocks it sees and recomputes P and dS (FA2's
-// deterministic variant: 6 of the 4 + 4 + 2 tile products again, in exchange for no reduction
-// buffer). Every product is detail::mma_ab on 8 × 2-vector register tiles; B operands are rows
-// of the caller's tensors when the head dim is a whole number of panels, else packed copies.
+// head of its group and every query block that sees the key block; Kᵀ and Vᵀ are packed once per
+// item. Pass 2 owns dQ: one item per (batch, query head, query block) walks the key blocks it
+// sees and recomputes P and dS on transposed tiles (Sᵀ = K·Qᵀ, Qᵀ and dOᵀ packed once per item):
+// FA2's deterministic variant, 6 of the 4 + 4 + 2 tile products again, in exchange for no dQ
+// reduction buffer. Every product is detail::mma_ab on 8 × 2-vector register tiles; its B operands
+// are rows of the caller's tensors when the head dim is a whole number of panels, else packed.
 #pragma once
 
 #include <algorithm>
@@ -114,10 +115,18 @@ class tile_backward {
     return {scratch, padded};
   }
 
-  /// LSE·log2 e and D = rowsum(dO ∘ O) of query rows i0 .. i0 + ni of head h.
+  /// LSE·log2 e and D = rowsum(dO ∘ O) of query rows i0 .. i0 + ni of head h, for all kB slots:
+  /// rows that see no key (LSE −inf) and slots past ni get LSE·log2 e = +inf, so that
+  /// P = 2^(X·log2 e − LSE·log2 e) is exactly 0 there with no branch in the tile loop.
   void row_stats(const tile_bufs& w, index b, index h, index i0, index ni) const {
-    for (index r = 0; r < ni; ++r) {
-      w.lse2[r] = bp_.lse[(b * p_.hq + h) * p_.nq + i0 + r] * T(kLog2e);
+    const T inf = std::numeric_limits<T>::infinity();
+    for (index r = 0; r < kB; ++r) {
+      if (r >= ni) {
+        w.lse2[r] = inf, w.dsum[r] = 0;
+        continue;
+      }
+      const T lse = bp_.lse[(b * p_.hq + h) * p_.nq + i0 + r];
+      w.lse2[r] = lse == -inf ? inf : lse * T(kLog2e);
       const T* o = bp_.o.row(b, i0 + r, h);
       const T* g = bp_.dout.row(b, i0 + r, h);
       T acc = 0;
@@ -126,14 +135,19 @@ class tile_backward {
     }
   }
 
-  /// From S = Q·Kᵀ and dP = dO·Vᵀ of one tile (rows < ni, keys < nj): P into w.s and dS into
-  /// w.ds. Keys past nj get P = dS = 0, so the products may run over whole vectors.
+  /// From the scores and dP of one tile, P into w.s and dS into w.ds. Upright (pass 1): rows are
+  /// the ni queries, columns the keys; Transposed (pass 2): rows are the nj keys, columns the
+  /// queries (Sᵀ = K·Qᵀ, so that Q and dO are packed once per query block instead of K and V per
+  /// tile). Keys past nj and queries past ni get P = dS = 0, so the products may run over whole
+  /// vectors.
+  template <bool Transposed>
   void scores_to_grads(const tile_bufs& w, visit vis, index b, index h, index i0, index ni, index j0, index nj) const {
+    const index rows = Transposed ? nj : ni, cols = Transposed ? ni : nj;
     const V scale = simd::bcast<V>(T(p_.scale));
     const bool capped = p_.softcap > 0;
     const V cap = simd::bcast<V>(T(p_.softcap)), inv_cap = simd::bcast<V>(T(1 / p_.softcap));
     // X = modify(scale·S): the softcap first, in vectors (its derivative kept beside)
-    for (index r = 0; r < ni; ++r) {
+    for (index r = 0; r < rows; ++r) {
       T* s = w.s + r * kB;
       T* g = w.dcap + r * kB;
       for (index c = 0; c < kB; c += L) {
@@ -151,37 +165,29 @@ class tile_backward {
       const index off = p_.nk_of(b) - p_.nq_of(b);
       const T ninf = -std::numeric_limits<T>::infinity();
       const T slope = p_.alibi ? T(p_.alibi_of(b, h)) : T(0);
-      for (index r = 0; r < ni; ++r) {
-        const index i = i0 + r;
+      const float* bias = p_.bias ? p_.bias + b * p_.bias_sb + h * p_.bias_sh : nullptr;
+      const bool* mask = p_.mask ? p_.mask + b * p_.mask_sb + h * p_.mask_sh : nullptr;
+      for (index r = 0; r < rows; ++r) {
         T* s = w.s + r * kB;
-        if (p_.alibi)
-          for (index c = 0; c < nj; ++c) s[c] -= slope * T(std::abs(i + off - (j0 + c)));
-        if (p_.bias) {
-          const float* bias = p_.bias + b * p_.bias_sb + h * p_.bias_sh + i * p_.nk + j0;
-          for (index c = 0; c < nj; ++c) s[c] += T(bias[c]);
+        for (index c = 0; c < cols; ++c) {
+          const index i = i0 + (Transposed ? c : r), j = j0 + (Transposed ? r : c);
+          if (p_.alibi) s[c] -= slope * T(std::abs(i + off - j));
+          if (bias) s[c] += T(bias[i * p_.nk + j]);
+          if (vis == visit::partial && (!p_.band_visible(b, i, j) || (mask && !mask[i * p_.nk + j]))) s[c] = ninf;
         }
-        if (vis == visit::partial) {
-          const bool* mask = p_.mask ? p_.mask + b * p_.mask_sb + h * p_.mask_sh + i * p_.nk + j0 : nullptr;
-          for (index c = 0; c < nj; ++c)
-            if (!p_.band_visible(b, i, j0 + c) || (mask && !mask[c])) s[c] = ninf;
-          std::fill(s + nj, s + kB, ninf);
-        }
+        if (!Transposed) std::fill(s + cols, s + kB, ninf);
       }
     }
     // P = 2^(X·log2 e − LSE·log2 e);  dS = P ∘ (dP − D) ∘ X′ · scale
-    const V log2e = simd::bcast<V>(T(kLog2e)), zero = simd::bcast<V>(T(0));
-    for (index r = 0; r < ni; ++r) {
+    const V log2e = simd::bcast<V>(T(kLog2e));
+    for (index r = 0; r < rows; ++r) {
       T* s = w.s + r * kB;
       T* ds = w.ds + r * kB;
-      if (w.lse2[r] == -std::numeric_limits<T>::infinity()) {  // a fully masked row: no gradient
-        std::fill(s, s + kB, T(0));
-        std::fill(ds, ds + kB, T(0));
-        continue;
-      }
-      const V lse2 = simd::bcast<V>(w.lse2[r]), dsum = simd::bcast<V>(w.dsum[r]);
       const T* g = w.dcap + r * kB;
       for (index c = 0; c < kB; c += L) {
-        const V pv = simd::exp2(simd::fma(simd::load<V>(s + c), log2e, zero - lse2));
+        const V lse2 = Transposed ? simd::load<V>(w.lse2 + c) : simd::bcast<V>(w.lse2[r]);
+        const V dsum = Transposed ? simd::load<V>(w.dsum + c) : simd::bcast<V>(w.dsum[r]);
+        const V pv = simd::exp2(simd::fma(simd::load<V>(s + c), log2e, simd::bcast<V>(T(0)) - lse2));
         V d = pv * (simd::load<V>(ds + c) - dsum) * scale;
         if (capped) d = d * simd::load<V>(g + c);
         simd::store(s + c, pv);
@@ -190,7 +196,7 @@ class tile_backward {
     }
   }
 
-  /// S and dP of one tile: S = Q·Kᵀ (A = Q rows in place, B = Kᵀ packed) and dP = dO·Vᵀ.
+  /// S and dP of one upright tile: S = Q·Kᵀ (A = Q rows in place, B = Kᵀ packed), dP = dO·Vᵀ.
   void tile_products(const tile_bufs& w, const T* kt, const T* vt, index b, index h, index i0, index ni) const {
     mma_ab<Arch, T, MR, NV, mma_init::zero>(w.s, kB, p_.q.row(b, i0, h), p_.q.ss, 1, ni, kt, kB, kB, p_.d);
     mma_ab<Arch, T, MR, NV, mma_init::zero>(w.ds, kB, bp_.dout.row(b, i0, h), bp_.dout.ss, 1, ni, vt, kB, kB,
@@ -231,7 +237,7 @@ class tile_backward {
           if (vis == visit::none) continue;
           row_stats(w, b, h, i0, ni);
           tile_products(w, kt, vt, b, h, i0, ni);
-          scores_to_grads(w, vis, b, h, i0, ni, j0, nj);
+          scores_to_grads<false>(w, vis, b, h, i0, ni, j0, nj);
           // dV += Pᵀ·dO and dK += dSᵀ·Q: Aᵀ's rows are P's columns, consecutive scalars
           const panel dob = rows_as_b(dopack, dvp_, bp_.dout, b, i0, ni, h, p_.dv);
           mma_ab<Arch, T, MR, NV, mma_init::scale_rows, true>(dv, dvp_, w.s, 1, kB, nj, dob.p, dob.ld, dvp_, ni,
@@ -257,27 +263,29 @@ class tile_backward {
     }
   }
 
-  /// Pass 2: dQ of query rows i0 .. i0 + 64 of head h, over every key block they see.
+  /// Pass 2: dQ of query rows i0 .. i0 + 64 of head h, over every key block they see, on
+  /// transposed tiles: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ take K and V rows in place, dQ = (dSᵀ)ᵀ·K.
   void query_block(index b, index h, index i0) const {
     const index hk = h / p_.group;
     const index ni_all = std::min(kB, p_.nq - i0), ni = std::clamp<index>(p_.nq_of(b) - i0, 0, ni_all);
-    std::array<T*, 4> pn;  // Kᵀ, Vᵀ, packed K rows, dQ accumulator
+    std::array<T*, 4> pn;  // Qᵀ, dOᵀ, packed K rows, dQ accumulator
     const tile_bufs w = carve(std::array<index, 4>{p_.d, p_.dv, dp_, dp_}, pn);
-    T *kt = pn[0], *vt = pn[1], *kpack = pn[2], *dq = pn[3];
+    T *qt = pn[0], *dot = pn[1], *kpack = pn[2], *dq = pn[3];
     std::fill(dq, dq + kB * dp_, T(0));
     if (ni > 0) {
+      pack_transposed(qt, p_.q, b, i0, ni, h, p_.d);
+      pack_transposed(dot, bp_.dout, b, i0, ni, h, p_.dv);
       row_stats(w, b, h, i0, ni);
       const index nk = p_.nk_of(b);
       for (index j0 = 0; j0 < nk; j0 += kB) {
         const index nj = std::min(kB, nk - j0);
         const visit vis = classify(b, i0, ni, j0, nj);
         if (vis == visit::none) continue;
-        pack_transposed(kt, p_.k, b, j0, nj, hk, p_.d);
-        pack_transposed(vt, p_.v, b, j0, nj, hk, p_.dv);
-        tile_products(w, kt, vt, b, h, i0, ni);
-        scores_to_grads(w, vis, b, h, i0, ni, j0, nj);
+        mma_ab<Arch, T, MR, NV, mma_init::zero>(w.s, kB, p_.k.row(b, j0, hk), p_.k.ss, 1, nj, qt, kB, kB, p_.d);
+        mma_ab<Arch, T, MR, NV, mma_init::zero>(w.ds, kB, p_.v.row(b, j0, hk), p_.v.ss, 1, nj, dot, kB, kB, p_.dv);
+        scores_to_grads<true>(w, vis, b, h, i0, ni, j0, nj);
         const panel kb = rows_as_b(kpack, dp_, p_.k, b, j0, nj, hk, p_.d);
-        mma_ab<Arch, T, MR, NV, mma_init::scale_rows>(dq, dp_, w.ds, kB, 1, ni, kb.p, kb.ld, dp_, nj, w.ones);
+        mma_ab<Arch, T, MR, NV, mma_init::scale_rows, true>(dq, dp_, w.ds, 1, kB, ni, kb.p, kb.ld, dp_, nj, w.ones);
       }
     }
     for (index r = 0; r < ni_all; ++r) {  // padded rows (past the batch's length) get zeros
