@@ -6,7 +6,9 @@
 #pragma once
 
 #include <array>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include "softmax_args.hpp"
 

@@ -115,6 +115,17 @@ class tile_backward {
     return {scratch, padded};
   }
 
+  /// Σ a[e]·b[e] in vectors (pass 1 recomputes D for every tile: a scalar chain of dependent adds
+  /// cost a third of its time at d = 128).
+  static T dot(const T* a, const T* b, index n) {
+    V acc = simd::bcast<V>(T(0));
+    index e = 0;
+    for (; e + L <= n; e += L) acc = simd::fma(simd::loadu<V>(a + e), simd::loadu<V>(b + e), acc);
+    T sum = simd::hsum(acc);
+    for (; e < n; ++e) sum += a[e] * b[e];
+    return sum;
+  }
+
   /// LSE·log2 e and D = rowsum(dO ∘ O) of query rows i0 .. i0 + ni of head h, for all kB slots:
   /// rows that see no key (LSE −inf) and slots past ni get LSE·log2 e = +inf, so that
   /// P = 2^(X·log2 e − LSE·log2 e) is exactly 0 there with no branch in the tile loop.
@@ -127,11 +138,7 @@ class tile_backward {
       }
       const T lse = bp_.lse[(b * p_.hq + h) * p_.nq + i0 + r];
       w.lse2[r] = lse == -inf ? inf : lse * T(kLog2e);
-      const T* o = bp_.o.row(b, i0 + r, h);
-      const T* g = bp_.dout.row(b, i0 + r, h);
-      T acc = 0;
-      for (index e = 0; e < p_.dv; ++e) acc += o[e] * g[e];
-      w.dsum[r] = acc;
+      w.dsum[r] = dot(bp_.o.row(b, i0 + r, h), bp_.dout.row(b, i0 + r, h), p_.dv);
     }
   }
 
