@@ -75,7 +75,7 @@ class tile_backward {
     T* s;     // [kB × kB]: S, then X, then P
     T* ds;    // [kB × kB]: dP, then dS
     T* dcap;  // [kB × kB]: X′ = 1 − tanh² (softcap only)
-    T* lse2;  // [kB]: LSE · log2 e
+    T* lse;   // [kB]: LSE (+inf where P is 0)
     T* dsum;  // [kB]: D
     T* ones;  // [kB]: 1, the row scale of the accumulating products
   };
@@ -126,18 +126,18 @@ class tile_backward {
     return sum;
   }
 
-  /// LSE·log2 e and D = rowsum(dO ∘ O) of query rows i0 .. i0 + ni of head h, for all kB slots:
-  /// rows that see no key (LSE −inf) and slots past ni get LSE·log2 e = +inf, so that
-  /// P = 2^(X·log2 e − LSE·log2 e) is exactly 0 there with no branch in the tile loop.
+  /// LSE and D = rowsum(dO ∘ O) of query rows i0 .. i0 + ni of head h, for all kB slots: rows
+  /// that see no key (LSE −inf) and slots past ni get LSE = +inf, so that P = 2^((X − LSE)·log2 e)
+  /// is exactly 0 there with no branch in the tile loop.
   void row_stats(const tile_bufs& w, index b, index h, index i0, index ni) const {
     const T inf = std::numeric_limits<T>::infinity();
     for (index r = 0; r < kB; ++r) {
       if (r >= ni) {
-        w.lse2[r] = inf, w.dsum[r] = 0;
+        w.lse[r] = inf, w.dsum[r] = 0;
         continue;
       }
       const T lse = bp_.lse[(b * p_.hq + h) * p_.nq + i0 + r];
-      w.lse2[r] = lse == -inf ? inf : lse * T(kLog2e);
+      w.lse[r] = lse == -inf ? inf : lse;
       w.dsum[r] = dot(bp_.o.row(b, i0 + r, h), bp_.dout.row(b, i0 + r, h), p_.dv);
     }
   }
@@ -185,16 +185,19 @@ class tile_backward {
         if (!Transposed) std::fill(s + cols, s + kB, ninf);
       }
     }
-    // P = 2^(X·log2 e − LSE·log2 e);  dS = P ∘ (dP − D) ∘ X′ · scale
+    // P = 2^((X − LSE)·log2 e): X − LSE is exact where P matters (Sterbenz); X·log2 e − LSE·log2 e
+    // would round LSE·log2 e once more. What remains is the saved LSE's own rounding, a relative
+    // error of ~ulp(LSE) in P, the float LSE's limit at large logits (FlashAttention's too).
+    // dS = P ∘ (dP − D) ∘ X′ · scale
     const V log2e = simd::bcast<V>(T(kLog2e));
     for (index r = 0; r < rows; ++r) {
       T* s = w.s + r * kB;
       T* ds = w.ds + r * kB;
       const T* g = w.dcap + r * kB;
       for (index c = 0; c < kB; c += L) {
-        const V lse2 = Transposed ? simd::load<V>(w.lse2 + c) : simd::bcast<V>(w.lse2[r]);
+        const V lse = Transposed ? simd::load<V>(w.lse + c) : simd::bcast<V>(w.lse[r]);
         const V dsum = Transposed ? simd::load<V>(w.dsum + c) : simd::bcast<V>(w.dsum[r]);
-        const V pv = simd::exp2(simd::fma(simd::load<V>(s + c), log2e, simd::bcast<V>(T(0)) - lse2));
+        const V pv = simd::exp2((simd::load<V>(s + c) - lse) * log2e);
         V d = pv * (simd::load<V>(ds + c) - dsum) * scale;
         if (capped) d = d * simd::load<V>(g + c);
         simd::store(s + c, pv);
