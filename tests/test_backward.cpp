@@ -460,6 +460,14 @@ const std::vector<BCase> kAccuracyCases = {
     // fully masked rows by the band: Nq > Nk causal leaves the first rows without keys
     BCase("causal_nq100_nk30_empty_rows").len(100, 30).dim(64).causal(),
     BCase("window_beyond_keys_empty_rows").len(100, 100).dim(64).window(-1, 0).seqlens({100, 100}, {100, 20}),
+    // at least 8 (batch, K/V head) pairs: the one-pass schedule (dQ added per key block)
+    BCase("onepass_dense_d128").batch(2).heads(8, 4).len(100, 130).dim(128),
+    BCase("onepass_causal_d40_bhsd").batch(2).heads(8, 4).len(257, 100).dim(40).causal().bhsd(),
+    BCase("onepass_window_varlen_dv").batch(4).heads(4, 2).len(100, 70).dim(64, 24).window(20, 5)
+        .seqlens({100, 17, 0, 64}, {70, 70, 5, 0}),
+    BCase("onepass_softcap_sinks_mask").batch(1).heads(8, 8).len(70, 90).dim(64).softcap(10).sinks().mask(true),
+    BCase("onepass_f64_everything").f64().batch(4).heads(4, 2).len(70, 90).dim(40, 24).causal().window(30, -1)
+        .scale(0.2).softcap(15).alibi().sinks().seqlens({70, 33, 1, 0}, {90, 50, 2, 7}).bias(true).mask(true),
     // double
     BCase("f64_causal_gqa").f64().heads(8, 2).len(100, 70).dim(40).causal(),
     BCase("f64_everything_bhsd").f64().batch(3).heads(4, 2).len(70, 90).dim(40, 24).causal().window(30, -1)
@@ -498,6 +506,7 @@ TEST_P(BackwardThreads, BitwiseIdenticalForAnyThreadCount) {
 const std::vector<BCase> kThreadCases = {
     BCase("threads_dense_gqa").heads(8, 2).len(300).dim(64),
     BCase("threads_causal_nq200_nk333").heads(4, 2).len(200, 333).dim(64).causal(),
+    BCase("threads_onepass_causal").batch(2).heads(8, 4).len(200, 333).dim(64).causal(),
     BCase("threads_window_varlen_bhsd").batch(3).len(257, 200).dim(40).window(40, 10).seqlens({257, 60, 0}, {200, 100, 9}).bhsd(),
 };
 

@@ -7,13 +7,17 @@
 //   dS = P ∘ (dP − D) ∘ X′ · scale  D = rowsum(dO ∘ O),  X′ = 1 − tanh² with a softcap, else 1
 //   dV += Pᵀ·dO    dK += dSᵀ·Q    dQ += dS·K
 //
-// Pass 1 owns dK and dV: one work item per (batch, K/V head, key block of 64) walks every query
-// head of its group and every query block that sees the key block; Kᵀ and Vᵀ are packed once per
-// item. Pass 2 owns dQ: one item per (batch, query head, query block) walks the key blocks it
-// sees and recomputes P and dS on transposed tiles (Sᵀ = K·Qᵀ, Qᵀ and dOᵀ packed once per item):
-// FA2's deterministic variant, 6 of the 4 + 4 + 2 tile products again, in exchange for no dQ
-// reduction buffer. Every product is detail::mma_ab on 8 × 2-vector register tiles; its B operands
-// are rows of the caller's tensors when the head dim is a whole number of panels, else packed.
+// Two schedules, chosen from the shapes alone. With at least 8 (batch, K/V head) pairs, one pass:
+// an item per pair owns its dK, dV and the dQ rows of its query heads, walks the key blocks in
+// order and adds each tile's dS·K into dQ (5 tile products per tile). With fewer pairs, two passes
+// that split the sequences too. Pass 1 owns dK and dV: one item per (batch, K/V head, key block of
+// 64) walks every query head of its group and every query block that sees the key block; Kᵀ and
+// Vᵀ are packed once per item. Pass 2 owns dQ: one item per (batch, query head, query block) walks
+// the key blocks it sees and recomputes P and dS on transposed tiles (Sᵀ = K·Qᵀ, Qᵀ and dOᵀ
+// packed once per item): FA2's deterministic variant, 3 of the 5 tile products again, in exchange
+// for no dQ reduction buffer. Every product is detail::mma_ab on 8 × 2-vector register tiles; its
+// B operands are rows of the caller's tensors when the head dim is a whole number of panels, else
+// packed copies.
 #pragma once
 
 #include <algorithm>
@@ -44,12 +48,27 @@ class tile_backward {
   explicit tile_backward(const softmax_backward_problem<T>& bp)
       : bp_(bp), p_(bp.fwd), dp_(round_up(p_.d, kPanel)), dvp_(round_up(p_.dv, kPanel)) {}
 
+  /// Fewest (batch, K/V head) pairs that run as one pass, each pair one item: enough to keep 8
+  /// threads busy. The choice depends on the shapes only, so results do not depend on threads.
+  static constexpr index kFusedMinItems = 8;
+
   template <class Device>
   void run(const Device& dev) const {
     if (p_.batch == 0) return;
     const index kblocks = ceil_div(p_.nk, kB), qblocks = ceil_div(p_.nq, kB);
+    if (p_.batch * p_.hkv >= kFusedMinItems) {
+      // One pass: an item owns a K/V head's dK, dV and the dQ rows of its query heads, and walks
+      // the key blocks in order, adding each one's dS·K into dQ (5 tile products, not 7).
+      parallel_for(dev, p_.batch * p_.hkv, [&](index item) {
+        const index b = item / p_.hkv, hk = item % p_.hkv;
+        for (index h = hk * p_.group; h < (hk + 1) * p_.group; ++h)
+          for (index i = 0; i < p_.nq; ++i) std::fill(bp_.dq.row(b, i, h), bp_.dq.row(b, i, h) + p_.d, T(0));
+        for (index kb = 0; kb < kblocks; ++kb) key_block<true>(b, hk, kb * kB);
+      });
+      return;
+    }
     parallel_for(dev, p_.batch * p_.hkv * kblocks, [&](index item) {
-      key_block(item / (p_.hkv * kblocks), item / kblocks % p_.hkv, item % kblocks * kB);
+      key_block<false>(item / (p_.hkv * kblocks), item / kblocks % p_.hkv, item % kblocks * kB);
     });
     parallel_for(dev, p_.batch * p_.hq * qblocks, [&](index item) {
       query_block(item / (p_.hq * qblocks), item / qblocks % p_.hq, item % qblocks * kB);
@@ -124,6 +143,13 @@ class tile_backward {
     T sum = simd::hsum(acc);
     for (; e < n; ++e) sum += a[e] * b[e];
     return sum;
+  }
+
+  /// dst[e] += src[e] for e < n.
+  static void add_row(T* dst, const T* src, index n) {
+    index e = 0;
+    for (; e + L <= n; e += L) simd::storeu(dst + e, simd::loadu<V>(dst + e) + simd::load<V>(src + e));
+    for (; e < n; ++e) dst[e] += src[e];
   }
 
   /// LSE and D = rowsum(dO ∘ O) of query rows i0 .. i0 + ni of head h, for all kB slots: rows
@@ -228,12 +254,19 @@ class tile_backward {
   }
 
   /// Pass 1: dK and dV of keys j0 .. j0 + 64 of K/V head hk, over every query that sees them.
+  /// With dQ (the one-pass schedule) it also adds dS·K into the dQ rows of the tensor, which the
+  /// item owns and zeroed first.
+  template <bool WithDq>
   void key_block(index b, index hk, index j0) const {
     const index nj_all = std::min(kB, p_.nk - j0), nj = std::clamp<index>(p_.nk_of(b) - j0, 0, nj_all);
-    // panels: Kᵀ [d × kB], Vᵀ [dv × kB], dK, dV accumulators, packed Q and dO rows
-    std::array<T*, 6> pn;
-    const tile_bufs w = carve(std::array<index, 6>{p_.d, p_.dv, dp_, dvp_, dp_, dvp_}, pn);
-    T *kt = pn[0], *vt = pn[1], *dk = pn[2], *dv = pn[3], *qpack = pn[4], *dopack = pn[5];
+    // panels: Kᵀ [d × kB], Vᵀ [dv × kB], dK, dV accumulators, packed Q and dO rows, packed K rows
+    // and a dQ tile
+    std::array<T*, 8> pn;
+    const tile_bufs w = carve(std::array<index, 8>{p_.d, p_.dv, dp_, dvp_, dp_, dvp_, dp_, dp_}, pn);
+    T *kt = pn[0], *vt = pn[1], *dk = pn[2], *dv = pn[3], *qpack = pn[4], *dopack = pn[5], *kpack = pn[6],
+      *dqt = pn[7];
+    panel kb{};
+    if (WithDq && nj > 0) kb = rows_as_b(kpack, dp_, p_.k, b, j0, nj, hk, p_.d);
     std::fill(dk, dk + kB * dp_, T(0));
     std::fill(dv, dv + kB * dvp_, T(0));
     if (nj > 0) {
@@ -255,6 +288,10 @@ class tile_backward {
           const panel qb = rows_as_b(qpack, dp_, p_.q, b, i0, ni, h, p_.d);
           mma_ab<Arch, T, MR, NV, mma_init::scale_rows, true>(dk, dp_, w.ds, 1, kB, nj, qb.p, qb.ld, dp_, ni,
                                                               w.ones);
+          if constexpr (WithDq) {  // dQ += dS·K, key blocks in order
+            mma_ab<Arch, T, MR, NV, mma_init::zero>(dqt, dp_, w.ds, kB, 1, ni, kb.p, kb.ld, dp_, nj);
+            for (index r = 0; r < ni; ++r) add_row(bp_.dq.row(b, i0 + r, h), dqt + r * dp_, p_.d);
+          }
         }
       }
     }
