@@ -516,11 +516,12 @@ INSTANTIATE_TEST_SUITE_P(Cases, BackwardThreads, ::testing::ValuesIn(kThreadCase
 // Empty axes: batch 0 writes nothing; Nq 0 gives zero dk, dv; Nk 0 gives zero dq.
 
 TEST(BackwardEmpty, ZeroLengthsGiveZeroGradients) {
-  for (const auto& [nq, nk] : {std::pair<index, index>{0, 5}, {5, 0}, {0, 0}}) {
-    SCOPED_TRACE("nq " + std::to_string(nq) + ", nk " + std::to_string(nk));
+  for (const auto& [nq, nk, hkv] : {std::tuple<index, index, index>{0, 5, 2}, {5, 0, 2}, {0, 0, 2}, {0, 5, 4},
+                                    {5, 0, 4}}) {  // 2 × 4 K/V heads: the one-pass schedule
+    SCOPED_TRACE("nq " + std::to_string(nq) + ", nk " + std::to_string(nk) + ", hkv " + std::to_string(hkv));
     std::mt19937_64 rng(case_seed("empty"));
     BCase c("empty");
-    c.len(nq, nk);
+    c.len(nq, nk).heads(4, hkv);
     const problem<float> p = make_problem<float>(c, rng);
     const saved<float> fwd = forward(p, {});
     grads<float> g = make_grads<float>(p);
