@@ -3,8 +3,10 @@
 // FlashAttention's papers do: forward 4·N²·d·H (halved when causal), backward 2.5× the forward.
 // Build and run from the repository root:
 //   g++ -O3 -march=native -std=c++20 -DEIGEN_USE_THREADS -Iinclude -isystem /usr/include/eigen3 \
-//       bench/softmax_backward_timing.cpp -o /tmp/bw_timing -pthread && /tmp/bw_timing [N d H threads reps]
+//       bench/softmax_backward_timing.cpp -o /tmp/bw_timing -pthread && /tmp/bw_timing [N d H threads reps Hkv]
+#ifndef EIGEN_USE_THREADS
 #define EIGEN_USE_THREADS
+#endif
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -37,18 +39,19 @@ int main(int argc, char** argv) {
   const long n = argc > 1 ? std::atol(argv[1]) : 4096, d = argc > 2 ? std::atol(argv[2]) : 128,
              h = argc > 3 ? std::atol(argv[3]) : 8;
   const int threads = argc > 4 ? std::atoi(argv[4]) : 2, reps = argc > 5 ? std::atoi(argv[5]) : 3;
+  const long hkv = argc > 6 ? std::atol(argv[6]) : h;  // K/V heads (GQA); fewer than 8 runs the two-pass schedule
   Eigen::ThreadPool pool(threads);
   Eigen::ThreadPoolDevice device(&pool, threads);
 
-  tensor q(1, n, h, d), k(1, n, h, d), v(1, n, h, d), out(1, n, h, d), dout(1, n, h, d), dq(1, n, h, d),
-      dk(1, n, h, d), dv(1, n, h, d);
+  tensor q(1, n, h, d), k(1, n, hkv, d), v(1, n, hkv, d), out(1, n, h, d), dout(1, n, h, d), dq(1, n, h, d),
+      dk(1, n, hkv, d), dv(1, n, hkv, d);
   Eigen::Tensor<float, 3, Eigen::RowMajor> lse(1, h, n);
   std::mt19937 rng(7);
   std::normal_distribution<float> normal;
   for (tensor* t : {&q, &k, &v, &dout}) for (long i = 0; i < t->size(); ++i) t->data()[i] = normal(rng);
   for (tensor* t : {&out, &dq, &dk, &dv}) t->setZero();  // touched before timing
 
-  std::printf("N=%ld d=%ld H=%ld batch 1, fp32, %d threads, median of %d\n", n, d, h, threads, reps);
+  std::printf("N=%ld d=%ld H=%ld Hkv=%ld batch 1, fp32, %d threads, median of %d\n", n, d, h, hkv, threads, reps);
   std::printf("%-8s %12s %12s %8s %14s %14s\n", "mask", "forward ms", "backward ms", "bwd/fwd", "fwd GFLOP/s",
               "bwd GFLOP/s");
   for (const bool causal : {false, true}) {
