@@ -3,6 +3,7 @@
 #pragma once
 
 #include "reference/softmax.hpp"
+#include "reference/softmax_backward.hpp"
 #include "reference/sliding_window.hpp"
 #include "reference/sparse.hpp"
 #include "reference/lightning.hpp"

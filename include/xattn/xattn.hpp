@@ -5,6 +5,7 @@
 #include "options.hpp"
 #include "paths.hpp"
 #include "softmax.hpp"
+#include "softmax_backward.hpp"
 #include "sliding_window.hpp"
 #include "neighborhood.hpp"
 #include "block_layout.hpp"

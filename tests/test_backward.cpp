@@ -1,0 +1,598 @@
+// tests/test_backward.cpp — the softmax-attention backward pass. The fp64 reference
+// (xattn::reference::softmax_attention_backward) against central finite differences of the fp64
+// forward reference, for every option; then xattn::softmax_attention_backward against that
+// reference by the accuracy rule (test_util.hpp) with a naive backward in the element type, its
+// thread invariance, fully masked rows, empty axes and bad input.
+#include "test_util.hpp"
+
+#include <optional>
+#include <xattn/reference/softmax_backward.hpp>
+#include <xattn/softmax_backward.hpp>
+
+namespace xattn_test {
+namespace {
+
+using xattn::layout;
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// ---------------------------------------------------------------------------------------------
+// One backward case, set by name: `BCase("causal_gqa").len(17, 9).causal()`.
+
+struct BCase {
+  std::string name;
+  bool f64_ = false;
+  index b_ = 2, nq_ = 5, nk_ = 7, hq_ = 4, hkv_ = 2, d_ = 8, dv_ = 0;  // dv 0: = d
+  layout lay_ = layout::bshd;
+  bool causal_ = false;
+  index wl_ = -1, wr_ = -1;
+  std::optional<double> scale_;
+  double softcap_ = 0;
+  bool alibi_ = false, sinks_ = false;
+  std::vector<int> sq_, sk_;
+  bool bias_ = false, bias_one_head_ = false, bias_neg_inf_ = false;
+  bool mask_ = false, mask_dead_rows_ = false;
+  double logits_ = 1;
+
+  explicit BCase(std::string n) : name(std::move(n)) {}
+  BCase& f64() { f64_ = true; return *this; }
+  BCase& batch(index b) { b_ = b; return *this; }
+  BCase& len(index nq, index nk) { nq_ = nq, nk_ = nk; return *this; }
+  BCase& len(index n) { return len(n, n); }
+  BCase& heads(index hq, index hkv) { hq_ = hq, hkv_ = hkv; return *this; }
+  BCase& dim(index d, index dv = 0) { d_ = d, dv_ = dv; return *this; }
+  BCase& bhsd() { lay_ = layout::bhsd; return *this; }
+  BCase& causal() { causal_ = true; return *this; }
+  BCase& window(index l, index r) { wl_ = l, wr_ = r; return *this; }
+  BCase& scale(double s) { scale_ = s; return *this; }
+  BCase& softcap(double c) { softcap_ = c; return *this; }
+  BCase& alibi() { alibi_ = true; return *this; }
+  BCase& sinks() { sinks_ = true; return *this; }
+  BCase& seqlens(std::vector<int> q, std::vector<int> k) { sq_ = std::move(q), sk_ = std::move(k); return *this; }
+  BCase& bias(bool one_head = false, bool neg_inf = false) { bias_ = true, bias_one_head_ = one_head, bias_neg_inf_ = neg_inf; return *this; }
+  BCase& mask(bool dead_rows = false) { mask_ = true, mask_dead_rows_ = dead_rows; return *this; }
+  BCase& logits(double l) { logits_ = l; return *this; }
+  index dv() const { return dv_ ? dv_ : d_; }
+};
+
+void PrintTo(const BCase& c, std::ostream* os) { *os << c.name; }
+std::string bcase_name(const ::testing::TestParamInfo<BCase>& info) { return info.param.name; }
+
+/// The options of a case and the data they point into (not movable: spans point into it).
+struct option_data {
+  std::vector<float> alibi, sinks;
+  std::vector<int> sq, sk;
+  tensor<float> bias;
+  tensor<bool> mask;
+  xattn::softmax_options opt;
+  option_data() = default;
+  option_data(const option_data&) = delete;
+  option_data& operator=(const option_data&) = delete;
+};
+
+std::unique_ptr<option_data> make_options(const BCase& c, std::mt19937_64& rng) {
+  auto od = std::make_unique<option_data>();
+  auto& o = od->opt;
+  o.scale = c.scale_;
+  o.causal = c.causal_;
+  o.window_left = c.wl_, o.window_right = c.wr_;
+  o.softcap = c.softcap_;
+  o.layout = c.lay_;
+  if (c.alibi_) {
+    for (index h = 0; h < c.hq_; ++h) od->alibi.push_back(std::exp2(-8.0f * float(h + 1) / float(c.hq_)));
+    o.alibi_slopes = od->alibi;
+  }
+  if (c.sinks_) {
+    std::uniform_real_distribution<float> u(-1.f, 3.f);
+    for (index h = 0; h < c.hq_; ++h) od->sinks.push_back(u(rng));
+    o.sink_logits = od->sinks;
+  }
+  od->sq = c.sq_, od->sk = c.sk_;
+  o.seqlens_q = od->sq, o.seqlens_k = od->sk;
+  if (c.bias_) {
+    od->bias = c.bias_one_head_ ? tensor<float>(1, c.hq_, c.nq_, c.nk_) : tensor<float>(c.b_, c.hq_, c.nq_, c.nk_);
+    fill_random(od->bias, rng);
+    if (c.bias_neg_inf_) {
+      std::bernoulli_distribution hole(0.3);
+      for (index x = 0; x < od->bias.size(); ++x)
+        if ((x / c.nk_) % 4 == 1 || hole(rng)) od->bias.data()[x] = -std::numeric_limits<float>::infinity();
+    }
+    o.bias = od->bias;
+  }
+  if (c.mask_) {
+    od->mask = tensor<bool>(c.b_, 1, c.nq_, c.nk_);
+    std::bernoulli_distribution keep(0.7);
+    for (index x = 0; x < od->mask.size(); ++x)
+      od->mask.data()[x] = keep(rng) && !(c.mask_dead_rows_ && (x / c.nk_) % 5 == 2);
+    o.mask = od->mask;
+  }
+  return od;
+}
+
+template <class T>
+struct problem {
+  tensor<T> q, k, v, dout;
+};
+
+template <class T>
+problem<T> make_problem(const BCase& c, std::mt19937_64& rng) {
+  problem<T> p{make_tensor<T>(c.lay_, c.b_, c.nq_, c.hq_, c.d_), make_tensor<T>(c.lay_, c.b_, c.nk_, c.hkv_, c.d_),
+               make_tensor<T>(c.lay_, c.b_, c.nk_, c.hkv_, c.dv()), make_tensor<T>(c.lay_, c.b_, c.nq_, c.hq_, c.dv())};
+  const double qk = std::sqrt(c.logits_);
+  fill_random(p.q, rng, dist::normal, qk);
+  fill_random(p.k, rng, dist::normal, qk);
+  fill_random(p.v, rng);
+  fill_random(p.dout, rng);
+  return p;
+}
+
+template <class T>
+struct grads {
+  tensor<T> dq, dk, dv;
+};
+
+/// Gradient tensors shaped as q, k, v, filled with NaN so that anything left unwritten fails.
+template <class T, class P>
+grads<T> make_grads(const P& p) {
+  grads<T> g{tensor<T>(p.q.dimensions()), tensor<T>(p.k.dimensions()), tensor<T>(p.v.dimensions())};
+  g.dq.setConstant(T(kNaN)), g.dk.setConstant(T(kNaN)), g.dv.setConstant(T(kNaN));
+  return g;
+}
+
+/// The exact gradients: the reference backward on double copies.
+template <class T>
+grads<double> reference_grads(const problem<T>& p, const xattn::softmax_options& opt) {
+  const problem<double> d{cast_to<double>(p.q), cast_to<double>(p.k), cast_to<double>(p.v), cast_to<double>(p.dout)};
+  const attention_result<double> fwd = oracle(d.q, d.k, d.v, opt);
+  grads<double> g = make_grads<double>(d);
+  xattn::reference::softmax_attention_backward(d.q, d.k, d.v, fwd.out, fwd.lse, d.dout, g.dq, g.dk, g.dv, opt);
+  return g;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference against central finite differences of the fp64 forward reference
+
+/// L = Σ dout ∘ softmax_attention(q, k, v).
+double loss(const problem<double>& p, const xattn::softmax_options& opt) {
+  tensor<double> out(make_tensor<double>(opt.layout, p.q.dimension(0), seq_of(p.q, opt.layout),
+                                         heads_of(p.q, opt.layout), p.v.dimension(3)));
+  xattn::reference::softmax_attention(p.q, p.k, p.v, out, opt);
+  double l = 0;
+  for (index x = 0; x < out.size(); ++x) l += out.data()[x] * p.dout.data()[x];
+  return l;
+}
+
+/// The largest |∂L/∂x (central difference, step h) − g| over the elements x of t.
+double fd_error(problem<double>& p, tensor<double>& t, const tensor<double>& g, const xattn::softmax_options& opt,
+                double& gmax) {
+  constexpr double h = 1e-6;
+  double worst = 0;
+  for (index x = 0; x < t.size(); ++x) {
+    const double saved = t.data()[x];
+    t.data()[x] = saved + h;
+    const double up = loss(p, opt);
+    t.data()[x] = saved - h;
+    const double down = loss(p, opt);
+    t.data()[x] = saved;
+    worst = std::max(worst, abs_diff((up - down) / (2 * h), g.data()[x]));
+    gmax = std::max(gmax, std::abs(g.data()[x]));
+  }
+  return worst;
+}
+
+class BackwardReference : public ::testing::TestWithParam<BCase> {};
+
+TEST_P(BackwardReference, MatchesFiniteDifferences) {
+  const BCase& c = GetParam();
+  SCOPED_TRACE(seed_note(c.name));
+  std::mt19937_64 rng(case_seed(c.name));
+  problem<double> p = make_problem<double>(c, rng);
+  const auto od = make_options(c, rng);
+  const grads<double> g = reference_grads(p, od->opt);
+  // h = 1e-6: truncation ~h²·L‴ ≈ 1e-12, cancellation ~1e-16·|L|/h ≈ 1e-9 for |L| ~ 10
+  double gmax = 0;
+  const double eq = fd_error(p, p.q, g.dq, od->opt, gmax), ek = fd_error(p, p.k, g.dk, od->opt, gmax),
+               ev = fd_error(p, p.v, g.dv, od->opt, gmax);
+  const double tol = 1e-7 * (1 + gmax);
+  EXPECT_LE(eq, tol) << "dq";
+  EXPECT_LE(ek, tol) << "dk";
+  EXPECT_LE(ev, tol) << "dv";
+  EXPECT_GT(gmax, 0.01) << "the case should have gradients";
+}
+
+const std::vector<BCase> kReferenceCases = {
+    BCase("dense"),
+    BCase("dense_mha").heads(3, 3),
+    BCase("mqa").heads(4, 1),
+    BCase("nq_lt_nk").len(3, 9),
+    BCase("nq_gt_nk").len(9, 4),
+    BCase("dv_ne_d").dim(6, 3),
+    BCase("bhsd").bhsd().dim(5, 7),
+    BCase("causal").causal(),
+    BCase("causal_nq_gt_nk").len(9, 4).causal(),
+    BCase("window_left").len(8).window(2, -1),
+    BCase("window_right").len(8).window(-1, 1),
+    BCase("window_both_cross").len(6, 9).window(1, 2),
+    BCase("seqlens").batch(3).seqlens({5, 2, 0}, {7, 3, 4}),
+    BCase("seqlens_causal").batch(3).causal().seqlens({5, 3, 1}, {7, 2, 0}),
+    BCase("softcap").softcap(2).logits(4),
+    BCase("softcap_scale").softcap(1.5).scale(0.7),
+    BCase("alibi").alibi(),
+    BCase("alibi_causal_cross").len(4, 8).alibi().causal(),
+    BCase("bias").bias(),
+    BCase("bias_one_head_neg_inf").bias(true, true),
+    BCase("mask").mask(),
+    BCase("mask_dead_rows").len(10, 7).mask(true),
+    BCase("sinks").sinks(),
+    BCase("sinks_mask_dead_rows").len(10, 7).sinks().mask(true),
+    BCase("combo_everything").batch(3).heads(4, 2).len(6, 9).dim(5, 4).causal().window(4, -1).scale(0.6)
+        .softcap(3).alibi().sinks().seqlens({6, 4, 1}, {9, 5, 3}).bias(true).mask(true),
+    BCase("combo_everything_bhsd").batch(2).heads(4, 1).len(7, 5).dim(3, 6).window(2, 1).softcap(2).alibi()
+        .sinks().bias().mask().bhsd(),
+};
+
+INSTANTIATE_TEST_SUITE_P(Cases, BackwardReference, ::testing::ValuesIn(kReferenceCases), bcase_name);
+
+// ---------------------------------------------------------------------------------------------
+// The naive backward in the element type, for the accuracy rule: written from the options header,
+// as test_util's naive_softmax is, one query row at a time, every sum in T.
+
+template <class T>
+grads<T> naive_backward(const problem<T>& p, const xattn::softmax_options& opt) {
+  const layout l = opt.layout;
+  const index batch = p.q.dimension(0), nq_all = seq_of(p.q, l), nk_all = seq_of(p.k, l);
+  const index hq = heads_of(p.q, l), hkv = heads_of(p.k, l), d = p.q.dimension(3), dv = p.v.dimension(3);
+  const index group = hq / hkv;
+  const T scale = T(opt.scale ? *opt.scale : 1.0 / std::sqrt(double(d)));
+  const T cap = T(opt.softcap), ninf = -std::numeric_limits<T>::infinity();
+  const index wl = opt.window_left, wr = opt.causal ? 0 : opt.window_right;
+  grads<T> g{tensor<T>(p.q.dimensions()), tensor<T>(p.k.dimensions()), tensor<T>(p.v.dimensions())};
+  g.dq.setZero(), g.dk.setZero(), g.dv.setZero();
+  std::vector<T> s(static_cast<std::size_t>(nk_all)), dcap(s.size()), o(static_cast<std::size_t>(dv));
+  const auto opt_at = [&](const auto& t, index b, index h, index i, index j) {
+    const auto& td = t.dims;
+    return t.data[(((td[0] == 1 ? 0 : b) * td[1] + (td[1] == 1 ? 0 : h)) * nq_all + i) * nk_all + j];
+  };
+  for (index b = 0; b < batch; ++b) {
+    const index nq = opt.seqlens_q.empty() ? nq_all : opt.seqlens_q[b];
+    const index nk = opt.seqlens_k.empty() ? nk_all : opt.seqlens_k[b];
+    for (index h = 0; h < hq; ++h) {
+      const index hk = h / group;
+      for (index i = 0; i < nq; ++i) {
+        const index diag = i + nk - nq;
+        T m = opt.sink_logits.empty() ? ninf : T(opt.sink_logits[h]);
+        for (index j = 0; j < nk; ++j) {
+          T x = 0;
+          for (index c = 0; c < d; ++c) x += at(p.q, l, b, i, h, c) * at(p.k, l, b, j, hk, c);
+          x *= scale;
+          dcap[j] = 1;
+          if (cap > 0) {
+            const T t = std::tanh(x / cap);
+            x = cap * t, dcap[j] = 1 - t * t;
+          }
+          if (!opt.alibi_slopes.empty()) x -= T(opt.alibi_slopes[h]) * T(std::abs(diag - j));
+          if (opt.bias) x += T(opt_at(opt.bias, b, h, i, j));
+          bool visible = (wr < 0 || j <= diag + wr) && (wl < 0 || j >= diag - wl);
+          if (opt.mask) visible = visible && opt_at(opt.mask, b, h, i, j);
+          s[j] = visible ? x : ninf;
+          m = std::max(m, s[j]);
+        }
+        if (m == ninf) continue;
+        T sum = opt.sink_logits.empty() ? T(0) : std::exp(T(opt.sink_logits[h]) - m);
+        for (index j = 0; j < nk; ++j) sum += s[j] = std::exp(s[j] - m);
+        std::fill(o.begin(), o.end(), T(0));
+        for (index j = 0; j < nk; ++j) {
+          s[j] /= sum;
+          for (index e = 0; e < dv; ++e) o[e] += s[j] * at(p.v, l, b, j, hk, e);
+        }
+        T dsum = 0;
+        for (index e = 0; e < dv; ++e) dsum += at(p.dout, l, b, i, h, e) * o[e];
+        for (index j = 0; j < nk; ++j) {
+          T dp = 0;
+          for (index e = 0; e < dv; ++e) dp += at(p.dout, l, b, i, h, e) * at(p.v, l, b, j, hk, e);
+          const T ds = s[j] * (dp - dsum) * dcap[j] * scale;
+          for (index c = 0; c < d; ++c) {
+            at(g.dq, l, b, i, h, c) += ds * at(p.k, l, b, j, hk, c);
+            at(g.dk, l, b, j, hk, c) += ds * at(p.q, l, b, i, h, c);
+          }
+          for (index e = 0; e < dv; ++e) at(g.dv, l, b, j, hk, e) += s[j] * at(p.dout, l, b, i, h, e);
+        }
+      }
+    }
+  }
+  return g;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fast kernel against the reference by the accuracy rule
+
+/// The forward's out and lse in T, as a training step would have saved them.
+template <class T>
+struct saved {
+  tensor<T> out;
+  tensor<T, 3> lse;
+};
+template <class T>
+saved<T> forward(const problem<T>& p, const xattn::softmax_options& opt) {
+  const layout l = opt.layout;
+  saved<T> s{make_tensor<T>(l, p.q.dimension(0), seq_of(p.q, l), heads_of(p.q, l), p.v.dimension(3)),
+             tensor<T, 3>(p.q.dimension(0), heads_of(p.q, l), seq_of(p.q, l))};
+  xattn::softmax_attention(p.q, p.k, p.v, s.out, s.lse, opt);
+  return s;
+}
+
+/// The largest |score| of the case (for rule_eps), as naive_softmax measures it.
+template <class T>
+double max_abs_score(const problem<T>& p, const xattn::softmax_options& opt) {
+  return naive_softmax<T>(p.q, p.k, p.v, opt).max_abs_score;
+}
+
+/// No NaN anywhere; exact zeros in the dq rows that see no key (reference LSE −inf) and in the
+/// dk, dv rows of keys that no query sees (reference dv row all zero).
+template <class T>
+::testing::AssertionResult masked_grads_are_zero(const grads<T>& g, const grads<double>& ref,
+                                                 const tensor<double, 3>& ref_lse, layout l) {
+  for (const tensor<T>* t : {&g.dq, &g.dk, &g.dv})
+    for (index x = 0; x < t->size(); ++x)
+      if (std::isnan(t->data()[x])) return ::testing::AssertionFailure() << "NaN at " << index_str(*t, x);
+  const index batch = g.dq.dimension(0), hq = heads_of(g.dq, l), nq = seq_of(g.dq, l);
+  for (index b = 0; b < batch; ++b)
+    for (index h = 0; h < hq; ++h)
+      for (index i = 0; i < nq; ++i) {
+        if (ref_lse(b, h, i) != -std::numeric_limits<double>::infinity()) continue;
+        for (index c = 0; c < g.dq.dimension(3); ++c)
+          if (at(g.dq, l, b, i, h, c) != 0)
+            return ::testing::AssertionFailure() << "dq (b " << b << ", row " << i << ", head " << h
+                                                 << ") = " << at(g.dq, l, b, i, h, c) << " in a fully masked row";
+      }
+  const index hkv = heads_of(g.dk, l), nk = seq_of(g.dk, l);
+  for (index b = 0; b < batch; ++b)
+    for (index h = 0; h < hkv; ++h)
+      for (index j = 0; j < nk; ++j) {
+        bool seen = false;
+        for (index e = 0; e < g.dv.dimension(3); ++e) seen = seen || at(ref.dv, l, b, j, h, e) != 0;
+        if (seen) continue;
+        for (index e = 0; e < g.dv.dimension(3); ++e)
+          if (at(g.dv, l, b, j, h, e) != 0)
+            return ::testing::AssertionFailure() << "dv (b " << b << ", key " << j << ", head " << h << ") = "
+                                                 << at(g.dv, l, b, j, h, e) << " for a key no query sees";
+        for (index c = 0; c < g.dk.dimension(3); ++c)
+          if (at(g.dk, l, b, j, h, c) != 0)
+            return ::testing::AssertionFailure() << "dk (b " << b << ", key " << j << ", head " << h << ") = "
+                                                 << at(g.dk, l, b, j, h, c) << " for a key no query sees";
+      }
+  return ::testing::AssertionSuccess();
+}
+
+template <class T>
+void check_backward(const BCase& c) {
+  SCOPED_TRACE(seed_note(c.name));
+  std::mt19937_64 rng(case_seed(c.name));
+  const problem<T> p = make_problem<T>(c, rng);
+  const auto od = make_options(c, rng);
+  const xattn::softmax_options& opt = od->opt;
+  const saved<T> fwd = forward(p, opt);
+  const grads<double> ref = reference_grads(p, opt);
+  const grads<T> naive = naive_backward(p, opt);
+  double eps = rule_eps<T>(max_abs_score(p, opt));
+  if (c.logits_ > 1) {
+    // Large logits: the kernel's P = exp(X − LSE) carries the saved float LSE's rounding, a relative
+    // error of ~ulp(LSE) that the naive backward (its own max and sum) does not have, and that the
+    // gradients scale by their size. The allowance: 4 ulps of the largest |LSE| times the largest
+    // exact gradient.
+    double lse_max = 0, g_max = 0;
+    for (index x = 0; x < fwd.lse.size(); ++x)
+      if (std::isfinite(fwd.lse.data()[x])) lse_max = std::max(lse_max, std::abs(double(fwd.lse.data()[x])));
+    for (const tensor<double>* t : {&ref.dq, &ref.dk, &ref.dv})
+      for (index x = 0; x < t->size(); ++x) g_max = std::max(g_max, std::abs(t->data()[x]));
+    eps += 4 * std::numeric_limits<T>::epsilon() * lse_max * g_max;
+  }
+
+  grads<T> g = make_grads<T>(p);
+  xattn::softmax_attention_backward(p.q, p.k, p.v, fwd.out, fwd.lse, p.dout, g.dq, g.dk, g.dv, opt);
+  EXPECT_TRUE(within_rule("dq", g.dq, naive.dq, ref.dq, eps));
+  EXPECT_TRUE(within_rule("dk", g.dk, naive.dk, ref.dk, eps));
+  EXPECT_TRUE(within_rule("dv", g.dv, naive.dv, ref.dv, eps));
+  // rows that see no key, and keys no row sees, get exact zeros, and nothing is NaN
+  EXPECT_TRUE(masked_grads_are_zero(g, ref, oracle(p.q, p.k, p.v, opt).lse, c.lay_));
+
+  // two threads: the same bits
+  grads<T> t = make_grads<T>(p);
+  xattn::softmax_attention_backward(device(2), p.q, p.k, p.v, fwd.out, fwd.lse, p.dout, t.dq, t.dk, t.dv, opt);
+  EXPECT_TRUE(bitwise_equal("dq on 2 threads", g.dq, t.dq));
+  EXPECT_TRUE(bitwise_equal("dk on 2 threads", g.dk, t.dk));
+  EXPECT_TRUE(bitwise_equal("dv on 2 threads", g.dv, t.dv));
+
+  // the scalar path obeys the same rule
+  grads<T> sc = make_grads<T>(p);
+  xattn::softmax_attention_backward<xattn::simd::scalar>(p.q, p.k, p.v, fwd.out, fwd.lse, p.dout, sc.dq, sc.dk,
+                                                         sc.dv, opt);
+  EXPECT_TRUE(within_rule("dq (scalar path)", sc.dq, naive.dq, ref.dq, eps));
+  EXPECT_TRUE(within_rule("dk (scalar path)", sc.dk, naive.dk, ref.dk, eps));
+  EXPECT_TRUE(within_rule("dv (scalar path)", sc.dv, naive.dv, ref.dv, eps));
+}
+
+class BackwardAccuracy : public ::testing::TestWithParam<BCase> {};
+
+TEST_P(BackwardAccuracy, MatchesReference) {
+  const BCase& c = GetParam();
+  if (c.f64_) check_backward<double>(c);
+  else check_backward<float>(c);
+}
+
+const std::vector<BCase> kAccuracyCases = {
+    // lengths 1, 17, 100, 257 and head dims 40, 64, 128
+    BCase("len1_d64").len(1).dim(64),
+    BCase("len17_d40").len(17).dim(40),
+    BCase("len100_d64").len(100).dim(64),
+    BCase("len257_d128").batch(1).len(257).dim(128),
+    BCase("len100_d128_bhsd").len(100).dim(128).bhsd(),
+    BCase("len257_d40_causal").batch(1).len(257).dim(40).causal(),
+    // Nq != Nk, GQA, dv != d
+    BCase("cross_nq17_nk257").len(17, 257).dim(64),
+    BCase("cross_nq257_nk17").batch(1).len(257, 17).dim(64),
+    BCase("cross_nq1_nk100").len(1, 100).dim(40),
+    BCase("gqa4_h8_kv2").heads(8, 2).len(100, 70).dim(64),
+    BCase("mqa_h3_kv1").heads(3, 1).len(100).dim(40),
+    BCase("dv24_d40").len(100).dim(40, 24),
+    BCase("dv128_d64_bhsd").len(100, 130).dim(64, 128).bhsd(),
+    // causal, bottom-right aligned; windows
+    BCase("causal_len100").len(100).dim(64).causal(),
+    BCase("causal_nq17_nk257").len(17, 257).dim(64).causal(),
+    BCase("causal_nq257_nk100").batch(1).len(257, 100).dim(64).causal(),
+    BCase("window_l16_r5").len(257, 200).dim(64).window(16, 5).batch(1),
+    BCase("window_0_0").len(100).dim(40).window(0, 0),
+    BCase("window_left20_causal_bhsd").len(257).dim(64).window(20, -1).causal().bhsd().batch(1),
+    // varlen, with empty rows and keys
+    BCase("varlen").batch(3).len(100, 130).dim(64).seqlens({100, 17, 0}, {130, 65, 0}),
+    BCase("varlen_causal").batch(3).len(100, 70).dim(64).causal().seqlens({100, 40, 1}, {70, 64, 5}),
+    // softcap, ALiBi, sinks, bias, mask
+    // logits ~100 and ~1e4 (the float LSE's rounding allowed for, see check_backward)
+    BCase("logits100").len(100).dim(64).logits(100),
+    BCase("logits1e4").len(100, 70).dim(64).logits(1e4),
+    BCase("logits1e4_causal_gqa").heads(8, 2).len(100).dim(128).logits(1e4).causal(),
+    BCase("softcap20").len(100).dim(64).softcap(20).logits(100),
+    BCase("softcap5_causal_gqa").heads(8, 2).len(100).dim(64).softcap(5).causal(),
+    BCase("alibi_causal").len(100, 130).dim(64).alibi().causal(),
+    BCase("sinks").len(100).dim(64).sinks(),
+    BCase("bias_neg_inf").len(100, 70).dim(40).bias(true, true),
+    BCase("mask_dead_rows").len(100, 70).dim(64).mask(true),
+    BCase("sinks_mask_dead_rows").len(100, 70).dim(64).sinks().mask(true),
+    // fully masked rows by the band: Nq > Nk causal leaves the first rows without keys
+    BCase("causal_nq100_nk30_empty_rows").len(100, 30).dim(64).causal(),
+    BCase("window_beyond_keys_empty_rows").len(100, 100).dim(64).window(-1, 0).seqlens({100, 100}, {100, 20}),
+    // at least 8 (batch, K/V head) pairs: the one-pass schedule (dQ added per key block)
+    BCase("onepass_dense_d128").batch(2).heads(8, 4).len(100, 130).dim(128),
+    BCase("onepass_causal_d40_bhsd").batch(2).heads(8, 4).len(257, 100).dim(40).causal().bhsd(),
+    BCase("onepass_window_varlen_dv").batch(4).heads(4, 2).len(100, 70).dim(64, 24).window(20, 5)
+        .seqlens({100, 17, 0, 64}, {70, 70, 5, 0}),
+    BCase("onepass_softcap_sinks_mask").batch(1).heads(8, 8).len(70, 90).dim(64).softcap(10).sinks().mask(true),
+    BCase("onepass_f64_everything").f64().batch(4).heads(4, 2).len(70, 90).dim(40, 24).causal().window(30, -1)
+        .scale(0.2).softcap(15).alibi().sinks().seqlens({70, 33, 1, 0}, {90, 50, 2, 7}).bias(true).mask(true),
+    // double
+    BCase("f64_causal_gqa").f64().heads(8, 2).len(100, 70).dim(40).causal(),
+    BCase("f64_everything_bhsd").f64().batch(3).heads(4, 2).len(70, 90).dim(40, 24).causal().window(30, -1)
+        .scale(0.2).softcap(15).alibi().sinks().seqlens({70, 33, 1}, {90, 50, 2}).bias(true).mask(true).bhsd(),
+    BCase("combo_everything").batch(3).heads(8, 2).len(70, 90).dim(40, 24).causal().window(30, -1).scale(0.2)
+        .softcap(15).alibi().sinks().seqlens({70, 33, 1}, {90, 50, 2}).bias(true, true).mask(true),
+};
+
+INSTANTIATE_TEST_SUITE_P(Cases, BackwardAccuracy, ::testing::ValuesIn(kAccuracyCases), bcase_name);
+
+// ---------------------------------------------------------------------------------------------
+// Thread invariance: serial, 1, 2 and 3 threads give the same bits
+
+class BackwardThreads : public ::testing::TestWithParam<BCase> {};
+
+TEST_P(BackwardThreads, BitwiseIdenticalForAnyThreadCount) {
+  const BCase& c = GetParam();
+  SCOPED_TRACE(seed_note(c.name));
+  std::mt19937_64 rng(case_seed(c.name));
+  const problem<float> p = make_problem<float>(c, rng);
+  const auto od = make_options(c, rng);
+  const saved<float> fwd = forward(p, od->opt);
+  grads<float> serial = make_grads<float>(p);
+  xattn::softmax_attention_backward(p.q, p.k, p.v, fwd.out, fwd.lse, p.dout, serial.dq, serial.dk, serial.dv, od->opt);
+  for (int threads : {1, 2, 3}) {
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    grads<float> g = make_grads<float>(p);
+    xattn::softmax_attention_backward(device(threads), p.q, p.k, p.v, fwd.out, fwd.lse, p.dout, g.dq, g.dk, g.dv,
+                                      od->opt);
+    EXPECT_TRUE(bitwise_equal("dq", serial.dq, g.dq));
+    EXPECT_TRUE(bitwise_equal("dk", serial.dk, g.dk));
+    EXPECT_TRUE(bitwise_equal("dv", serial.dv, g.dv));
+  }
+}
+
+const std::vector<BCase> kThreadCases = {
+    BCase("threads_dense_gqa").heads(8, 2).len(300).dim(64),
+    BCase("threads_causal_nq200_nk333").heads(4, 2).len(200, 333).dim(64).causal(),
+    BCase("threads_onepass_causal").batch(2).heads(8, 4).len(200, 333).dim(64).causal(),
+    BCase("threads_window_varlen_bhsd").batch(3).len(257, 200).dim(40).window(40, 10).seqlens({257, 60, 0}, {200, 100, 9}).bhsd(),
+};
+
+INSTANTIATE_TEST_SUITE_P(Cases, BackwardThreads, ::testing::ValuesIn(kThreadCases), bcase_name);
+
+// ---------------------------------------------------------------------------------------------
+// Empty axes: batch 0 writes nothing; Nq 0 gives zero dk, dv; Nk 0 gives zero dq.
+
+TEST(BackwardEmpty, ZeroLengthsGiveZeroGradients) {
+  for (const auto& [nq, nk, hkv] : {std::tuple<index, index, index>{0, 5, 2}, {5, 0, 2}, {0, 0, 2}, {0, 5, 4},
+                                    {5, 0, 4}}) {  // 2 × 4 K/V heads: the one-pass schedule
+    SCOPED_TRACE("nq " + std::to_string(nq) + ", nk " + std::to_string(nk) + ", hkv " + std::to_string(hkv));
+    std::mt19937_64 rng(case_seed("empty"));
+    BCase c("empty");
+    c.len(nq, nk).heads(4, hkv);
+    const problem<float> p = make_problem<float>(c, rng);
+    const saved<float> fwd = forward(p, {});
+    grads<float> g = make_grads<float>(p);
+    xattn::softmax_attention_backward(device(2), p.q, p.k, p.v, fwd.out, fwd.lse, p.dout, g.dq, g.dk, g.dv);
+    for (const tensor<float>* t : {&g.dq, &g.dk, &g.dv})
+      for (index x = 0; x < t->size(); ++x) ASSERT_EQ(t->data()[x], 0.f);
+  }
+  tensor<float> q(0, 4, 2, 8), o(0, 4, 2, 8), dq(0, 4, 2, 8);
+  tensor<float, 3> lse(0, 2, 4);
+  xattn::softmax_attention_backward(q, q, q, o, lse, o, dq, dq, dq);  // nothing to write, nothing overlaps
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input: an xattn::error naming the argument, nothing written.
+
+TEST(BackwardErrors, BadInputThrowsNamingTheArgument) {
+  std::mt19937_64 rng(case_seed("errors"));
+  const BCase c = BCase("errors").len(9, 11).dim(16);
+  const problem<float> p = make_problem<float>(c, rng);
+  const saved<float> fwd = forward(p, {});
+  grads<float> g = make_grads<float>(p);
+  const auto expect_error = [&](auto&& call, const std::string& needle) {
+    g.dq.setConstant(7.f), g.dk.setConstant(7.f), g.dv.setConstant(7.f);
+    try {
+      call();
+      ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
+    } catch (const xattn::error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("xattn::softmax_attention_backward"), std::string::npos) << e.what();
+    }
+    for (const tensor<float>* t : {&g.dq, &g.dk, &g.dv})
+      for (index x = 0; x < t->size(); ++x) ASSERT_EQ(t->data()[x], 7.f) << "written before the error";
+  };
+  tensor<float> bad_dout(2, 9, 4, 15), bad_dq(2, 9, 4, 15), bad_dk(2, 10, 2, 16), bad_out(2, 9, 2, 16);
+  tensor<float, 3> bad_lse(2, 4, 8);
+  expect_error([&] { xattn::softmax_attention_backward(p.q, p.k, p.v, fwd.out, fwd.lse, bad_dout, g.dq, g.dk, g.dv); },
+               "dout: shape");
+  expect_error([&] { xattn::softmax_attention_backward(p.q, p.k, p.v, fwd.out, fwd.lse, p.dout, bad_dq, g.dk, g.dv); },
+               "dq: shape");
+  expect_error([&] { xattn::softmax_attention_backward(p.q, p.k, p.v, fwd.out, fwd.lse, p.dout, g.dq, bad_dk, g.dv); },
+               "dk: shape");
+  expect_error([&] { xattn::softmax_attention_backward(p.q, p.k, p.v, bad_out, fwd.lse, p.dout, g.dq, g.dk, g.dv); },
+               "out: shape");
+  expect_error([&] { xattn::softmax_attention_backward(p.q, p.k, p.v, fwd.out, bad_lse, p.dout, g.dq, g.dk, g.dv); },
+               "lse: shape");
+  expect_error([&] { xattn::softmax_attention_backward(p.q, p.k, p.v, fwd.out, fwd.lse, p.dout, g.dq, g.dk, g.dv,
+                                                       {.compute = xattn::compute::bf16}); },
+               "compute");
+  expect_error([&] { xattn::softmax_attention_backward(p.q, p.k, p.v, fwd.out, fwd.lse, p.dout, g.dq, g.dk, g.dv,
+                                                       {.softcap = -1}); },
+               "softcap");
+  // a gradient over an input, or over another gradient
+  tensor<float> q2 = p.q;
+  Eigen::TensorMap<tensor<float>> dq_over_q(q2.data(), q2.dimensions());
+  expect_error([&] { xattn::softmax_attention_backward(q2, p.k, p.v, fwd.out, fwd.lse, p.dout, dq_over_q, g.dk, g.dv); },
+               "dq: overlaps q");
+  Eigen::TensorMap<tensor<float>> dv_over_dk(g.dk.data(), p.k.dimensions());
+  tensor<float> k_only = p.k, v_same_shape = p.k;
+  expect_error([&] { xattn::softmax_attention_backward(p.q, k_only, v_same_shape, make_tensor<float>(layout::bshd, 2, 9, 4, 16),
+                                                       fwd.lse, make_tensor<float>(layout::bshd, 2, 9, 4, 16), g.dq, g.dk,
+                                                       dv_over_dk); },
+               "dk: overlaps dv");
+  // the reference validates the same way, under its own name
+  try {
+    xattn::reference::softmax_attention_backward(p.q, p.k, p.v, fwd.out, fwd.lse, bad_dout, g.dq, g.dk, g.dv);
+    ADD_FAILURE() << "no error from the reference";
+  } catch (const xattn::error& e) {
+    EXPECT_NE(std::string(e.what()).find("xattn::reference::softmax_attention_backward: dout"), std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace xattn_test
