@@ -26,7 +26,9 @@
 
 #include <atomic>
 
+#include "core/amx.hpp"
 #include "core/cpu.hpp"
+#include "core/simd.hpp"
 
 namespace xattn {
 
@@ -34,9 +36,13 @@ enum class product_path : int { fp32 = 0, amx_bf16 = 2 };
 
 inline const char* path_name(product_path p) { return p == product_path::amx_bf16 ? "amx-bf16" : "fp32"; }
 
-/// The best path this CPU and OS allow.
-inline product_path best_product_path() {
-  return detail::cpu_has_amx_bf16() ? product_path::amx_bf16 : product_path::fp32;
+/// The best path this CPU and OS allow to kernels of architecture Arch (the default: the one the
+/// compile flags give, as the front doors use): AMX needs an AVX-512 build to carry its kernels.
+/// (A template, so that translation units built with different flags each get their own answer.)
+template <class Arch = simd::default_arch>
+product_path best_product_path() {
+  constexpr bool carried = detail::amx::built && simd::lanes_v<float, Arch> == 16;
+  return carried && detail::cpu_has_amx_bf16() ? product_path::amx_bf16 : product_path::fp32;
 }
 
 namespace detail {
@@ -51,9 +57,10 @@ inline void limit_product_path(product_path cap) {
   detail::product_path_cap().store(static_cast<int>(cap), std::memory_order_relaxed);
 }
 
-/// The path a call with bfloat16 K and V (or compute = bf16) takes now: the best one, within the cap.
-inline product_path bf16_product_path() {
-  const int best = static_cast<int>(best_product_path());
+/// The path a call with bfloat16 q, k and v (or compute = bf16) takes now: the best one, within the cap.
+template <class Arch = simd::default_arch>
+product_path bf16_product_path() {
+  const int best = static_cast<int>(best_product_path<Arch>());
   const int cap = detail::product_path_cap().load(std::memory_order_relaxed);
   return static_cast<product_path>(best < cap ? best : cap);
 }

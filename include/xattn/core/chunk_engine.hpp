@@ -181,7 +181,7 @@ class chunk_engine {
     } else {
       const bool bf16 = p.q.type == elem::bf16 && p.k.type == elem::bf16 && p.v.type == elem::bf16;
       return (bf16 || p.bf16_compute) && p.map->kind() == feature::identity && !p.normalize && p.d % 32 == 0 &&
-             p.e % 32 == 0 && p.block % 32 == 0 && bf16_product_path() == product_path::amx_bf16;
+             p.e % 32 == 0 && p.block % 32 == 0 && bf16_product_path<Arch>() == product_path::amx_bf16;
     }
   }
 

@@ -166,7 +166,7 @@ class tile_engine {
       return false;
     } else {
       const bool bf16 = p.q.type == elem::bf16 && p.k.type == elem::bf16 && p.v.type == elem::bf16;
-      return (bf16 || p.bf16_compute) && br % 32 == 0 && bf16_product_path() == product_path::amx_bf16;
+      return (bf16 || p.bf16_compute) && br % 32 == 0 && bf16_product_path<Arch>() == product_path::amx_bf16;
     }
   }
 
