@@ -3,6 +3,8 @@
 //
 //   softmax/<impl>/N:<N>/D:<D>/H:8/causal:<0|1>/threads:<t>      B = 1, Nq = Nk = N, bshd layout
 //   softmax_decode/<impl>/K:<K>/threads:<t>                      one query token against a K-long cache
+//   softmax_backward/xattn/N:<N>/D:<D>/H:8/causal:<0|1>/threads:<t>  the backward pass at the forward's
+//                                                                shape; FLOPs 2.5× the forward's
 //   .../dtype:<bf16|f16>   xattn with q, k, v (decode: the K/V cache; its queries stay float) in
 //                          Eigen::bfloat16 or Eigen::half, out float, at the headline shapes
 //
@@ -26,6 +28,7 @@
 
 #include <xattn/reference.hpp>
 #include <xattn/softmax.hpp>
+#include <xattn/softmax_backward.hpp>
 
 namespace xattn_bench {
 namespace {
@@ -81,6 +84,23 @@ void bm_xattn(benchmark::State& st, shape s) {
   run_flops_after(
       st, s.threads, softmax_flops(s), double(kBatch * s.n), [&] { xattn::softmax_attention(dev, q, k, v, out, opt); },
       [&] { xattn::softmax_attention(dev, lead(q), lead(k), lead(v), out_lead, opt); }, path);
+}
+
+/// The backward pass (xattn::softmax_attention_backward) at the forward's shape: out and lse from
+/// one untimed forward call, dout random. FLOPs: 2.5× the forward's (FlashAttention-2's count for
+/// a backward that recomputes P: QKᵀ again, dP = dO·Vᵀ, dV, dK and dQ, five products against two).
+void bm_backward(benchmark::State& st, shape s) {
+  const dims4 dims{kBatch, s.n, kHeads, s.d};
+  auto ts = cached_tensors({{"q", dims}, {"k", dims}, {"v", dims}, {"out", dims}, {"dout", dims}, {"dq", dims},
+                            {"dk", dims}, {"dv", dims}});
+  const tensor4 &q = *ts[0], &k = *ts[1], &v = *ts[2], &dout = *ts[4];
+  tensor4 &out = *ts[3], &dq = *ts[5], &dk = *ts[6], &dv = *ts[7];
+  Eigen::Tensor<float, 3, Eigen::RowMajor> lse(kBatch, kHeads, s.n);
+  const auto& dev = device(s.threads);
+  const xattn::softmax_options opt{.causal = s.causal};
+  xattn::softmax_attention(dev, q, k, v, out, lse, opt);  // also touches out and lse
+  run_flops(st, s.threads, 2.5 * softmax_flops(s), double(kBatch * s.n),
+            [&] { xattn::softmax_attention_backward(dev, q, k, v, out, lse, dout, dq, dk, dv, opt); });
 }
 
 // --- the Eigen baseline ------------------------------------------------------------------------
@@ -239,6 +259,10 @@ std::string softmax_name(const char* impl, const shape& s) {
          "/threads:" + std::to_string(s.threads);
 }
 
+std::string softmax_backward_name(const char* impl, const shape& s) {
+  return "softmax_backward" + softmax_name(impl, s).substr(std::string("softmax").size());
+}
+
 /// compared: a row the full suite's comparisons use, timed over at least kComparedMinTime.
 benchmark::internal::Benchmark* add(const std::string& name, auto fn, auto arg, bool compared = false) {
   auto* row = benchmark::RegisterBenchmark(name.c_str(), fn, arg)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -282,6 +306,10 @@ void register_softmax_table() {
     add(softmax_name("naive", naive), bm_naive, naive)->Iterations(1);
     add(softmax_name("xattn", small), bm_xattn<storage::f32>, small)->MinTime(kSweepMinTime);
   }
+  for (bool causal : {false, true}) {
+    const shape s{kTableN, kTableDim, causal, kTableThreads};
+    add(softmax_backward_name("xattn", s), bm_backward, s)->MinTime(kTableMinTime);
+  }
   const decode_shape decode{kTableCacheK, kTableThreads}, decode_naive{kTableCacheK, 1};
   add(decode_name("xattn", kTableCacheK, kTableThreads), bm_decode<false>, decode)->MinTime(kTableMinTime);
   add(decode_name("naive", kTableCacheK, 1), bm_decode<true>, decode_naive)->Iterations(1);
@@ -320,6 +348,7 @@ void register_softmax(suite which) {
           const bool compared = n == 4096 || n == 16384;  // the headline shape; sparse's comparison
           if (threads * score_bytes * sizeof(float) < kMaxBufferBytes) add(softmax_name("eigen", s), bm_eigen, s, compared);
           add(softmax_name("xattn", s), bm_xattn<storage::f32>, s, compared);
+          if (n <= 8192) add(softmax_backward_name("xattn", s), bm_backward, s);
           if (n == kTableN && d == kTableDim)  // the headline shape, also in 16-bit storage
             for (storage st : kStorages16) add16(st, s)->MinTime(kComparedMinTime);
         }
