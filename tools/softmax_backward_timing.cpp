@@ -1,9 +1,9 @@
-// bench/softmax_backward_timing.cpp — a quick timing of xattn::softmax_attention_backward against
+// tools/softmax_backward_timing.cpp — a quick timing of xattn::softmax_attention_backward against
 // the forward it differentiates (not part of the benchmark suite). FLOPs are counted as
 // FlashAttention's papers do: forward 4·N²·d·H (halved when causal), backward 2.5× the forward.
 // Build and run from the repository root:
 //   g++ -O3 -march=native -std=c++20 -DEIGEN_USE_THREADS -Iinclude -isystem /usr/include/eigen3 \
-//       bench/softmax_backward_timing.cpp -o /tmp/bw_timing -pthread && /tmp/bw_timing [N d H threads reps Hkv]
+//       tools/softmax_backward_timing.cpp -o /tmp/bw_timing -pthread && /tmp/bw_timing [N d H threads reps Hkv]
 #ifndef EIGEN_USE_THREADS
 #define EIGEN_USE_THREADS
 #endif
