@@ -168,10 +168,11 @@ inline double product_peak(xattn::product_path path, int threads) {
 }
 
 /// The path a row's products take: bfloat16 q, k, v in a prefill family of the tile engine
-/// (softmax, sliding window, sparse) run on AMX where the CPU allows it
-/// (xattn::bf16_product_path()); everything else (the 2-D neighborhood too) on the fp32 path.
-inline xattn::product_path path_of(storage s, bool tile_prefill) {
-  return s == storage::bf16 && tile_prefill ? xattn::bf16_product_path() : xattn::product_path::fp32;
+/// (softmax, sliding window, sparse) or in lightning run on AMX where the CPU allows it
+/// (xattn::bf16_product_path()); everything else (the 2-D neighborhood, decode, the linear rows'
+/// elu+1 with normaliser) on the fp32 path. amx_capable: the row's call is one of those.
+inline xattn::product_path path_of(storage s, bool amx_capable) {
+  return s == storage::bf16 && amx_capable ? xattn::bf16_product_path() : xattn::product_path::fp32;
 }
 
 /// Names the path in the label of a 16-bit row ("path:amx-bf16", "path:fp32"); fp32 rows get none.
