@@ -515,4 +515,28 @@ inline ::testing::AssertionResult throws_naming(const std::function<void()>& cal
   return ::testing::AssertionFailure() << "no xattn::error thrown";
 }
 
+/// The case's family (linear or lightning) on q, k, v of any storage (states float) from s0 (when
+/// the case has an initial state), the final state into `state`; on `threads` threads of a pool
+/// (0: the calling thread), with `compute` in the options.
+template <class Q, class K, class V, class O>
+void run_forward(const Case& c, const Q& q, const K& k, const V& v, const tensor<float>& s0, O& out,
+                 tensor<float>& state, int threads, xattn::compute compute = xattn::compute::exact) {
+  option_data od;
+  od.decay = decays_of(c);
+  od.map = c.feature_map();
+  auto go = [&](auto opt, auto&& serial, auto&& on) {
+    opt.compute = compute;
+    if (c.init_) opt.initial_state = s0;
+    opt.final_state = state;
+    if (threads) on(device(threads), opt);
+    else serial(opt);
+  };
+  if (c.linear_)
+    go(linear_opts(c, od), [&](const auto& o) { xattn::linear_attention(q, k, v, out, o); },
+       [&](const auto& d, const auto& o) { xattn::linear_attention(d, q, k, v, out, o); });
+  else
+    go(lightning_opts(c, od), [&](const auto& o) { xattn::lightning_attention(q, k, v, out, o); },
+       [&](const auto& d, const auto& o) { xattn::lightning_attention(d, q, k, v, out, o); });
+}
+
 }  // namespace xattn_test::chunk

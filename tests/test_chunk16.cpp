@@ -60,27 +60,6 @@ template <class S, class N, class R>
   return ::testing::AssertionSuccess();
 }
 
-/// The kernel of the case's family over tensors of any storage (states float), on `threads`
-/// threads of an Eigen::ThreadPoolDevice (0: the calling thread).
-template <class Q, class K, class V, class O>
-void run(const Case& c, const Q& q, const K& k, const V& v, const tensor<float>& s0, O& out, tensor<float>& state,
-         int threads) {
-  chunk::option_data od;
-  od.decay = chunk::decays_of(c);
-  od.map = c.feature_map();
-  auto go = [&](auto opt, auto&& serial, auto&& on) {
-    if (c.init_) opt.initial_state = s0;
-    opt.final_state = state;
-    if (threads) on(device(threads), opt);
-    else serial(opt);
-  };
-  if (c.linear_)
-    go(chunk::linear_opts(c, od), [&](const auto& o) { xattn::linear_attention(q, k, v, out, o); },
-       [&](const auto& d, const auto& o) { xattn::linear_attention(d, q, k, v, out, o); });
-  else
-    go(chunk::lightning_opts(c, od), [&](const auto& o) { xattn::lightning_attention(q, k, v, out, o); },
-       [&](const auto& d, const auto& o) { xattn::lightning_attention(d, q, k, v, out, o); });
-}
 
 /// Token t of a tensor of layout l, as a tensor of seq 1.
 template <class T>
@@ -173,7 +152,7 @@ void check_forward(const Case& c) {
 
   tensor<SO> out = nan_out<SO>(c);
   tensor<float> state = nan_state(c);
-  run(c, in.q, in.k, in.v, in.f.s0, out, state, 0);
+  chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, out, state, 0);
   EXPECT_TRUE(out_within_rule("out", out, nr.o.out, ref.out, eps_out));
   EXPECT_TRUE(within_rule("final_state", state, nr.o.state, ref.state, eps_state));
 
@@ -187,7 +166,7 @@ void check_forward(const Case& c) {
     SCOPED_TRACE("threads " + std::to_string(threads));
     tensor<SO> o = nan_out<SO>(c);
     tensor<float> s = nan_state(c);
-    run(c, in.q, in.k, in.v, in.f.s0, o, s, threads);
+    chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, o, s, threads);
     EXPECT_TRUE(bitwise_equal("out", out, o));
     EXPECT_TRUE(bitwise_equal("final_state", state, s));
   }
@@ -324,11 +303,11 @@ TEST(Chunk16Empty, ZeroLengthPassesTheStateOn) {
     const tensor<bf16> q = in.q.cast<bf16>(), k = in.k.cast<bf16>(), v = in.v.cast<bf16>();
     tensor<bf16> out = nan_out<bf16>(c);
     tensor<float> state = nan_state(c);
-    run(c, q, k, v, in.s0, out, state, 0);
+    chunk::run_forward(c, q, k, v, in.s0, out, state, 0);
     EXPECT_EQ(out.size(), 0);
     EXPECT_TRUE(bitwise_equal("final_state of an empty sequence", state, in.s0));
     state.setConstant(float(chunk::kNaN));
-    run(c, q, k, v, in.s0, out, state, 2);
+    chunk::run_forward(c, q, k, v, in.s0, out, state, 2);
     EXPECT_TRUE(bitwise_equal("final_state of an empty sequence on 2 threads", state, in.s0));
   }
 }
@@ -339,7 +318,7 @@ TEST(Chunk16Empty, ZeroBatch) {
                     v = make_tensor<f16>(c.lay_, 0, 9, 1, 8);
   tensor<f16> out = make_tensor<f16>(c.lay_, 0, 9, 2, 8);
   tensor<float> state(0, 2, 16, 8);
-  EXPECT_NO_THROW(run(c, q, k, v, tensor<float>(), out, state, 0));
+  EXPECT_NO_THROW(chunk::run_forward(c, q, k, v, tensor<float>(), out, state, 0));
   tensor<f16> o1(0, 1, 2, 8);
   EXPECT_NO_THROW(xattn::lightning_step(token(q, c.lay_, 0), token(k, c.lay_, 0), token(v, c.lay_, 0), o1, state));
 }

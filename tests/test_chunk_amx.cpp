@@ -117,28 +117,6 @@ bf16_inputs make_bf16_inputs(const Case& c) {
   return r;
 }
 
-/// The case's family on q, k, v of any storage (states float), `threads` threads (0: the calling
-/// thread), with compute = bf16 when asked.
-template <class Q, class O>
-void run(const Case& c, const Q& q, const Q& k, const Q& v, const tensor<float>& s0, O& out, tensor<float>& state,
-         int threads, xattn::compute compute = xattn::compute::exact) {
-  chunk::option_data od;
-  od.decay = chunk::decays_of(c);
-  od.map = c.feature_map();
-  auto go = [&](auto opt, auto&& serial, auto&& on) {
-    opt.compute = compute;
-    if (c.init_) opt.initial_state = s0;
-    opt.final_state = state;
-    if (threads) on(device(threads), opt);
-    else serial(opt);
-  };
-  if (c.linear_)
-    go(chunk::linear_opts(c, od), [&](const auto& o) { xattn::linear_attention(q, k, v, out, o); },
-       [&](const auto& d, const auto& o) { xattn::linear_attention(d, q, k, v, out, o); });
-  else
-    go(chunk::lightning_opts(c, od), [&](const auto& o) { xattn::lightning_attention(q, k, v, out, o); },
-       [&](const auto& d, const auto& o) { xattn::lightning_attention(d, q, k, v, out, o); });
-}
 
 template <class S>
 tensor<S> nan_out(const Case& c) {
@@ -172,7 +150,7 @@ TEST_P(ChunkAmx, MatchesReferenceByTheRule) {
   const double eps_out = chunk::sum_eps<float>(m.out), eps_state = chunk::sum_eps<float>(m.state);
 
   tensor<float> out = nan_out<float>(c), state = nan_state(c);
-  run(c, in.q, in.k, in.v, in.f.s0, out, state, 0);
+  chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, out, state, 0);
   EXPECT_TRUE(within_rule("out", out, nv.out, ref.out, eps_out));
   EXPECT_TRUE(within_rule("final_state", state, nv.state, ref.state, eps_state));
   // The naive model must itself be close to the reference, or the rule proves little.
@@ -196,11 +174,11 @@ TEST_P(ChunkAmx, SameBitsOnAnyThreadCount) {
   SCOPED_TRACE(seed_note(c.name));
   const bf16_inputs in = make_bf16_inputs(c);
   tensor<float> out = nan_out<float>(c), state = nan_state(c);
-  run(c, in.q, in.k, in.v, in.f.s0, out, state, 0);
+  chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, out, state, 0);
   for (int threads : {1, 2, 3}) {
     SCOPED_TRACE("threads " + std::to_string(threads));
     tensor<float> o = nan_out<float>(c), s = nan_state(c);
-    run(c, in.q, in.k, in.v, in.f.s0, o, s, threads);
+    chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, o, s, threads);
     EXPECT_TRUE(bitwise_equal("out", out, o));
     EXPECT_TRUE(bitwise_equal("final_state", state, s));
   }
@@ -211,9 +189,9 @@ TEST_P(ChunkAmx, ComputeBf16OnFloatEqualsBf16Storage) {
   SCOPED_TRACE(seed_note(c.name));
   const bf16_inputs in = make_bf16_inputs(c);
   tensor<float> out = nan_out<float>(c), state = nan_state(c);
-  run(c, in.q, in.k, in.v, in.f.s0, out, state, 2);
+  chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, out, state, 2);
   tensor<float> o = nan_out<float>(c), s = nan_state(c);
-  run(c, in.f.q, in.f.k, in.f.v, in.f.s0, o, s, 2, xattn::compute::bf16);
+  chunk::run_forward(c, in.f.q, in.f.k, in.f.v, in.f.s0, o, s, 2, xattn::compute::bf16);
   EXPECT_TRUE(bitwise_equal("out", out, o));
   EXPECT_TRUE(bitwise_equal("final_state", state, s));
 }
@@ -223,10 +201,10 @@ TEST_P(ChunkAmx, Bf16OutIsTheFloatOutRounded) {
   SCOPED_TRACE(seed_note(c.name));
   const bf16_inputs in = make_bf16_inputs(c);
   tensor<float> out = nan_out<float>(c), state = nan_state(c);
-  run(c, in.q, in.k, in.v, in.f.s0, out, state, 0);
+  chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, out, state, 0);
   tensor<bf16> o16 = nan_out<bf16>(c);
   tensor<float> s = nan_state(c);
-  run(c, in.q, in.k, in.v, in.f.s0, o16, s, 0);
+  chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, o16, s, 0);
   const tensor<bf16> rounded = out.cast<bf16>();
   EXPECT_TRUE(bitwise_equal("out", o16, rounded));
   EXPECT_TRUE(bitwise_equal("final_state", state, s));
@@ -243,11 +221,11 @@ TEST_P(ChunkAmx, CappedAtFp32IsTheFloatKernel) {
   ASSERT_EQ(xattn::bf16_product_path(), xattn::product_path::fp32);
   for (auto compute : {xattn::compute::exact, xattn::compute::bf16}) {
     tensor<float> out = nan_out<float>(c), state = nan_state(c);
-    run(c, in.q, in.k, in.v, in.f.s0, out, state, 2, compute);
+    chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, out, state, 2, compute);
     EXPECT_TRUE(bitwise_equal("out (bf16 storage)", out, f.out));
     EXPECT_TRUE(bitwise_equal("final_state (bf16 storage)", state, f.state));
     tensor<float> o = nan_out<float>(c), s = nan_state(c);
-    run(c, in.f.q, in.f.k, in.f.v, in.f.s0, o, s, 2, compute);
+    chunk::run_forward(c, in.f.q, in.f.k, in.f.v, in.f.s0, o, s, 2, compute);
     EXPECT_TRUE(bitwise_equal("out (float, compute option)", o, f.out));
     EXPECT_TRUE(bitwise_equal("final_state (float, compute option)", s, f.state));
   }
