@@ -3,7 +3,7 @@
 // bfloat16 and half, the ulp of a 16-bit output, and a naive fp32 softmax attention that rounds
 // the same operands the kernels round on each path:
 //   fp32 path:      the 16-bit inputs (already rounded by the caller), everything else in float;
-//   amx-bf16 path:  also P = exp(s − max) rounded to bfloat16 before P·V (the caller passes q, k, v
+//   bf16 paths:     also P = exp(s − max) rounded to bfloat16 before P·V (the caller passes q, k, v
 //                   already rounded to bfloat16 when compute = bf16 turns float tensors into bf16).
 // The accuracy rule of the suite is test_util.hpp's, against this naive:
 //   error(kernel vs fp64 reference) <= 2 · error(naive vs fp64 reference) + eps
@@ -12,36 +12,11 @@
 
 #include <functional>
 
-#include <xattn/paths.hpp>
-
+#include "paths_util.hpp"
 #include "test_util.hpp"
 
 namespace xattn_test {
 
-// ---------------------------------------------------------------------------------------------
-// Paths
-
-/// The product paths this machine has: fp32 always, amx-bf16 where the CPU and the OS allow it.
-inline std::vector<xattn::product_path> machine_paths() {
-  std::vector<xattn::product_path> p{xattn::product_path::fp32};
-  if (xattn::best_product_path() == xattn::product_path::amx_bf16) p.push_back(xattn::product_path::amx_bf16);
-  return p;
-}
-
-/// Caps the product path for its lifetime and restores the cap it found (also when a test fails
-/// by an exception or a fatal assertion).
-class path_cap {
- public:
-  explicit path_cap(xattn::product_path p) : saved_(xattn::detail::product_path_cap().load()) {
-    xattn::limit_product_path(p);
-  }
-  ~path_cap() { xattn::limit_product_path(static_cast<xattn::product_path>(saved_)); }
-  path_cap(const path_cap&) = delete;
-  path_cap& operator=(const path_cap&) = delete;
-
- private:
-  int saved_;
-};
 
 // ---------------------------------------------------------------------------------------------
 // 16-bit rounding

@@ -1,8 +1,9 @@
-// tests/test_chunk_amx.cpp — the chunk engine's products on AMX-BF16 tiles (core/chunk_engine.hpp):
+// tests/test_chunk_amx.cpp — the chunk engine's products on the bf16 paths (core/chunk_engine.hpp):
 // lightning_attention and linear_attention (identity map) with bfloat16 q, k, v, or float q, k, v
-// and compute = bf16, where xattn::bf16_product_path() allows AMX.
+// and compute = bf16, on every bf16 path this machine has (AMX-BF16 tiles, AVX512-BF16 dot
+// products; each test runs once per path).
 //
-// The AMX path rounds more than its inputs: P (after the decay mask and the scale), the state S
+// The bf16 paths round more than their inputs: P (after the decay mask and the scale), the state S
 // chunk by chunk for the inter-chunk product Q·S, and the λ-scaled V of the state update. So the
 // accuracy rule's naive implementation here is a chunked fp32 one that rounds the same operands to
 // bfloat16 the same way (naive_amx), against the fp64 reference on the bf16 inputs. Properties: the
@@ -14,9 +15,8 @@
 #include <cfloat>
 #include <cstdio>
 
-#include <xattn/paths.hpp>
-
 #include "chunk_test_util.hpp"
+#include "paths_util.hpp"
 
 namespace xattn_test::chunk_amx {
 namespace {
@@ -98,10 +98,6 @@ chunk::outputs<float> naive_amx(const Case& c, const chunk::inputs<float>& in) {
   return r;
 }
 
-/// Restores the process-wide path cap when a test ends, whatever it did to it.
-struct path_cap_guard {
-  ~path_cap_guard() { xattn::limit_product_path(xattn::product_path::amx_bf16); }
-};
 
 /// q, k, v drawn in float and rounded to bf16, their values back in float, and the initial state.
 struct bf16_inputs {
@@ -133,81 +129,99 @@ tensor<float> nan_state(const Case& c) {
 class ChunkAmx : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
-    if (xattn::best_product_path() != xattn::product_path::amx_bf16)
-      GTEST_SKIP() << "this CPU or OS does not allow AMX-BF16 (best product path: "
+    if (bf16_paths().empty())
+      GTEST_SKIP() << "this CPU, OS or build allows neither AMX-BF16 nor AVX512-BF16 (best product path: "
                    << xattn::path_name(xattn::best_product_path()) << ")";
-    if (!xattn::detail::amx::built) GTEST_SKIP() << "this build carries no AMX kernels (no AVX-512)";
   }
 };
+
+/// Runs body() once per bf16 path of this machine, the path capped to it.
+template <class F>
+void on_bf16_paths(F body) {
+  for (xattn::product_path path : bf16_paths()) {
+    SCOPED_TRACE(std::string("path ") + xattn::path_name(path));
+    const path_cap cap(path);
+    ASSERT_EQ(xattn::bf16_product_path(), path);
+    body();
+  }
+}
 
 TEST_P(ChunkAmx, MatchesReferenceByTheRule) {
   const Case c = chunk::for_this_run(GetParam());
   SCOPED_TRACE(seed_note(c.name));
-  const bf16_inputs in = make_bf16_inputs(c);
-  const chunk::outputs<double> ref = chunk::oracle(c, in.f);
-  const chunk::outputs<float> nv = naive_amx(c, in.f);
-  const chunk::magnitudes m = chunk::magnitudes_of<float>(c, in.f);
-  const double eps_out = chunk::sum_eps<float>(m.out), eps_state = chunk::sum_eps<float>(m.state);
+  on_bf16_paths([&] {
+    const bf16_inputs in = make_bf16_inputs(c);
+    const chunk::outputs<double> ref = chunk::oracle(c, in.f);
+    const chunk::outputs<float> nv = naive_amx(c, in.f);
+    const chunk::magnitudes m = chunk::magnitudes_of<float>(c, in.f);
+    const double eps_out = chunk::sum_eps<float>(m.out), eps_state = chunk::sum_eps<float>(m.state);
 
-  tensor<float> out = nan_out<float>(c), state = nan_state(c);
-  chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, out, state, 0);
-  EXPECT_TRUE(within_rule("out", out, nv.out, ref.out, eps_out));
-  EXPECT_TRUE(within_rule("final_state", state, nv.state, ref.state, eps_state));
-  // The naive model must itself be close to the reference, or the rule proves little.
-  const double rel = std::max(m.out, 1.0) * 0.05;
-  EXPECT_LE(max_abs_diff(nv.out, ref.out).max, rel) << "naive_amx disagrees with the reference";
-  // The AMX path ran: the fp32 kernel on the same values gives other bits.
-  chunk::outputs<float> f = chunk::make_outputs<float>(c);
-  chunk::run_kernel(c, in.f, f);
-  if (c.nq_ > 1) {
-    EXPECT_FALSE(bitwise_equal("", out, f.out)) << "the bf16 call gave the fp32 path's bits";
-  }
-  std::printf("[ figures  ] %s: out error %.3g (naive_amx %.3g, fp32 kernel %.3g; sum scale %.3g), "
-              "state error %.3g (naive_amx %.3g, fp32 kernel %.3g)\n",
-              c.name.c_str(), max_abs_diff(out, ref.out).max, max_abs_diff(nv.out, ref.out).max,
-              max_abs_diff(f.out, ref.out).max, m.out, max_abs_diff(state, ref.state).max,
-              max_abs_diff(nv.state, ref.state).max, max_abs_diff(f.state, ref.state).max);
+    tensor<float> out = nan_out<float>(c), state = nan_state(c);
+    chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, out, state, 0);
+    EXPECT_TRUE(within_rule("out", out, nv.out, ref.out, eps_out));
+    EXPECT_TRUE(within_rule("final_state", state, nv.state, ref.state, eps_state));
+    // The naive model must itself be close to the reference, or the rule proves little.
+    const double rel = std::max(m.out, 1.0) * 0.05;
+    EXPECT_LE(max_abs_diff(nv.out, ref.out).max, rel) << "naive_amx disagrees with the reference";
+    // The AMX path ran: the fp32 kernel on the same values gives other bits.
+    chunk::outputs<float> f = chunk::make_outputs<float>(c);
+    chunk::run_kernel(c, in.f, f);
+    if (c.nq_ > 1) {
+      EXPECT_FALSE(bitwise_equal("", out, f.out)) << "the bf16 call gave the fp32 path's bits";
+    }
+    std::printf("[ figures  ] %s: out error %.3g (naive_amx %.3g, fp32 kernel %.3g; sum scale %.3g), "
+                "state error %.3g (naive_amx %.3g, fp32 kernel %.3g)\n",
+                c.name.c_str(), max_abs_diff(out, ref.out).max, max_abs_diff(nv.out, ref.out).max,
+                max_abs_diff(f.out, ref.out).max, m.out, max_abs_diff(state, ref.state).max,
+                max_abs_diff(nv.state, ref.state).max, max_abs_diff(f.state, ref.state).max);
+  });
 }
 
 TEST_P(ChunkAmx, SameBitsOnAnyThreadCount) {
   const Case c = chunk::for_this_run(GetParam());
   SCOPED_TRACE(seed_note(c.name));
-  const bf16_inputs in = make_bf16_inputs(c);
-  tensor<float> out = nan_out<float>(c), state = nan_state(c);
-  chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, out, state, 0);
-  for (int threads : {1, 2, 3}) {
-    SCOPED_TRACE("threads " + std::to_string(threads));
-    tensor<float> o = nan_out<float>(c), s = nan_state(c);
-    chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, o, s, threads);
-    EXPECT_TRUE(bitwise_equal("out", out, o));
-    EXPECT_TRUE(bitwise_equal("final_state", state, s));
-  }
+  on_bf16_paths([&] {
+    const bf16_inputs in = make_bf16_inputs(c);
+    tensor<float> out = nan_out<float>(c), state = nan_state(c);
+    chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, out, state, 0);
+    for (int threads : {1, 2, 3}) {
+      SCOPED_TRACE("threads " + std::to_string(threads));
+      tensor<float> o = nan_out<float>(c), s = nan_state(c);
+      chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, o, s, threads);
+      EXPECT_TRUE(bitwise_equal("out", out, o));
+      EXPECT_TRUE(bitwise_equal("final_state", state, s));
+    }
+  });
 }
 
 TEST_P(ChunkAmx, ComputeBf16OnFloatEqualsBf16Storage) {
   const Case c = chunk::for_this_run(GetParam());
   SCOPED_TRACE(seed_note(c.name));
-  const bf16_inputs in = make_bf16_inputs(c);
-  tensor<float> out = nan_out<float>(c), state = nan_state(c);
-  chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, out, state, 2);
-  tensor<float> o = nan_out<float>(c), s = nan_state(c);
-  chunk::run_forward(c, in.f.q, in.f.k, in.f.v, in.f.s0, o, s, 2, xattn::compute::bf16);
-  EXPECT_TRUE(bitwise_equal("out", out, o));
-  EXPECT_TRUE(bitwise_equal("final_state", state, s));
+  on_bf16_paths([&] {
+    const bf16_inputs in = make_bf16_inputs(c);
+    tensor<float> out = nan_out<float>(c), state = nan_state(c);
+    chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, out, state, 2);
+    tensor<float> o = nan_out<float>(c), s = nan_state(c);
+    chunk::run_forward(c, in.f.q, in.f.k, in.f.v, in.f.s0, o, s, 2, xattn::compute::bf16);
+    EXPECT_TRUE(bitwise_equal("out", out, o));
+    EXPECT_TRUE(bitwise_equal("final_state", state, s));
+  });
 }
 
 TEST_P(ChunkAmx, Bf16OutIsTheFloatOutRounded) {
   const Case c = chunk::for_this_run(GetParam());
   SCOPED_TRACE(seed_note(c.name));
-  const bf16_inputs in = make_bf16_inputs(c);
-  tensor<float> out = nan_out<float>(c), state = nan_state(c);
-  chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, out, state, 0);
-  tensor<bf16> o16 = nan_out<bf16>(c);
-  tensor<float> s = nan_state(c);
-  chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, o16, s, 0);
-  const tensor<bf16> rounded = out.cast<bf16>();
-  EXPECT_TRUE(bitwise_equal("out", o16, rounded));
-  EXPECT_TRUE(bitwise_equal("final_state", state, s));
+  on_bf16_paths([&] {
+    const bf16_inputs in = make_bf16_inputs(c);
+    tensor<float> out = nan_out<float>(c), state = nan_state(c);
+    chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, out, state, 0);
+    tensor<bf16> o16 = nan_out<bf16>(c);
+    tensor<float> s = nan_state(c);
+    chunk::run_forward(c, in.q, in.k, in.v, in.f.s0, o16, s, 0);
+    const tensor<bf16> rounded = out.cast<bf16>();
+    EXPECT_TRUE(bitwise_equal("out", o16, rounded));
+    EXPECT_TRUE(bitwise_equal("final_state", state, s));
+  });
 }
 
 TEST_P(ChunkAmx, CappedAtFp32IsTheFloatKernel) {
@@ -216,8 +230,7 @@ TEST_P(ChunkAmx, CappedAtFp32IsTheFloatKernel) {
   const bf16_inputs in = make_bf16_inputs(c);
   chunk::outputs<float> f = chunk::make_outputs<float>(c);
   chunk::run_kernel(c, in.f, f);
-  path_cap_guard guard;
-  xattn::limit_product_path(xattn::product_path::fp32);
+  const path_cap cap(xattn::product_path::fp32);
   ASSERT_EQ(xattn::bf16_product_path(), xattn::product_path::fp32);
   for (auto compute : {xattn::compute::exact, xattn::compute::bf16}) {
     tensor<float> out = nan_out<float>(c), state = nan_state(c);

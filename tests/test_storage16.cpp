@@ -2,9 +2,10 @@
 // 16-bit out) in every tile-engine family (softmax, decode, streaming decode, sliding window, sparse
 // with BigBird and top-k layouts, 2-D neighborhood), on every product path this machine has,
 // against the fp64 reference on the rounded inputs, by the rule of storage16_util.hpp: twice the
-// error of a naive fp32 loop that rounds the same operands (P too on the amx-bf16 path) plus eps,
+// error of a naive fp32 loop that rounds the same operands (P too on the bf16 paths) plus eps,
 // plus half an ulp of a 16-bit out. Also: the fp32 path equals the float kernel on the rounded
-// values bitwise, the amx-bf16 path is taken where paths.hpp says it is, compute = bf16 on float
+// values bitwise, the bf16 paths (AMX, AVX512-BF16) are taken where paths.hpp says they are and
+// agree with each other, compute = bf16 on float
 // tensors, logits near ±1e4, fully masked rows, thread-count invariance per path, and bad input.
 #include "storage16_util.hpp"
 
@@ -23,7 +24,7 @@ using bf16 = Eigen::bfloat16;
 using f16 = Eigen::half;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-/// Rows of queries per K/V head above which a call is prefill (the amx-bf16 path's blocks) rather
+/// Rows of queries per K/V head above which a call is prefill (the bf16 paths' blocks) rather
 /// than decode: one vector of 16.
 constexpr index kDecodeRows = 16;
 
@@ -168,9 +169,9 @@ visibility family_pattern(const Case& c, const case_options& co) {
   return {};
 }
 
-/// Does the amx-bf16 path compute this call (paths.hpp's rule)?
+/// Does a bf16 path (AMX or AVX512-BF16) compute this call (paths.hpp's rule)?
 bool amx_active(const Case& c, bool kv_bf16, product_path path) {
-  return path == product_path::amx_bf16 && (kv_bf16 || c.compute_bf16_) && !c.decode_like() &&
+  return path != product_path::fp32 && (kv_bf16 || c.compute_bf16_) && !c.decode_like() &&
          c.nq_ * (c.hq_ / c.hkv_) > kDecodeRows;
 }
 
@@ -444,7 +445,7 @@ INSTANTIATE_TEST_SUITE_P(Storage16, Storage16Window, ::testing::Combine(::testin
 INSTANTIATE_TEST_SUITE_P(Storage16, Storage16Sparse, ::testing::Combine(::testing::ValuesIn(kSparseCases), kStorages),
                          param_name);
 
-// compute = bf16 on float tensors: the amx-bf16 path rounds q, k, v and P; elsewhere it is exact.
+// compute = bf16 on float tensors: the bf16 paths round q, k, v and P; elsewhere it is exact.
 const Case kComputeCases[] = {
     Case("softmax_causal_n257").len(257).causal().compute_bf16(),
     Case("softmax_gqa_d40_dv72_bhsd").len(100, 130).dim(40, 72).bhsd().compute_bf16(),
@@ -524,7 +525,7 @@ void check_na(const NaCase& c) {
   for (product_path path : machine_paths()) {
     SCOPED_TRACE(std::string("path ") + xattn::path_name(path));
     const path_cap cap(path);
-    const bool on_amx = path == product_path::amx_bf16 && (std::is_same_v<S, bf16> || o.compute == xattn::compute::bf16) &&
+    const bool on_amx = path != product_path::fp32 && (std::is_same_v<S, bf16> || o.compute == xattn::compute::bf16) &&
                         n * (c.hq_ / c.hkv_) > kDecodeRows;
     if (on_amx && !amx) amx = naive16(rounded<bf16>(qf), rounded<bf16>(kf), rounded<bf16>(vf), mopt, true);
     const naive16_result& naive = on_amx ? *amx : fp32;
@@ -664,69 +665,94 @@ TEST_P(Storage16Fp32Path, EqualsFloatKernelOnRoundedValues) {
 INSTANTIATE_TEST_SUITE_P(Storage16, Storage16Fp32Path, ::testing::Combine(::testing::ValuesIn(kThreadCases), kStorages),
                          param_name);
 
-/// |fp32-path result − amx-bf16-path result| of one call (float out).
+/// |result on path a − result on path b| of one call (float out).
 template <class Q, class K, class V>
-double path_difference(const Case& c, const Q& q, const K& k, const V& v, const case_options& co) {
+double path_difference(const Case& c, const Q& q, const K& k, const V& v, const case_options& co, product_path pa,
+                       product_path pb) {
   using O = float;
   tensor<O> a = nan_tensor<O>(c), b = nan_tensor<O>(c);
   tensor<float, 3> la = nan_lse(c), lb = nan_lse(c);
   {
-    const path_cap cap(product_path::fp32);
-    EXPECT_EQ(xattn::bf16_product_path(), product_path::fp32);
+    const path_cap cap(pa);
+    EXPECT_EQ(xattn::bf16_product_path(), pa);
     run_kernel(c, co, nullptr, q, k, v, a, la);
   }
   {
-    const path_cap cap(product_path::amx_bf16);
-    EXPECT_EQ(xattn::bf16_product_path(), product_path::amx_bf16);
+    const path_cap cap(pb);
+    EXPECT_EQ(xattn::bf16_product_path(), pb);
     run_kernel(c, co, nullptr, q, k, v, b, lb);
   }
   return max_abs_diff(a, b).max;
 }
 
-/// Where paths.hpp says the amx-bf16 path computes a call (bf16 K and V, or compute = bf16, prefill),
+/// Where paths.hpp says a bf16 path computes a call (bf16 K and V, or compute = bf16, prefill),
 /// its result differs from the fp32 path's (P is rounded to bfloat16).
-TEST(Storage16Amx, Bf16PrefillTakesAmxPath) {
-  if (xattn::best_product_path() != product_path::amx_bf16)
-    GTEST_SKIP() << "no AMX-BF16 on this machine (or the OS does not grant the tile state): best path is "
+TEST(Storage16Amx, Bf16PrefillTakesBf16Path) {
+  if (bf16_paths().empty())
+    GTEST_SKIP() << "no AVX512-BF16 or AMX-BF16 on this machine (or not in this build): best path is "
                  << xattn::path_name(xattn::best_product_path());
   std::mt19937_64 rng(case_seed("amx_path_taken"));
-  {
-    const Case c = Case("bf16_prefill").len(256).dim(64);
+  for (product_path path : bf16_paths()) {
+    SCOPED_TRACE(std::string("path ") + xattn::path_name(path));
+    {
+      const Case c = Case("bf16_prefill").len(256).dim(64);
+      const auto co = make_options(c, rng);
+      const auto in = make_inputs<bf16, bf16>(c, rng);
+      EXPECT_GT(path_difference(c, in.q, in.k, in.v, *co, product_path::fp32, path), 0)
+          << "bf16 K/V prefill gave the fp32 path's result bitwise: the bf16 path was not taken";
+    }
+    {
+      const Case c = Case("compute_bf16_prefill").len(256).dim(64).compute_bf16();
+      const auto co = make_options(c, rng);
+      const auto in = make_inputs<float, float>(c, rng);
+      EXPECT_GT(path_difference(c, in.q, in.k, in.v, *co, product_path::fp32, path), 0)
+          << "compute = bf16 prefill: the bf16 path was not taken";
+    }
+  }
+}
+
+/// The two bf16 paths compute the same products from the same roundings, in another order of the
+/// float sums: on a machine with both, they agree to float rounding, far inside bf16's.
+TEST(Storage16Amx, AmxAndDotProductPathsAgree) {
+  if (xattn::best_product_path() != product_path::amx_bf16)
+    GTEST_SKIP() << "needs both AMX-BF16 and AVX512-BF16 to compare them: best path is "
+                 << xattn::path_name(xattn::best_product_path());
+  std::mt19937_64 rng(case_seed("bf16_paths_agree"));
+  for (const Case& c : {Case("bf16_agree").len(300).dim(128).heads(8, 2), Case("bf16_agree_causal").len(200).causal()}) {
+    SCOPED_TRACE(c.name);
     const auto co = make_options(c, rng);
     const auto in = make_inputs<bf16, bf16>(c, rng);
-    EXPECT_GT(path_difference(c, in.q, in.k, in.v, *co), 0)
-        << "bf16 K/V prefill gave the fp32 path's result bitwise on the amx-bf16 path: AMX not taken";
-  }
-  {
-    const Case c = Case("compute_bf16_prefill").len(256).dim(64).compute_bf16();
-    const auto co = make_options(c, rng);
-    const auto in = make_inputs<float, float>(c, rng);
-    EXPECT_GT(path_difference(c, in.q, in.k, in.v, *co), 0) << "compute = bf16 prefill: AMX not taken";
+    const double diff = path_difference(c, in.q, in.k, in.v, *co, product_path::avx512_bf16, product_path::amx_bf16);
+    const double fp32_diff = path_difference(c, in.q, in.k, in.v, *co, product_path::fp32, product_path::amx_bf16);
+    EXPECT_GT(fp32_diff, 0);
+    EXPECT_LE(diff, 1e-5) << "the AMX and AVX512-BF16 paths must differ only by float rounding (fp32 vs AMX: "
+                          << fp32_diff << ")";
   }
 }
 
 /// Half K and V, and decode, stay on the fp32 path under either cap (bitwise the same result).
 TEST(Storage16Amx, HalfAndDecodeStayOnFp32Path) {
-  if (xattn::best_product_path() != product_path::amx_bf16)
-    GTEST_SKIP() << "no AMX-BF16 on this machine: nothing to compare the fp32 path with";
+  if (bf16_paths().empty()) GTEST_SKIP() << "no bf16 path on this machine: nothing to compare the fp32 path with";
   std::mt19937_64 rng(case_seed("amx_path_not_taken"));
+  const product_path best = xattn::best_product_path();
   {
     const Case c = Case("f16_prefill").len(256).dim(64);
     const auto co = make_options(c, rng);
     const auto in = make_inputs<f16, f16>(c, rng);
-    EXPECT_EQ(path_difference(c, in.q, in.k, in.v, *co), 0) << "half K/V must stay on the fp32 path";
+    EXPECT_EQ(path_difference(c, in.q, in.k, in.v, *co, product_path::fp32, best), 0) << "half K/V must stay on the fp32 path";
   }
   {
     const Case c = Case("bf16_decode", family::decode).batch(2).len(1, 300).heads(32, 8).cache_lengths({300, 100});
     const auto co = make_options(c, rng);
     const auto in = make_inputs<bf16, bf16>(c, rng);
-    EXPECT_EQ(path_difference(c, in.q, in.k, in.v, *co), 0) << "decode must stay on the fp32 path";
+    EXPECT_EQ(path_difference(c, in.q, in.k, in.v, *co, product_path::fp32, best), 0) << "decode must stay on the fp32 path";
   }
   {
     const Case c = Case("bf16_streaming", family::streaming).batch(2).len(1, 260).heads(32, 8).tokens(4, {90, 999});
     const auto co = make_options(c, rng);
     const auto in = make_inputs<bf16, bf16>(c, rng);
-    EXPECT_EQ(path_difference(c, in.q, in.k, in.v, *co), 0) << "streaming decode must stay on the fp32 path";
+    EXPECT_EQ(path_difference(c, in.q, in.k, in.v, *co, product_path::fp32, best), 0)
+        << "streaming decode must stay on the fp32 path";
   }
 }
 

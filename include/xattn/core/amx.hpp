@@ -10,7 +10,9 @@
 // two B tiles (tmm6–7): each 32-wide step of k loads four tiles for four tdpbf16ps.
 //
 // Everything here is compiled for AMX through target attributes and runs only after
-// cpu_has_amx_bf16() said yes (paths.hpp): the translation unit itself needs AVX-512 only.
+// cpu_has_amx_bf16() said yes (paths.hpp): the translation unit itself needs AVX-512 only. The
+// packers and softmax_pairs need AVX512-BF16 only (XATTN_BF16_TARGET): the AVX512-BF16 path
+// (core/dpbf16.hpp) keeps the same layouts and runs them after cpu_has_avx512_bf16() said yes.
 #pragma once
 
 #include <algorithm>
@@ -35,6 +37,9 @@ inline constexpr bool built = XATTN_HAVE_AMX_KERNELS;
 #if XATTN_HAVE_AMX_KERNELS
 
 #define XATTN_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512bf16,avx512bw,avx512f")))
+// The packers and the softmax into pairs use AVX512-BF16 conversions only: the AVX512-BF16 path
+// (core/dpbf16.hpp) shares them on CPUs without AMX.
+#define XATTN_BF16_TARGET __attribute__((target("avx512bf16,avx512bw,avx512f")))
 // The tile instructions as asm with a memory clobber on loads too: the compiler's own macros tell it
 // only that a load takes two registers, so a store into the packed buffers could sink past it.
 #define XATTN_TILE_LOAD(t, base, stride) \
@@ -156,7 +161,7 @@ XATTN_AMX_TARGET inline void values(float* ot, index br, const float* alpha, con
 /// then skips rescaling Oᵀ. l sums P as rounded (as P·V sees it: their roundings cancel where they
 /// can), lx sums it unrounded (for the log-sum-exp).
 template <int W>
-XATTN_AMX_TARGET inline void softmax_pairs_lanes(float* m, float* l, float* lx, float* alpha, const float* st, index br, index c0,
+XATTN_BF16_TARGET inline void softmax_pairs_lanes(float* m, float* l, float* lx, float* alpha, const float* st, index br, index c0,
                                                  index c1, index r, float scale, std::uint16_t* pv, index p0,
                                                  index p1) {
   using B = xsimd::batch<float, xsimd::avx512f>;
@@ -213,7 +218,7 @@ XATTN_AMX_TARGET inline void softmax_pairs_lanes(float* m, float* l, float* lx, 
   }
 }
 
-XATTN_AMX_TARGET inline void softmax_pairs(float* m, float* l, float* lx, float* alpha, const float* st, index br, index c0,
+XATTN_BF16_TARGET inline void softmax_pairs(float* m, float* l, float* lx, float* alpha, const float* st, index br, index c0,
                                            index c1, index r0, index r1, float scale, std::uint16_t* pv, index p0,
                                            index p1) {
   index r = r0;
@@ -225,7 +230,7 @@ XATTN_AMX_TARGET inline void softmax_pairs(float* m, float* l, float* lx, float*
 /// c < nc, 0 for c >= nc; rows[c] are the bf16 rows of V (dv values each). w is scratch of
 /// 32 × dvw 32-bit words (dvw = dv rounded up to 32): first each key pair (c, c + 1) interleaved
 /// per value column, then 16 × 16 blocks of those pairs transposed as 32-bit words.
-XATTN_AMX_TARGET inline void pack_v(std::uint16_t* vt, index ldv, const std::uint16_t* const* rows, index nc, index dv,
+XATTN_BF16_TARGET inline void pack_v(std::uint16_t* vt, index ldv, const std::uint16_t* const* rows, index nc, index dv,
                                     index dv2, index dvw, std::uint32_t* w) {
   alignas(64) static constexpr std::uint16_t kLo[32] = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,
                                                         37, 6, 38, 7, 39, 8,  40, 9,  41, 10, 42,
@@ -270,7 +275,7 @@ XATTN_AMX_TARGET inline void gemm(float* c, index ldc, const std::uint16_t* a, i
 /// B pairs from float rows: dst[p][x][0..1] = bf16(s·src[2p][x]), bf16(s·src[2p + 1][x]) with
 /// s = scale[row] (1 when scale is null), rows >= valid read as zeros; pair rows ldd bf16 apart,
 /// p < rows/2, x < n (a multiple of 16). Rounded to nearest even.
-XATTN_AMX_TARGET inline void pair_rows(std::uint16_t* dst, index ldd, const float* src, index lds, const float* scale,
+XATTN_BF16_TARGET inline void pair_rows(std::uint16_t* dst, index ldd, const float* src, index lds, const float* scale,
                                        index rows, index valid, index n) {
   const __m512i pair = _mm512_load_si512(kPairWords);
   const __m512 zero = _mm512_setzero_ps();
@@ -290,7 +295,7 @@ XATTN_AMX_TARGET inline void pair_rows(std::uint16_t* dst, index ldd, const floa
 /// B pairs from bf16 rows: dst[p][x][0..1] = src[2p][x], src[2p + 1][x], rows >= valid as zeros;
 /// with scale, bf16(scale[row]·src[row][x]) instead (rounded to nearest even). p < rows/2, x < n (a
 /// multiple of 32).
-XATTN_AMX_TARGET inline void pair_rows(std::uint16_t* dst, index ldd, const std::uint16_t* src, index lds,
+XATTN_BF16_TARGET inline void pair_rows(std::uint16_t* dst, index ldd, const std::uint16_t* src, index lds,
                                        const float* scale, index rows, index valid, index n) {
   alignas(64) static constexpr std::uint16_t kLo[32] = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,
                                                         37, 6, 38, 7, 39, 8,  40, 9,  41, 10, 42,
@@ -318,7 +323,7 @@ XATTN_AMX_TARGET inline void pair_rows(std::uint16_t* dst, index ldd, const std:
 
 /// A 32-bit transpose: dst[c][r] = src[r][c] for r < rows, c < cols (both multiples of 16); rows
 /// of src lds words apart, of dst ldd. Over bf16 rows of K this makes K's pairs along d.
-XATTN_AMX_TARGET inline void transpose_words(std::uint32_t* dst, index ldd, const std::uint32_t* src, index lds,
+XATTN_BF16_TARGET inline void transpose_words(std::uint32_t* dst, index ldd, const std::uint32_t* src, index lds,
                                              index rows, index cols) {
   for (index r0 = 0; r0 < rows; r0 += 16)
     for (index c0 = 0; c0 < cols; c0 += 16) {
@@ -332,7 +337,7 @@ XATTN_AMX_TARGET inline void transpose_words(std::uint32_t* dst, index ldd, cons
 
 /// Pairs split into rows: dst[2p][x] = the low half of src[p][x], dst[2p + 1][x] its high half, for
 /// p < pairs, x < n (a multiple of 32). K's pairs along d become the rows of Kᵀ.
-XATTN_AMX_TARGET inline void split_pairs(std::uint16_t* dst, index ldd, const std::uint32_t* src, index lds,
+XATTN_BF16_TARGET inline void split_pairs(std::uint16_t* dst, index ldd, const std::uint32_t* src, index lds,
                                          index pairs, index n) {
   alignas(64) static constexpr std::uint16_t kEven[32] = {0,  2,  4,  6,  8,  10, 12, 14, 16, 18, 20,
                                                           22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42,
@@ -349,7 +354,7 @@ XATTN_AMX_TARGET inline void split_pairs(std::uint16_t* dst, index ldd, const st
 /// The state update s = fma(lam, s, ds) over rows × n floats (rows ld apart, n a multiple of 16),
 /// and the updated rows as B pairs for the next chunk: sp[p][x][0..1] = bf16(s[2p][x]),
 /// bf16(s[2p + 1][x]) (pair rows 2n bf16 apart), in the same pass.
-XATTN_AMX_TARGET inline void combine_pairs(float* s, const float* ds, float lam, std::uint16_t* sp, index rows, index n,
+XATTN_BF16_TARGET inline void combine_pairs(float* s, const float* ds, float lam, std::uint16_t* sp, index rows, index n,
                                            index ld) {
   const __m512i pair = _mm512_load_si512(kPairWords);
   const __m512 l = _mm512_set1_ps(lam);
@@ -372,7 +377,7 @@ XATTN_AMX_TARGET inline void combine_pairs(float* s, const float* ds, float lam,
 
 /// A row of A from float scores: dst[j] = bf16(s·p[j]·mask[j]) for j < n (a multiple of 32),
 /// rounded to nearest even; mask read unaligned.
-XATTN_AMX_TARGET inline void masked_row(std::uint16_t* dst, const float* p, const float* mask, float s, index n) {
+XATTN_BF16_TARGET inline void masked_row(std::uint16_t* dst, const float* p, const float* mask, float s, index n) {
   const __m512 sv = _mm512_set1_ps(s);
   for (index j = 0; j < n; j += 32) {
     const __m512 x0 = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(p + j), _mm512_loadu_ps(mask + j)), sv);

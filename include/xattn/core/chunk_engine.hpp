@@ -28,8 +28,9 @@
 // operands — ΔS from zero, then fma(λ^nb, S, ΔS) — so results are bitwise identical whichever
 // runs and for any thread count.
 //
-// On AMX-BF16 tiles (core/amx.hpp; see use_amx for when), the same products with bf16 operands and
-// float sums, each as C = A·B with A bf16 rows and B paired along k:
+// On the bf16 paths (see use_amx for when): AMX-BF16 tiles (core/amx.hpp) or AVX512-BF16 dot
+// products (core/dpbf16.hpp), the same products with bf16 operands and float sums, each as
+// C = A·B with A bf16 rows and B paired along k:
 //     P  = Q·Kᵀ            A = Q rows, B = K paired along d (a 32-bit transpose of its rows); lower
 //                          32 × 32 blocks only; then P ⊙ scale·D rounded to bf16 rows
 //     O  = Q·S             A = Q rows, B = S paired along d, rounded to bf16 chunk by chunk
@@ -53,6 +54,7 @@
 
 #include "../paths.hpp"
 #include "amx.hpp"
+#include "dpbf16.hpp"
 #include "feature_maps.hpp"
 #include "linear_args.hpp"
 #include "microkernel.hpp"
@@ -169,10 +171,11 @@ class chunk_engine {
         windowed_(units_ < kChunkParallelUnits && kchunks_ > 1 && window_ > 1),
         head_group_(head_group_of(p.batch, p.hq)),
         amx_(use_amx(p)),
+        tiles_(amx_ && bf16_product_path<Arch>() == product_path::amx_bf16),
         stream_out_(amx_ && p.o.native() &&
                     std::size_t(p.batch * p.nq * p.hq * p.e) * sizeof(T) >= kStreamOutBytes) {}
 
-  /// Whether this engine runs its products on AMX tiles (see paths.hpp): float compute in an
+  /// Whether this engine runs its products on bf16 pairs (see paths.hpp): float compute in an
   /// AVX-512 build, the identity map without normaliser, d, e and the chunk multiples of 32 (whole
   /// tiles), bf16 q, k and v (or compute = bf16), and the CPU and OS allowing it.
   static bool use_amx(const chunk_problem<T>& p) {
@@ -181,7 +184,7 @@ class chunk_engine {
     } else {
       const bool bf16 = p.q.type == elem::bf16 && p.k.type == elem::bf16 && p.v.type == elem::bf16;
       return (bf16 || p.bf16_compute) && p.map->kind() == feature::identity && !p.normalize && p.d % 32 == 0 &&
-             p.e % 32 == 0 && p.block % 32 == 0 && bf16_product_path<Arch>() == product_path::amx_bf16;
+             p.e % 32 == 0 && p.block % 32 == 0 && bf16_product_path<Arch>() != product_path::fp32;
     }
   }
 
@@ -260,7 +263,7 @@ class chunk_engine {
   /// Loads this thread's tile configuration (each item: other code may have changed it).
   void configure_tiles() const {
     if constexpr (kAmx)
-      if (amx_) amx::configure();
+      if (tiles_) amx::configure();
   }
 
   scratch carve(index states) const {
@@ -534,7 +537,7 @@ class chunk_engine {
         // P[t][j] = q_t·k_j for the 32 × 32 blocks on and below the diagonal, then
         // bf16(scale·P[t][j]·D[t][j]) up to the block's last key (zero past t), zero rows past nb
         for (index r0 = 0; r0 < n32; r0 += 32) {
-          amx::gemm(w.p + r0 * ldp_, ldp_, w.qb + r0 * d, d, w.kp, 2 * bk_, 32, r0 + 32, d);
+          pairs::gemm(tiles_, w.p + r0 * ldp_, ldp_, w.qb + r0 * d, d, w.kp, 2 * bk_, 32, r0 + 32, d);
           prefetch_some(w);
         }
         const T* rev = mask_table(h);
@@ -543,7 +546,7 @@ class chunk_engine {
         std::fill(w.pb + nb * bk_, w.pb + n32 * bk_, std::uint16_t(0));
         // O' = P·V, each block of rows up to its last key
         for (index r0 = 0; r0 < n32; r0 += 32) {
-          amx::gemm(w.o2 + r0 * e, e, w.pb + r0 * bk_, bk_, w.vp, 2 * e, 32, e, r0 + 32);
+          pairs::gemm(tiles_, w.o2 + r0 * e, e, w.pb + r0 * bk_, bk_, w.vp, 2 * e, 32, e, r0 + 32);
           prefetch_some(w);
         }
       }
@@ -551,7 +554,7 @@ class chunk_engine {
       const std::uint16_t* sp = w.sp_ready;
       if (!sp) amx::pair_rows(w.sp, 2 * e, st, lde_, nullptr, d, d, e), sp = w.sp;
       for (index r0 = 0; r0 < n32; r0 += 32) {
-        amx::gemm(w.o + r0 * lde_, lde_, w.qb + r0 * d, d, sp, 2 * e, 32, e, d);
+        pairs::gemm(tiles_, w.o + r0 * lde_, lde_, w.qb + r0 * d, d, sp, 2 * e, 32, e, d);
         prefetch_some(w);
       }
       // out[t] = scale·λ^(t+1)·O[t] + O'[t] (non-causal: scale·O[t]); 16-bit out rounded as stored.
@@ -579,7 +582,7 @@ class chunk_engine {
       if (amx_) {
         const index e = p_.e, n32 = round_up(nb, 32);
         for (index r0 = 0; r0 < p_.d; r0 += 32) {
-          amx::gemm(ds + r0 * lde_, lde_, w.kt + r0 * bk_, bk_, decayed_ ? w.vdp : w.vp, 2 * e, 32, e, n32);
+          pairs::gemm(tiles_, ds + r0 * lde_, lde_, w.kt + r0 * bk_, bk_, decayed_ ? w.vdp : w.vp, 2 * e, 32, e, n32);
           prefetch_some(w);
         }
         return;
@@ -765,7 +768,8 @@ class chunk_engine {
   index window_;
   bool windowed_;
   index head_group_;
-  bool amx_;  // products on AMX tiles (use_amx)
+  bool amx_;    // products on bf16 pairs (use_amx), in the layouts of core/amx.hpp
+  bool tiles_;  // ... on AMX tiles (else AVX512-BF16 dot products)
   // AMX, float out larger than a last-level cache: out rows are written with streaming stores, not
   // prefetched. At AMX speed the chunk is bound by memory, and a store that misses first reads its
   // line (a third of the traffic at bf16 q, k, v and float out).

@@ -41,6 +41,7 @@
 
 #include "../paths.hpp"
 #include "amx.hpp"
+#include "dpbf16.hpp"
 #include "microkernel.hpp"
 #include "online_softmax.hpp"
 #include "parallel.hpp"
@@ -124,7 +125,8 @@ class tile_engine {
   using V = simd::vec_t<T, Arch>;
   static constexpr index BrMax = S::BrMax, Bc = S::Bc, L = S::L;
   static constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-  /// Whether this instantiation carries the AMX path: float compute in an AVX-512 build.
+  /// Whether this instantiation carries the bf16 paths (AMX, AVX512-BF16): float compute in an
+  /// AVX-512 build.
   static constexpr bool kAmx = amx::built && std::is_same_v<T, float> && L == 16;
 
  public:
@@ -147,6 +149,7 @@ class tile_engine {
         ldst_(S::round_up(std::max(p.d, p.dv), L)),
         in_place_(p.d % L == 0 && p.dv % (S::NV * L) == 0 && readable_in_place(p.k) && readable_in_place(p.v)),
         amx_(use_amx(p, br_)),
+        tiles_(amx_ && bf16_product_path<Arch>() == product_path::amx_bf16),
         d2_(S::round_up(p.d, 32)),
         dv2_(S::round_up(p.dv, 16)),
         dvw_(S::round_up(p.dv, 32)),
@@ -158,15 +161,15 @@ class tile_engine {
     return t.native() || (std::is_same_v<T, float> && is_16bit(t.type));
   }
 
-  /// Whether this engine runs its products on AMX tiles (see paths.hpp): wide blocks of whole
-  /// 32-lane groups over contiguous key tiles, float compute, an AVX-512 build, bf16 operands (or
-  /// compute = bf16), and the CPU and OS allowing it.
+  /// Whether this engine runs its products on bf16 pairs, on AMX tiles or AVX512-BF16 dot products
+  /// (see paths.hpp): wide blocks of whole 32-lane groups over contiguous key tiles, float compute,
+  /// an AVX-512 build, bf16 operands (or compute = bf16), and the CPU and OS allowing it.
   static bool use_amx(const softmax_problem<T>& p, index br) {
     if constexpr (Narrow || custom_query_blocks<Policy> || !kAmx) {
       return false;
     } else {
       const bool bf16 = p.q.type == elem::bf16 && p.k.type == elem::bf16 && p.v.type == elem::bf16;
-      return (bf16 || p.bf16_compute) && br % 32 == 0 && bf16_product_path<Arch>() == product_path::amx_bf16;
+      return (bf16 || p.bf16_compute) && br % 32 == 0 && bf16_product_path<Arch>() != product_path::fp32;
     }
   }
 
@@ -354,7 +357,7 @@ class tile_engine {
     unit_coords(u, b, hk, qb);
     block* blk = blocks(1);
     if constexpr (kAmx)
-      if (amx_) amx::configure();
+      if (tiles_) amx::configure();
     start(*blk, b, hk, qb, split);
     const auto sched = policy_.make(p_, b, hk, view(*blk), Bc);
     const index n0 = sched.count() * split / splits_, n1 = sched.count() * (split + 1) / splits_;
@@ -713,10 +716,10 @@ class tile_engine {
             index c0, c1;
             sched.lane_keys(n, r0, r0 + W, c0, c1);
             if (c0 >= c1) continue;
-            amx::scores(blk.st, br_, ktile, ldk, qv, d2_, c0 & ~index(15), std::min(S::round_up(c1, 16), Bc), r0, r0 + W);
+            pairs::scores(tiles_, blk.st, br_, ktile, ldk, qv, d2_, c0 & ~index(15), std::min(S::round_up(c1, 16), Bc), r0, r0 + W);
             const index p0 = c0 & ~index(31), p1 = S::round_up(c1, 32);
             softmax(blk, b, sched, n, j0, c0, c1, r0, r0 + W, pv, p0, p1);
-            amx::values(blk.ot, br_, blk.sm.alpha, vt, 2 * Bc, pv, dv2_, p0, p1, r0, r0 + W);
+            pairs::values(tiles_, blk.ot, br_, blk.sm.alpha, vt, 2 * Bc, pv, dv2_, p0, p1, r0, r0 + W);
           }
           return;
         }
@@ -724,7 +727,7 @@ class tile_engine {
       // A full tile: its V and P go to the second half of the buffers when a tile is pending.
       const index half = blk.pending ? Bc : 0;
       amx::pack_v(vt + half, 2 * Bc, vrows, nc, p_.dv, dv2_, dvw_, w);
-      amx::scores(blk.st, br_, ktile, ldk, qv, d2_, 0, S::round_up(nc, 16), 0, br_);
+      pairs::scores(tiles_, blk.st, br_, ktile, ldk, qv, d2_, 0, S::round_up(nc, 16), 0, br_);
       const index p1 = S::round_up(nc, 32);
       softmax(blk, b, sched, n, j0, 0, nc, 0, br_, pv + half * br_, 0, p1);
       if (!blk.pending) {
@@ -739,10 +742,10 @@ class tile_engine {
         bool same = blk.pending_keys == Bc;
         for (index r = r0; r < r0 + 32 && same; ++r) same = blk.sm.alpha[r] == T(1);
         if (same) {
-          amx::values(blk.ot, br_, blk.pending_alpha, vt, 2 * Bc, pv, dv2_, 0, Bc + p1, r0, r0 + 32);
+          pairs::values(tiles_, blk.ot, br_, blk.pending_alpha, vt, 2 * Bc, pv, dv2_, 0, Bc + p1, r0, r0 + 32);
         } else {
-          amx::values(blk.ot, br_, blk.pending_alpha, vt, 2 * Bc, pv, dv2_, 0, blk.pending_keys, r0, r0 + 32);
-          amx::values(blk.ot, br_, blk.sm.alpha, vt, 2 * Bc, pv, dv2_, Bc, Bc + p1, r0, r0 + 32);
+          pairs::values(tiles_, blk.ot, br_, blk.pending_alpha, vt, 2 * Bc, pv, dv2_, 0, blk.pending_keys, r0, r0 + 32);
+          pairs::values(tiles_, blk.ot, br_, blk.sm.alpha, vt, 2 * Bc, pv, dv2_, Bc, Bc + p1, r0, r0 + 32);
         }
       }
     }
@@ -752,7 +755,7 @@ class tile_engine {
   void flush(block& blk) const {
     if constexpr (kAmx) {
       blk.pending = false;
-      amx::values(blk.ot, br_, blk.pending_alpha, reinterpret_cast<const std::uint16_t*>(blk.vt), 2 * Bc,
+      pairs::values(tiles_, blk.ot, br_, blk.pending_alpha, reinterpret_cast<const std::uint16_t*>(blk.vt), 2 * Bc,
                   reinterpret_cast<const std::uint16_t*>(blk.amx), dv2_, 0, blk.pending_keys, 0, br_);
     }
   }
@@ -947,7 +950,8 @@ class tile_engine {
   index splits_, ldq_, ldk_, ldv_, o_size_;
   index ldst_;     // row stride of a block's stage
   bool in_place_;  // narrow tiles read K and V rows where they are (no padding needed)
-  bool amx_;       // products on AMX tiles (use_amx)
+  bool amx_;       // products on bf16 pairs (use_amx), in the layouts of core/amx.hpp
+  bool tiles_;     // ... on AMX tiles (else AVX512-BF16 dot products, core/dpbf16.hpp)
   index d2_, dv2_, dvw_;  // AMX: d rounded up to 32, dv to 16 and to 32
   T qs_;           // the scale the scores need (Q carries it on the other paths)
 };
