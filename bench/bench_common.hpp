@@ -160,19 +160,31 @@ inline double amx_bf16_peak(int threads) {
   return amx_bf16_peak_gflops[threads];
 }
 
-/// The peak of the units a row's products ran on: the AMX peak for rows on AMX tiles, the fp32 FMA
-/// peak for everything else (fp32 rows, half storage, decode, the chunk engine, which convert
-/// 16-bit rows to float and run the float micro-kernels).
+inline double bf16_dot_peak(int threads) {
+  if (!(bf16_dot_peak_gflops[threads] > 0))
+    record_peak(bf16_dot_peak_gflops[threads], measure_bf16_dot_gflops(threads));
+  return bf16_dot_peak_gflops[threads];
+}
+
+/// The peak of the units a row's products ran on: the AMX peak for rows on AMX tiles, the
+/// vdpbf16ps peak for rows on AVX512-BF16 dot products, the fp32 FMA peak for everything else
+/// (fp32 rows, half storage, decode, the rows that convert 16-bit rows to float and run the float
+/// micro-kernels).
 inline double product_peak(xattn::product_path path, int threads) {
-  return path == xattn::product_path::amx_bf16 ? amx_bf16_peak(threads) : fma_peak(threads);
+  switch (path) {
+    case xattn::product_path::amx_bf16: return amx_bf16_peak(threads);
+    case xattn::product_path::avx512_bf16: return bf16_dot_peak(threads);
+    default: return fma_peak(threads);
+  }
 }
 
 /// The path a row's products take: bfloat16 q, k, v in a prefill family of the tile engine
-/// (softmax, sliding window, sparse) or in lightning run on AMX where the CPU allows it
-/// (xattn::bf16_product_path()); everything else (the 2-D neighborhood, decode, the linear rows'
-/// elu+1 with normaliser) on the fp32 path. amx_capable: the row's call is one of those.
-inline xattn::product_path path_of(storage s, bool amx_capable) {
-  return s == storage::bf16 && amx_capable ? xattn::bf16_product_path() : xattn::product_path::fp32;
+/// (softmax, sliding window, sparse) or in lightning run on a bf16 path where the CPU allows it
+/// (xattn::bf16_product_path(): AMX or AVX512-BF16); everything else (the 2-D neighborhood,
+/// decode, the linear rows' elu+1 with normaliser) on the fp32 path. bf16_capable: the row's call
+/// is one of those.
+inline xattn::product_path path_of(storage s, bool bf16_capable) {
+  return s == storage::bf16 && bf16_capable ? xattn::bf16_product_path() : xattn::product_path::fp32;
 }
 
 /// Names the path in the label of a 16-bit row ("path:amx-bf16", "path:fp32"); fp32 rows get none.

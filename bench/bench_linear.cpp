@@ -80,8 +80,8 @@ std::string name_of(const char* impl, const shape& s) {
 template <bool Naive, storage S = storage::f32>
 void bm_chunk(benchmark::State& st, shape s) {
   const auto [q, k, v, out] = prefill_tensors_of<S>({kBatch, s.n, s.heads, kDim});
-  // lightning runs on AMX for bf16 (its d, e and chunk are multiples of 32); the linear rows use
-  // elu+1 with the normaliser, which the chunk engine's AMX path does not take
+  // lightning runs on a bf16 path for bf16 (its d, e and chunk are multiples of 32); the linear rows use
+  // elu+1 with the normaliser, which the chunk engine's bf16 paths do not take
   const auto path = path_of(S, s.f == family::lightning);
   label_path(st, S, path);
   const std::vector<double> decay = xattn::lightning_slopes(s.heads);

@@ -71,7 +71,7 @@ void bm_naive(benchmark::State& st, shape s) {
   run_softmax(st, s, [&] { xattn::reference::softmax_attention(q, k, v, out, opt); }, false);
 }
 
-/// xattn with q, k, v in storage S; bfloat16 runs on AMX where the CPU has it (path_of).
+/// xattn with q, k, v in storage S; bfloat16 runs on AMX or AVX512-BF16 where the CPU has it (path_of).
 template <storage S>
 void bm_xattn(benchmark::State& st, shape s) {
   const auto [q, k, v, out] = prefill_tensors_of<S>({kBatch, s.n, kHeads, s.d});

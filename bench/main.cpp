@@ -295,6 +295,7 @@ class comparison_reporter : public Base {
                                            "x naive", "x eigen", "vs fp32", "% peak"};
     const std::string mark = markdown ? " \\*" : " *";  // a bare * would start emphasis or a list in Markdown
     const std::string amx = std::string("path:") + xattn::path_name(xattn::product_path::amx_bf16);
+    const std::string dot = std::string("path:") + xattn::path_name(xattn::product_path::avx512_bf16);
     std::vector<std::vector<std::string>> cells;
     for (const auto& h : headline_rows()) {
       const result* x = find(h.xattn);
@@ -303,13 +304,14 @@ class comparison_reporter : public Base {
       const result* nx = h.naive_xattn.empty() ? x : find(h.naive_xattn);
       const result* e = h.eigen.empty() ? nullptr : find(h.eigen);
       const result* f = h.fp32.empty() ? nullptr : find(h.fp32);
-      const bool on_amx = x && x->label == amx;
+      const bool on_amx = x && x->label == amx, on_dot = x && x->label == dot;
       std::string peak = "-";
       if (x) {
         const double bw = counter(x, "pct_bw"), fl = counter(x, "pct_peak");
-        peak = bw >= 0 ? fmt("%.1f bw", bw) : fl >= 0 ? fmt("%.1f", fl) + (on_amx ? " amx" : "") : "-";
+        peak = bw >= 0 ? fmt("%.1f bw", bw) : fl >= 0 ? fmt("%.1f", fl) + (on_amx ? " amx" : on_dot ? " dot" : "") : "-";
       }
-      const std::string shape = h.shape + (on_amx ? ", AMX" : !h.fp32.empty() ? ", fp32 units" : "");
+      const std::string shape =
+          h.shape + (on_amx ? ", AMX" : on_dot ? ", AVX512-BF16" : !h.fp32.empty() ? ", fp32 units" : "");
       cells.push_back({h.family, shape, x ? ms(x->ms) : "-",
                        n ? ms(n->ms) + (h.naive_shape.empty() ? "" : " @" + h.naive_shape + mark) : "-",
                        e ? ms(e->ms) : "-", n && nx ? fmt("%.0fx", n->ms / nx->ms) : "-",
@@ -355,7 +357,8 @@ class comparison_reporter : public Base {
        << "(peak/fma); \"bw\": decode's K/V bytes read per second over the measured read bandwidth.\n"
        << bullet << "bf16, f16: the row above with q, k, v (decode: the K/V cache) in Eigen::bfloat16 or" << more
        << "Eigen::half, out float; vs fp32 = fp32 time / 16-bit time. \"AMX\": the products ran on" << more
-       << "AMX-BF16 tiles, and % peak is over the AMX peak (peak/amx_bf16, \"amx\"); \"fp32 units\": the" << more
+       << "AMX-BF16 tiles, and % peak is over the AMX peak (peak/amx_bf16, \"amx\"); \"AVX512-BF16\": on" << more
+       << "vdpbf16ps dot products, % peak over their peak (peak/bf16_dot, \"dot\"); \"fp32 units\": the" << more
        << "16-bit rows were widened to float, % peak over the FMA peak; decode's bw counts the 2-byte" << more
        << "elements it read.\n";
     if (markdown) {
