@@ -15,14 +15,63 @@
 // seqlens_k get zero dk and dv. All tensors hold float or double (one type per call). Bad input
 // throws xattn::error before anything is written. The device overloads run on an
 // Eigen::ThreadPoolDevice; results are bitwise identical for any thread count.
+//
+// The restricted forms of softmax attention have their backward here too, on the same engine with
+// their visibility rule (core/backward_rules.hpp), visiting only the tiles their forward visits:
+//   sliding_window_attention_backward(..., sliding_window_options)   sinks, dilation, chunks
+//   sparse_attention_backward(..., block_layout, softmax_options)     the layout's blocks
+//   neighborhood_attention_2d_backward(..., neighborhood_2d_options)  rank-5 image tensors; lse
+//                                                                     [batch, Hq, height·width]
+// Their arguments and options are the forward's; the options' limits are those above.
 #pragma once
 
+#include "block_layout.hpp"
 #include "options.hpp"
+#include "core/backward_rules.hpp"
 #include "core/parallel.hpp"
 #include "core/softmax_backward_args.hpp"
 #include "core/tile_backward.hpp"
+#include "core/window_args.hpp"
 
 namespace xattn {
+
+namespace detail {
+template <class Arch, class Q, class K, class V, class O, class L, class DO, class DQ, class DK, class DV, class Device>
+void sliding_window_backward(const Device& dev, const Q& q, const K& k, const V& v, const O& out, const L& lse,
+                             const DO& dout, DQ& dq, DK& dk, DV& dv, const sliding_window_options& opt) {
+  constexpr const char* fn = "xattn::sliding_window_attention_backward";
+  check_window_options(fn, opt);
+  const auto bp = make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt.softmax);
+  using T = typename std::remove_cvref_t<decltype(bp.fwd)>::value_type;
+  softmax_backward<Arch>(bp, dev, window_rule<T>{&bp.fwd, window_spec_of(opt, bp.fwd.nq, bp.fwd.nk)}, fn);
+}
+
+template <class Arch, class Q, class K, class V, class O, class L, class DO, class DQ, class DK, class DV, class Device>
+void sparse_backward(const Device& dev, const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout,
+                     DQ& dq, DK& dk, DV& dv, const block_layout& layout, const softmax_options& opt) {
+  constexpr const char* fn = "xattn::sparse_attention_backward";
+  const auto bp = make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt);
+  // the engine's tiles are 64 rows: a layout of multiples of 64 puts each tile in one block
+  layout.check_for(fn, bp.fwd.nq, bp.fwd.nk, bp.fwd.hq, 64);
+  softmax_backward<Arch>(bp, dev, layout_rule{&layout}, fn);
+}
+
+template <class Arch, class Q, class K, class V, class O, class L, class DO, class DQ, class DK, class DV, class Device>
+void neighborhood_2d_backward(const Device& dev, const Q& q, const K& k, const V& v, const O& out, const L& lse,
+                              const DO& dout, DQ& dq, DK& dk, DV& dv, const neighborhood_2d_options& opt) {
+  constexpr const char* fn = "xattn::neighborhood_attention_2d_backward";
+  check_image_axes(fn, q, k, v, out);
+  check_image_axes(fn, q, dq, dk, dout);
+  require(dims_of(dv) == dims_of(v), fn, "dv", "shape ", shape_str(dims_of(dv)), " != v shape ", shape_str(dims_of(v)));
+  auto dq4 = flat_image(dq), dk4 = flat_image(dk), dv4 = flat_image(dv);
+  const auto bp = make_softmax_backward_problem(fn, flat_image(q), flat_image(k), flat_image(v), flat_image(out), lse,
+                                                flat_image(dout), dq4, dk4, dv4,
+                                                softmax_options{.scale = opt.scale, .compute = opt.compute});
+  require(bp.fwd.group <= 64, fn, "k", "at most 64 q heads per k/v head, got ", bp.fwd.group);
+  const neighborhood_spec spec = make_neighborhood_spec(fn, q.dimension(1), q.dimension(2), opt);
+  softmax_backward<Arch>(bp, dev, neighborhood_rule{spec}, fn);
+}
+}  // namespace detail
 
 /// dq, dk, dv of L given dout = ∂L/∂out, on the calling thread.
 template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
@@ -44,6 +93,67 @@ void softmax_attention_backward(const D& device, const Q& q, const K& k, const V
   detail::softmax_backward<Arch>(detail::make_softmax_backward_problem("xattn::softmax_attention_backward", q, k, v,
                                                                        out, lse, dout, dq, dk, dv, opt),
                                  device);
+}
+
+/// dq, dk, dv of sliding-window attention (sliding_window_attention with these options), on the
+/// calling thread.
+template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
+          row_major_tensor<4> O, row_major_tensor<3> L, row_major_tensor<4> DO, row_major_tensor<4> DQ,
+          row_major_tensor<4> DK, row_major_tensor<4> DV>
+void sliding_window_attention_backward(const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout,
+                                       DQ&& dq, DK&& dk, DV&& dv, const sliding_window_options& opt = {}) {
+  detail::sliding_window_backward<Arch>(detail::serial_device{}, q, k, v, out, lse, dout, dq, dk, dv, opt);
+}
+
+/// The same on the threads of `device`.
+template <class Arch = simd::default_arch, thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K,
+          row_major_tensor<4> V, row_major_tensor<4> O, row_major_tensor<3> L, row_major_tensor<4> DO,
+          row_major_tensor<4> DQ, row_major_tensor<4> DK, row_major_tensor<4> DV>
+void sliding_window_attention_backward(const D& device, const Q& q, const K& k, const V& v, const O& out, const L& lse,
+                                       const DO& dout, DQ&& dq, DK&& dk, DV&& dv,
+                                       const sliding_window_options& opt = {}) {
+  detail::sliding_window_backward<Arch>(device, q, k, v, out, lse, dout, dq, dk, dv, opt);
+}
+
+/// dq, dk, dv of block-sparse attention (sparse_attention over `layout` with these options), on
+/// the calling thread. The layout's block size is a multiple of 64, as the forward's.
+template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
+          row_major_tensor<4> O, row_major_tensor<3> L, row_major_tensor<4> DO, row_major_tensor<4> DQ,
+          row_major_tensor<4> DK, row_major_tensor<4> DV>
+void sparse_attention_backward(const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout, DQ&& dq,
+                               DK&& dk, DV&& dv, const block_layout& layout, const softmax_options& opt = {}) {
+  detail::sparse_backward<Arch>(detail::serial_device{}, q, k, v, out, lse, dout, dq, dk, dv, layout, opt);
+}
+
+/// The same on the threads of `device`.
+template <class Arch = simd::default_arch, thread_pool_device D, row_major_tensor<4> Q, row_major_tensor<4> K,
+          row_major_tensor<4> V, row_major_tensor<4> O, row_major_tensor<3> L, row_major_tensor<4> DO,
+          row_major_tensor<4> DQ, row_major_tensor<4> DK, row_major_tensor<4> DV>
+void sparse_attention_backward(const D& device, const Q& q, const K& k, const V& v, const O& out, const L& lse,
+                               const DO& dout, DQ&& dq, DK&& dk, DV&& dv, const block_layout& layout,
+                               const softmax_options& opt = {}) {
+  detail::sparse_backward<Arch>(device, q, k, v, out, lse, dout, dq, dk, dv, layout, opt);
+}
+
+/// dq, dk, dv of 2-D neighborhood attention (neighborhood_attention_2d with these options, and its
+/// lse [batch, Hq, height·width]), on the calling thread. Every pair is decided one by one on the
+/// tiles the kernel's rows reach: about the forward's patch engine's work, not its row-stencil's.
+template <class Arch = simd::default_arch, row_major_tensor<5> Q, row_major_tensor<5> K, row_major_tensor<5> V,
+          row_major_tensor<5> O, row_major_tensor<3> L, row_major_tensor<5> DO, row_major_tensor<5> DQ,
+          row_major_tensor<5> DK, row_major_tensor<5> DV>
+void neighborhood_attention_2d_backward(const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout,
+                                        DQ&& dq, DK&& dk, DV&& dv, const neighborhood_2d_options& opt = {}) {
+  detail::neighborhood_2d_backward<Arch>(detail::serial_device{}, q, k, v, out, lse, dout, dq, dk, dv, opt);
+}
+
+/// The same on the threads of `device`.
+template <class Arch = simd::default_arch, thread_pool_device D, row_major_tensor<5> Q, row_major_tensor<5> K,
+          row_major_tensor<5> V, row_major_tensor<5> O, row_major_tensor<3> L, row_major_tensor<5> DO,
+          row_major_tensor<5> DQ, row_major_tensor<5> DK, row_major_tensor<5> DV>
+void neighborhood_attention_2d_backward(const D& device, const Q& q, const K& k, const V& v, const O& out, const L& lse,
+                                        const DO& dout, DQ&& dq, DK&& dk, DV&& dv,
+                                        const neighborhood_2d_options& opt = {}) {
+  detail::neighborhood_2d_backward<Arch>(device, q, k, v, out, lse, dout, dq, dk, dv, opt);
 }
 
 }  // namespace xattn

@@ -18,6 +18,11 @@
 // for no dQ reduction buffer. Every product is detail::mma_ab on 8 × 2-vector register tiles; its
 // B operands are rows of the caller's tensors when the head dim is a whole number of panels, else
 // packed copies.
+//
+// Which (query, key) pairs exist is the problem's band (causal, windows, lengths) and boolean mask,
+// and a Rule on top: the sliding window's rule (sinks, dilation, chunks), a block layout, a 2-D
+// neighborhood (core/backward_rules.hpp). A Rule classifies a tile as none / full / partial, so
+// that both passes visit only the tiles the forward visited, and tells per pair on partial tiles.
 #pragma once
 
 #include <algorithm>
@@ -33,7 +38,16 @@
 
 namespace xattn::detail {
 
-template <class Arch, class T>
+/// What a tile of (query, key) pairs holds: no visible pair, only visible pairs, or some.
+enum class tile_visit { none, full, partial };
+
+/// The band of the problem alone (softmax attention): every pair the band and the mask let through.
+struct band_rule {
+  tile_visit classify(index, index, index, index, index, index) const { return tile_visit::full; }
+  bool visible(index, index, index, index) const { return true; }
+};
+
+template <class Arch, class T, class Rule = band_rule>
 class tile_backward {
   using V = simd::vec_t<T, Arch>;
   static constexpr index L = simd::lanes_v<T, Arch>;
@@ -42,11 +56,11 @@ class tile_backward {
   static constexpr index kB = 64;             // query rows and keys per tile (a multiple of kPanel)
   static_assert(kB % kPanel == 0);
 
-  enum class visit { none, full, partial };
+  using visit = tile_visit;
 
  public:
-  explicit tile_backward(const softmax_backward_problem<T>& bp)
-      : bp_(bp), p_(bp.fwd), dp_(round_up(p_.d, kPanel)), dvp_(round_up(p_.dv, kPanel)) {}
+  explicit tile_backward(const softmax_backward_problem<T>& bp, const Rule& rule = {})
+      : bp_(bp), p_(bp.fwd), rule_(rule), dp_(round_up(p_.d, kPanel)), dvp_(round_up(p_.dv, kPanel)) {}
 
   /// Fewest (batch, K/V head) pairs that run as one pass, each pair one item: enough to keep 8
   /// threads busy. The choice depends on the shapes only, so results do not depend on threads.
@@ -79,14 +93,17 @@ class tile_backward {
   static index round_up(index x, index m) { return (x + m - 1) / m * m; }
   static index ceil_div(index x, index m) { return (x + m - 1) / m; }
 
-  /// Which of the tile's (query i0.., key j0..) pairs the band (causal, window, lengths) lets
-  /// through: none, all, or some; a boolean mask makes every visited tile partial.
-  visit classify(index b, index i0, index ni, index j0, index nj) const {
+  /// Which of the tile's (query i0.., key j0..) pairs of head h the band (causal, window,
+  /// lengths) and the rule let through: none, all, or some; a boolean mask makes every visited
+  /// tile partial.
+  visit classify(index b, index h, index i0, index ni, index j0, index nj) const {
     const index off = p_.nk_of(b) - p_.nq_of(b), i1 = i0 + ni - 1, j1 = j0 + nj - 1;
     const index wl = p_.window_left, wr = p_.window_right;
     if ((wr >= 0 && j0 > i1 + off + wr) || (wl >= 0 && j1 < i0 + off - wl)) return visit::none;
+    const visit by_rule = rule_.classify(b, h, i0, i1, j0, j1);
+    if (by_rule == visit::none) return visit::none;
     const bool all = (wr < 0 || j1 <= i0 + off + wr) && (wl < 0 || j0 >= i1 + off - wl);
-    return all && !p_.mask && nj == kB ? visit::full : visit::partial;
+    return all && by_rule == visit::full && !p_.mask && nj == kB ? visit::full : visit::partial;
   }
 
   /// The scratch of one tile: its scores and their gradients, and per-row LSE and D.
@@ -206,7 +223,9 @@ class tile_backward {
           const index i = i0 + (Transposed ? c : r), j = j0 + (Transposed ? r : c);
           if (p_.alibi) s[c] -= slope * T(std::abs(i + off - j));
           if (bias) s[c] += T(bias[i * p_.nk + j]);
-          if (vis == visit::partial && (!p_.band_visible(b, i, j) || (mask && !mask[i * p_.nk + j]))) s[c] = ninf;
+          if (vis == visit::partial &&
+              (!p_.band_visible(b, i, j) || !rule_.visible(b, h, i, j) || (mask && !mask[i * p_.nk + j])))
+            s[c] = ninf;
         }
         if (!Transposed) std::fill(s + cols, s + kB, ninf);
       }
@@ -276,7 +295,7 @@ class tile_backward {
       for (index h = hk * p_.group; h < (hk + 1) * p_.group; ++h) {
         for (index i0 = 0; i0 < nq; i0 += kB) {
           const index ni = std::min(kB, nq - i0);
-          const visit vis = classify(b, i0, ni, j0, nj);
+          const visit vis = classify(b, h, i0, ni, j0, nj);
           if (vis == visit::none) continue;
           row_stats(w, b, h, i0, ni);
           tile_products(w, kt, vt, b, h, i0, ni);
@@ -326,7 +345,7 @@ class tile_backward {
       const index nk = p_.nk_of(b);
       for (index j0 = 0; j0 < nk; j0 += kB) {
         const index nj = std::min(kB, nk - j0);
-        const visit vis = classify(b, i0, ni, j0, nj);
+        const visit vis = classify(b, h, i0, ni, j0, nj);
         if (vis == visit::none) continue;
         mma_ab<Arch, T, MR, NV, mma_init::zero>(w.s, kB, p_.k.row(b, j0, hk), p_.k.ss, 1, nj, qt, kB, kB, p_.d);
         mma_ab<Arch, T, MR, NV, mma_init::zero>(w.ds, kB, p_.v.row(b, j0, hk), p_.v.ss, 1, nj, dot, kB, kB, p_.dv);
@@ -344,15 +363,16 @@ class tile_backward {
 
   const softmax_backward_problem<T>& bp_;
   const softmax_problem<T>& p_;
+  Rule rule_;
   index dp_, dvp_;  // d and dv rounded up to whole panels
 };
 
 /// The backward's one dispatch site: options it cannot run are rejected here, by name.
-template <class Arch, class T, class Device>
-void softmax_backward(const softmax_backward_problem<T>& bp, const Device& dev) {
-  require(!bp.fwd.bf16_compute, "xattn::softmax_attention_backward", "compute",
-          "compute::bf16 is not supported by the backward pass (use compute::exact)");
-  tile_backward<Arch, T>(bp).run(dev);
+template <class Arch, class T, class Device, class Rule = band_rule>
+void softmax_backward(const softmax_backward_problem<T>& bp, const Device& dev, const Rule& rule = {},
+                      const char* fn = "xattn::softmax_attention_backward") {
+  require(!bp.fwd.bf16_compute, fn, "compute", "compute::bf16 is not supported by the backward pass (use compute::exact)");
+  tile_backward<Arch, T, Rule>(bp, rule).run(dev);
 }
 
 }  // namespace xattn::detail

@@ -73,6 +73,14 @@ std::array<index, 4> flat_image_dims(const X& x) {
   return {x.dimension(0), x.dimension(1) * x.dimension(2), x.dimension(3), x.dimension(4)};
 }
 
+/// A rank-5 image tensor as a rank-4 map [batch, height·width, heads, dim] of its pixels (writable:
+/// the backward's gradients are such maps; const tensors are only read through it).
+template <class X>
+auto flat_image(X& x) {
+  using S = std::remove_const_t<std::remove_reference_t<decltype(*x.data())>>;
+  return Eigen::TensorMap<Eigen::Tensor<S, 4, Eigen::RowMajor>>(const_cast<S*>(x.data()), flat_image_dims(x));
+}
+
 /// A 2-D neighborhood call's tensors flattened to rank 4 and validated as softmax attention.
 template <class Q, class K, class V, class O, class L>
 auto make_image_problem(const char* fn, const Q& q, const K& k, const V& v, O& out, L* lse, const softmax_options& opt) {
@@ -102,10 +110,8 @@ struct window_spec {
   }
 };
 
-/// Validates a sliding-window call: the tensors as softmax_attention does, then the window fields.
-template <class Q, class K, class V, class O, class L>
-auto make_window_problem(const char* fn, const Q& q, const K& k, const V& v, O& o, L* lse,
-                         const sliding_window_options& opt, window_spec& spec) {
+/// Validates the window fields of sliding-window options (the tensors are validated apart).
+inline void check_window_options(const char* fn, const sliding_window_options& opt) {
   require(!opt.softmax.causal, fn, "softmax.causal", "must be unset: use sliding_window_options::causal");
   require(opt.softmax.window_left == -1, fn, "softmax.window_left",
           "must be unset: use sliding_window_options::window_left");
@@ -116,17 +122,31 @@ auto make_window_problem(const char* fn, const Q& q, const K& k, const V& v, O& 
   require(opt.dilation >= 1, fn, "dilation", "must be >= 1, got ", opt.dilation);
   require(opt.sinks >= 0, fn, "sinks", "must be >= 0, got ", opt.sinks);
   require(opt.chunk >= 0, fn, "chunk", "must be >= 0 (0 = off), got ", opt.chunk);
-  auto p = make_softmax_problem(fn, q, k, v, o, lse, opt.softmax);
+}
+
+/// The window rule of validated options over nq queries and nk keys.
+inline window_spec window_spec_of(const sliding_window_options& opt, index nq, index nk) {
+  window_spec spec;
   const index right = opt.causal ? 0 : opt.window_right;
   spec.dilation = opt.dilation;
   // In keys (neighbours × dilation). A window at least as long as both sequences together reaches
   // every key: unbounded (−1), so that neither the product nor a position plus it overflows.
-  const index reach = (p.nq + p.nk - 1) / opt.dilation + 1;  // neighbours that cover Nq + Nk keys (⌈·⌉)
+  const index reach = (nq + nk - 1) / opt.dilation + 1;  // neighbours that cover Nq + Nk keys (⌈·⌉)
   const auto keys = [&](index w) { return w < 0 || w >= reach ? index(-1) : w * opt.dilation; };
   spec.left = keys(opt.window_left);
   spec.right = keys(right);
   spec.sinks = opt.sinks;
   spec.chunk = opt.chunk;
+  return spec;
+}
+
+/// Validates a sliding-window call: the tensors as softmax_attention does, then the window fields.
+template <class Q, class K, class V, class O, class L>
+auto make_window_problem(const char* fn, const Q& q, const K& k, const V& v, O& o, L* lse,
+                         const sliding_window_options& opt, window_spec& spec) {
+  check_window_options(fn, opt);
+  auto p = make_softmax_problem(fn, q, k, v, o, lse, opt.softmax);
+  spec = window_spec_of(opt, p.nq, p.nk);
   return p;
 }
 

@@ -12,13 +12,20 @@
 // validated as the fast kernel's inputs but not read: the reference recomputes O and the softmax
 // in double, so its gradients are those of the exact forward at the given q, k, v. Fully masked
 // and padded rows contribute nothing; keys past seqlens_k get zero gradients.
+//
+// The restricted forms (sliding window, block-sparse, 2-D neighborhood) materialise their rule as a
+// boolean mask [batch, Hq, Nq, Nk] (ANDed with the caller's) and run the same loops.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
+#include "../block_layout.hpp"
 #include "../core/softmax_backward_args.hpp"
+#include "../core/window_args.hpp"
 
 namespace xattn::reference {
 namespace detail {
@@ -103,6 +110,24 @@ void softmax_attention_backward(const xattn::detail::softmax_backward_problem<T>
   }
 }
 
+/// The backward with visible(b, h, i, j) ANDed into the problem's mask, materialised.
+template <class T, class Visible>
+void softmax_attention_backward(xattn::detail::softmax_backward_problem<T> bp, const Visible& visible) {
+  auto& p = bp.fwd;
+  std::unique_ptr<bool[]> m(new bool[static_cast<std::size_t>(p.batch * p.hq * p.nq * p.nk)]);
+  for (index b = 0; b < p.batch; ++b)
+    for (index h = 0; h < p.hq; ++h)
+      for (index i = 0; i < p.nq; ++i)
+        for (index j = 0; j < p.nk; ++j) {
+          bool vis = visible(b, h, i, j);
+          if (p.mask) vis = vis && p.mask[b * p.mask_sb + h * p.mask_sh + i * p.nk + j];
+          m[((b * p.hq + h) * p.nq + i) * p.nk + j] = vis;
+        }
+  p.mask = m.get();
+  p.mask_sb = p.hq * p.nq * p.nk, p.mask_sh = p.nq * p.nk;
+  softmax_attention_backward(bp);
+}
+
 }  // namespace detail
 
 /// The gradients dq, dk, dv of L = Σ dout ∘ out, out = softmax_attention(q, k, v, opt), in double;
@@ -115,6 +140,59 @@ void softmax_attention_backward(const Q& q, const K& k, const V& v, const O& out
                                 DQ&& dq, DK&& dk, DV&& dv, const softmax_options& opt = {}) {
   detail::softmax_attention_backward(xattn::detail::make_softmax_backward_problem(
       "xattn::reference::softmax_attention_backward", q, k, v, out, lse, dout, dq, dk, dv, opt));
+}
+
+/// The gradients of sliding-window attention, in double; same contract and errors as
+/// xattn::sliding_window_attention_backward.
+template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O,
+          row_major_tensor<3> L, row_major_tensor<4> DO, row_major_tensor<4> DQ, row_major_tensor<4> DK,
+          row_major_tensor<4> DV>
+void sliding_window_attention_backward(const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout,
+                                       DQ&& dq, DK&& dk, DV&& dv, const sliding_window_options& opt = {}) {
+  constexpr const char* fn = "xattn::reference::sliding_window_attention_backward";
+  xattn::detail::check_window_options(fn, opt);
+  const auto bp = xattn::detail::make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt.softmax);
+  const xattn::detail::window_spec w = xattn::detail::window_spec_of(opt, bp.fwd.nq, bp.fwd.nk);
+  const auto& p = bp.fwd;
+  detail::softmax_attention_backward(bp, [&](auto b, auto, auto i, auto j) {
+    return w.visible(i + p.nk_of(b) - p.nq_of(b), j);
+  });
+}
+
+/// The gradients of block-sparse attention, in double; same contract and errors as
+/// xattn::sparse_attention_backward (any block size).
+template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> O,
+          row_major_tensor<3> L, row_major_tensor<4> DO, row_major_tensor<4> DQ, row_major_tensor<4> DK,
+          row_major_tensor<4> DV>
+void sparse_attention_backward(const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout, DQ&& dq,
+                               DK&& dk, DV&& dv, const block_layout& layout, const softmax_options& opt = {}) {
+  constexpr const char* fn = "xattn::reference::sparse_attention_backward";
+  const auto bp = xattn::detail::make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt);
+  layout.check_for(fn, bp.fwd.nq, bp.fwd.nk, bp.fwd.hq, 1);
+  const xattn::detail::index bs = layout.block_size();
+  detail::softmax_attention_backward(bp, [&](auto, auto h, auto i, auto j) {
+    const auto row = layout.row(h, i / bs);
+    return std::binary_search(row.begin(), row.end(), int(j / bs));
+  });
+}
+
+/// The gradients of 2-D neighborhood attention, in double; same contract and errors as
+/// xattn::neighborhood_attention_2d_backward.
+template <row_major_tensor<5> Q, row_major_tensor<5> K, row_major_tensor<5> V, row_major_tensor<5> O,
+          row_major_tensor<3> L, row_major_tensor<5> DO, row_major_tensor<5> DQ, row_major_tensor<5> DK,
+          row_major_tensor<5> DV>
+void neighborhood_attention_2d_backward(const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout,
+                                        DQ&& dq, DK&& dk, DV&& dv, const neighborhood_2d_options& opt = {}) {
+  constexpr const char* fn = "xattn::reference::neighborhood_attention_2d_backward";
+  xattn::detail::check_image_axes(fn, q, k, v, out);
+  xattn::detail::check_image_axes(fn, q, dq, dk, dout);
+  xattn::detail::require(xattn::detail::dims_of(dv) == xattn::detail::dims_of(v), fn, "dv", "shape differs from v");
+  auto dq4 = xattn::detail::flat_image(dq), dk4 = xattn::detail::flat_image(dk), dv4 = xattn::detail::flat_image(dv);
+  const auto bp = xattn::detail::make_softmax_backward_problem(
+      fn, xattn::detail::flat_image(q), xattn::detail::flat_image(k), xattn::detail::flat_image(v), xattn::detail::flat_image(out), lse,
+      xattn::detail::flat_image(dout), dq4, dk4, dv4, softmax_options{.scale = opt.scale});
+  const auto spec = xattn::detail::make_neighborhood_spec(fn, q.dimension(1), q.dimension(2), opt);
+  detail::softmax_attention_backward(bp, [&](auto, auto, auto i, auto j) { return spec.visible(i, j); });
 }
 
 }  // namespace xattn::reference
