@@ -11,6 +11,10 @@
 //   xattn  xattn::sliding_window_attention, device overload.
 // The window's cost is linear in N: time at N = 65536 over time at N = 8192 is 8 ideally, and its
 // GFLOPS over visited positions can be read against softmax/xattn at N = 4096.
+//
+//   sliding_window_backward/xattn/N:<N>/W:1024/...   sliding_window_attention_backward at N = 8192,
+//        16384 and 65536 (out and lse from one untimed forward); FLOPs 2.5× the forward's. Its
+//        time is linear in N too: 65536 over 8192 is 8 ideally.
 #include "bench_common.hpp"
 
 #include <array>
@@ -19,6 +23,7 @@
 #include <xattn/reference.hpp>
 #include <xattn/neighborhood.hpp>
 #include <xattn/sliding_window.hpp>
+#include <xattn/softmax_backward.hpp>
 
 namespace xattn_bench {
 namespace {
@@ -56,6 +61,22 @@ void bm_sliding_window(benchmark::State& st, shape s) {
   }, path);
 }
 
+/// The backward (xattn::sliding_window_attention_backward) at the forward's shape. FLOPs: 2.5× the
+/// forward's over the same visited pairs (five products against two; see bench_softmax.cpp).
+void bm_sliding_window_backward(benchmark::State& st, shape s) {
+  const dims4 dims{kBatch, s.n, kHeads, kDim};
+  auto ts = cached_tensors({{"q", dims}, {"k", dims}, {"v", dims}, {"out", dims}, {"dout", dims}, {"dq", dims},
+                            {"dk", dims}, {"dv", dims}});
+  const tensor4 &q = *ts[0], &k = *ts[1], &v = *ts[2], &dout = *ts[4];
+  tensor4 &out = *ts[3], &dq = *ts[5], &dk = *ts[6], &dv = *ts[7];
+  Eigen::Tensor<float, 3, Eigen::RowMajor> lse(kBatch, kHeads, s.n);
+  const auto& dev = device(s.threads);
+  const xattn::sliding_window_options opt{.window_left = s.w - 1, .causal = true};
+  xattn::sliding_window_attention(dev, q, k, v, out, lse, opt);  // also touches out and lse
+  run_flops(st, s.threads, 2.5 * sliding_window_flops(s), double(kBatch * s.n),
+            [&] { xattn::sliding_window_attention_backward(dev, q, k, v, out, lse, dout, dq, dk, dv, opt); });
+}
+
 std::string name(const char* impl, const shape& s) {
   return std::string("sliding_window/") + impl + "/N:" + std::to_string(s.n) + "/W:" + std::to_string(s.w) +
          "/D:" + std::to_string(kDim) + "/H:" + std::to_string(kHeads) + "/threads:" + std::to_string(s.threads);
@@ -84,12 +105,23 @@ void sweep_sliding_window(Eigen::Index n) {
     for (storage st : kStorages16) add_window16(st, {n, kTableW, kSweepThreads})->MinTime(kTableMinTime);
 }
 
+/// The backward's row at N, registered in both suites.
+void add_window_backward(Eigen::Index n, int threads, double min_time) {
+  const shape s{n, kTableW, threads};
+  const std::string row = "sliding_window_backward" + name("xattn", s).substr(std::string("sliding_window").size());
+  benchmark::RegisterBenchmark(row.c_str(), bm_sliding_window_backward, s)
+      ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(min_time);
+}
+
 void register_sliding_window(suite which) {
   if (which == suite::headline) {
     add_window("naive", {kNaiveTableN, kNaiveTableW, 1})->Iterations(1);
     add_window("xattn", {kNaiveTableN, kNaiveTableW, kTableThreads})->MinTime(kSweepMinTime);
+    for (Eigen::Index n : {8192, 16384, 65536}) add_window_backward(n, kTableThreads, kSweepMinTime);
     return;
   }
+  for (Eigen::Index n : {8192, 16384, 65536})
+    for (int threads = 1; threads <= kMaxThreads; ++threads) add_window_backward(n, threads, kComparedMinTime);
   for (Eigen::Index w : {256, 1024})
     for (Eigen::Index n : {2048, 4096, 8192, 16384, 65536})
       for (int threads = 1; threads <= kMaxThreads; ++threads) {
@@ -109,6 +141,8 @@ void register_sliding_window(suite which) {
 // impl: naive = xattn::reference::neighborhood_attention_2d (fp64, one mask row per query; one
 // iteration, threads:1); xattn = xattn::neighborhood_attention_2d.
 // FLOPs over visited positions: 4·B·H·d·S²·k² (every query sees exactly k² keys).
+//   neighborhood2d_backward/xattn/img:128/K:13/...   the backward at the headline shape (2.5× the
+//        forward's FLOPs)
 
 template <storage S>
 using image_of = Eigen::Tensor<scalar_of<S>, 5, Eigen::RowMajor>;
@@ -136,6 +170,25 @@ void bm_neighborhood(benchmark::State& st, na_shape s) {
   }, !Naive, path);
 }
 
+/// The backward (xattn::neighborhood_attention_2d_backward) at the forward's shape. FLOPs: 2.5× the
+/// forward's visited pairs.
+void bm_neighborhood_backward(benchmark::State& st, na_shape s) {
+  const dims4 dims{kBatch, s.img * s.img, kHeads, kDim};
+  auto ts = cached_tensors({{"q", dims}, {"k", dims}, {"v", dims}, {"out", dims}, {"dout", dims}, {"dq", dims},
+                            {"dk", dims}, {"dv", dims}});
+  const std::array<Eigen::Index, 5> idims{kBatch, s.img, s.img, kHeads, kDim};
+  using image = Eigen::TensorMap<image_of<storage::f32>>;
+  image q(ts[0]->data(), idims), k(ts[1]->data(), idims), v(ts[2]->data(), idims), out(ts[3]->data(), idims),
+      dout(ts[4]->data(), idims), dq(ts[5]->data(), idims), dk(ts[6]->data(), idims), dv(ts[7]->data(), idims);
+  Eigen::Tensor<float, 3, Eigen::RowMajor> lse(kBatch, kHeads, s.img * s.img);
+  const auto& dev = device(s.threads);
+  const xattn::neighborhood_2d_options opt{.kernel_h = s.kernel, .kernel_w = s.kernel};
+  xattn::neighborhood_attention_2d(dev, q, k, v, out, lse, opt);  // also touches out and lse
+  const double n = double(s.img * s.img);
+  run_flops(st, s.threads, 2.5 * 4.0 * kBatch * kHeads * kDim * n * double(s.kernel * s.kernel), kBatch * n,
+            [&] { xattn::neighborhood_attention_2d_backward(dev, q, k, v, out, lse, dout, dq, dk, dv, opt); });
+}
+
 std::string na_name(const char* impl, const na_shape& s) {
   return std::string("neighborhood2d/") + impl + "/img:" + std::to_string(s.img) + "/K:" + std::to_string(s.kernel) +
          "/D:" + std::to_string(kDim) + "/H:" + std::to_string(kHeads) + "/threads:" + std::to_string(s.threads);
@@ -161,6 +214,10 @@ void register_neighborhood(suite which) {
     for (storage st : kStorages16) add_na16(st, {kTableImage, kTableKernel, kTableThreads})->MinTime(kTableMinTime);
     add("naive", bm_neighborhood<true>, {kNaiveImage, kTableKernel, 1})->Iterations(1);
     add("xattn", bm_neighborhood<false>, {kNaiveImage, kTableKernel, kTableThreads})->MinTime(kSweepMinTime);
+    const na_shape table{kTableImage, kTableKernel, kTableThreads};
+    benchmark::RegisterBenchmark(("neighborhood2d_backward" + na_name("xattn", table).substr(14)).c_str(),
+                                 bm_neighborhood_backward, table)
+        ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(kSweepMinTime);
     return;
   }
   for (Eigen::Index img : {64, 128})

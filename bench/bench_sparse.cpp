@@ -12,6 +12,8 @@
 //        (StreamingLLM), so every query sees about 1088 keys whatever N
 //   sparse/xattn/N:16384/density:10/D:128/H:8/threads:<t>/dtype:<bf16|f16>   the headline shape with
 //        q, k, v in Eigen::bfloat16 or Eigen::half (out float)
+//   sparse_backward/xattn/N:<N>/density:10/D:128/H:8/threads:<t>   sparse_attention_backward over
+//        the same layout (out and lse from one untimed forward); FLOPs 2.5× the forward's
 //
 // impl: naive = xattn::reference::sparse_attention (fp64, a dense N×N mask; N = 2048, threads:1);
 // xattn = xattn::sparse_attention. sparse/xattn at density 10, N = 16384 reads against
@@ -24,6 +26,7 @@
 #include <string>
 
 #include <xattn/reference.hpp>
+#include <xattn/softmax_backward.hpp>
 #include <xattn/sparse.hpp>
 
 namespace xattn_bench {
@@ -65,6 +68,24 @@ void bm_sparse(benchmark::State& st, shape s) {
     if constexpr (Naive) xattn::reference::sparse_attention(q, k, v, out, layout);
     else xattn::sparse_attention(dev, q, k, v, out, layout);
   }, !Naive, path);
+  st.counters["density"] = layout.density();
+}
+
+/// The backward (xattn::sparse_attention_backward) over the layout of bm_sparse. FLOPs: 2.5× the
+/// forward's over the same visited blocks (FlashAttention-2's count for a backward that recomputes
+/// P: QKᵀ again, dP = dO·Vᵀ, dV, dK and dQ, five products against two).
+void bm_sparse_backward(benchmark::State& st, shape s) {
+  const dims4 dims{kBatch, s.n, kHeads, kDim};
+  auto ts = cached_tensors({{"q", dims}, {"k", dims}, {"v", dims}, {"out", dims}, {"dout", dims}, {"dq", dims},
+                            {"dk", dims}, {"dv", dims}});
+  const tensor4 &q = *ts[0], &k = *ts[1], &v = *ts[2], &dout = *ts[4];
+  tensor4 &out = *ts[3], &dq = *ts[5], &dk = *ts[6], &dv = *ts[7];
+  Eigen::Tensor<float, 3, Eigen::RowMajor> lse(kBatch, kHeads, s.n);
+  const xattn::block_layout layout = bigbird_of(s);
+  const auto& dev = device(s.threads);
+  xattn::sparse_attention(dev, q, k, v, out, lse, layout);  // also touches out and lse
+  run_flops(st, s.threads, 2.5 * sparse_flops(layout), double(kBatch * s.n),
+            [&] { xattn::sparse_attention_backward(dev, q, k, v, out, lse, dout, dq, dk, dv, layout); });
   st.counters["density"] = layout.density();
 }
 
@@ -153,6 +174,8 @@ void register_sparse_table() {
       ->UseRealTime()->Unit(benchmark::kMillisecond)->Iterations(1);
   benchmark::RegisterBenchmark(name("sparse", "xattn", small).c_str(), bm_sparse<false>, small)
       ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(kSweepMinTime);
+  benchmark::RegisterBenchmark(name("sparse_backward", "xattn", table).c_str(), bm_sparse_backward, table)
+      ->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(kTableMinTime);
 }
 
 void register_sparse(suite which) {
@@ -166,8 +189,10 @@ void register_sparse(suite which) {
       if (density == kTableDensity)
         for (storage st : kStorages16) add16(st, {16384, density, threads});
     }
-  for (int threads = 1; threads <= kMaxThreads; ++threads)
+  for (int threads = 1; threads <= kMaxThreads; ++threads) {
     add(name("sparse_topk", "xattn", {16384, 10, threads}), bm_top_k_attention, {16384, 10, threads});
+    add(name("sparse_backward", "xattn", {16384, 10, threads}), bm_sparse_backward, {16384, 10, threads});
+  }
 }
 
 const registrar sparse_after_softmax{30, &register_sparse};

@@ -106,10 +106,22 @@ std::vector<headline_row> headline_rows() {
   rows.push_back({"2-D neighborhood", "128x128 image, kernel 13", "neighborhood2d/xattn/img:128/K:13/D:128/H:8" + t,
                   "neighborhood2d/naive/img:64/K:13/D:128/H:8/threads:1", "neighborhood2d/xattn/img:64/K:13/D:128/H:8" + t,
                   "", "64x64"});
+  // The backward passes (dq, dk, dv from dout, out and lse), at their forward's shapes.
+  rows.push_back({"backward: softmax", "N=4096 d=128 H=8 dense", "softmax_backward/xattn/N:4096" + tail + "causal:0" + t,
+                  "", "", "", ""});
+  rows.push_back({"backward: causal", "N=4096 d=128 H=8 causal", "softmax_backward/xattn/N:4096" + tail + "causal:1" + t,
+                  "", "", "", ""});
+  rows.push_back({"backward: window", "N=16384 W=1024 causal",
+                  "sliding_window_backward/xattn/N:16384/W:1024/D:128/H:8" + t, "", "", "", ""});
+  rows.push_back({"backward: sparse", "N=16384 BigBird 10 %", "sparse_backward/xattn/N:16384/density:10/D:128/H:8" + t,
+                  "", "", "", ""});
+  rows.push_back({"backward: 2-D", "128x128 image, kernel 13", "neighborhood2d_backward/xattn/img:128/K:13/D:128/H:8" + t,
+                  "", "", "", ""});
   // Below each row, its shape with 16-bit storage (decode: the K/V cache; its queries stay float).
   std::vector<headline_row> with16;
   for (const auto& r : rows) {
     with16.push_back(r);
+    if (r.xattn.find("_backward/") != std::string::npos) continue;  // float only
     const bool decode = r.xattn.rfind("softmax_decode/", 0) == 0;
     for (storage st : kStorages16) {
       const std::string what = std::string(decode ? "K/V cache in " : "q, k, v in ") + storage_name(st);

@@ -61,8 +61,7 @@ void neighborhood_2d_backward(const Device& dev, const Q& q, const K& k, const V
                               const DO& dout, DQ& dq, DK& dk, DV& dv, const neighborhood_2d_options& opt) {
   constexpr const char* fn = "xattn::neighborhood_attention_2d_backward";
   check_image_axes(fn, q, k, v, out);
-  check_image_axes(fn, q, dq, dk, dout);
-  require(dims_of(dv) == dims_of(v), fn, "dv", "shape ", shape_str(dims_of(dv)), " != v shape ", shape_str(dims_of(v)));
+  check_image_grads(fn, q, k, v, out, dout, dq, dk, dv);
   auto dq4 = flat_image(dq), dk4 = flat_image(dk), dv4 = flat_image(dv);
   const auto bp = make_softmax_backward_problem(fn, flat_image(q), flat_image(k), flat_image(v), flat_image(out), lse,
                                                 flat_image(dout), dq4, dk4, dv4,

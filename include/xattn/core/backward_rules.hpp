@@ -85,6 +85,21 @@ struct neighborhood_rule {
     return ky1 < lo_all || ky0 > hi_all ? tile_visit::none : tile_visit::partial;
   }
   bool visible(index, index, index i, index j) const { return s.visible(i, j); }
+  /// visible() for the keys j0 .. j0 + n − 1 of query i: the query's two windows once, then the
+  /// keys' image coordinates stepped along (no division per key).
+  void visible_keys(index, index, index i, index j0, index n, bool* seen) const {
+    const index y = i / s.width, x = i % s.width, ry = y % s.dh, rx = x % s.dw;
+    index ylo, yhi, xlo, xhi;
+    neighborhood_spec::axis_window(y / s.dh, neighborhood_spec::group_len(s.height, s.dh, ry), s.kh, s.ch, ylo, yhi);
+    neighborhood_spec::axis_window(x / s.dw, neighborhood_spec::group_len(s.width, s.dw, rx), s.kw, s.cw, xlo, xhi);
+    // in image coordinates: rows ylo·dh + ry .. yhi·dh + ry of residue ry, likewise columns
+    const index y0 = ylo * s.dh + ry, y1 = yhi * s.dh + ry, x0 = xlo * s.dw + rx, x1 = xhi * s.dw + rx;
+    index ky = j0 / s.width, kx = j0 % s.width;
+    for (index c = 0; c < n; ++c) {
+      seen[c] = ky >= y0 && ky <= y1 && (ky - ry) % s.dh == 0 && kx >= x0 && kx <= x1 && (kx - rx) % s.dw == 0;
+      if (++kx == s.width) kx = 0, ++ky;
+    }
+  }
 };
 
 }  // namespace xattn::detail

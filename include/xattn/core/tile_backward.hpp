@@ -185,6 +185,16 @@ class tile_backward {
     }
   }
 
+  /// seen[c] = whether the rule lets query i see key j0 + c, c < n: its visible_keys where it has
+  /// one (a run of keys costs less than n single questions), else visible() key by key.
+  void visible_keys(index b, index h, index i, index j0, index n, bool* seen) const {
+    if constexpr (requires { rule_.visible_keys(b, h, i, j0, n, seen); }) {
+      rule_.visible_keys(b, h, i, j0, n, seen);
+    } else {
+      for (index c = 0; c < n; ++c) seen[c] = rule_.visible(b, h, i, j0 + c);
+    }
+  }
+
   /// From the scores and dP of one tile, P into w.s and dS into w.ds. Upright (pass 1): rows are
   /// the ni queries, columns the keys; Transposed (pass 2): rows are the nj keys, columns the
   /// queries (Sᵀ = K·Qᵀ, so that Q and dO are packed once per query block instead of K and V per
@@ -210,26 +220,37 @@ class tile_backward {
         simd::store(s + c, x);
       }
     }
-    // then ALiBi, bias and the masks, element by element, only where a tile needs them
-    if (vis == visit::partial || p_.alibi || p_.bias) {
+    // then ALiBi and bias, element by element, only where a tile needs them
+    const T ninf = -std::numeric_limits<T>::infinity();
+    if (p_.alibi || p_.bias) {
       const index off = p_.nk_of(b) - p_.nq_of(b);
-      const T ninf = -std::numeric_limits<T>::infinity();
       const T slope = p_.alibi ? T(p_.alibi_of(b, h)) : T(0);
       const float* bias = p_.bias ? p_.bias + b * p_.bias_sb + h * p_.bias_sh : nullptr;
-      const bool* mask = p_.mask ? p_.mask + b * p_.mask_sb + h * p_.mask_sh : nullptr;
       for (index r = 0; r < rows; ++r) {
         T* s = w.s + r * kB;
         for (index c = 0; c < cols; ++c) {
           const index i = i0 + (Transposed ? c : r), j = j0 + (Transposed ? r : c);
           if (p_.alibi) s[c] -= slope * T(std::abs(i + off - j));
           if (bias) s[c] += T(bias[i * p_.nk + j]);
-          if (vis == visit::partial &&
-              (!p_.band_visible(b, i, j) || !rule_.visible(b, h, i, j) || (mask && !mask[i * p_.nk + j])))
-            s[c] = ninf;
         }
-        if (!Transposed) std::fill(s + cols, s + kB, ninf);
       }
     }
+    // and on partial tiles the band, the rule and the mask, query by query over the tile's keys
+    if (vis == visit::partial) {
+      const bool* mask = p_.mask ? p_.mask + b * p_.mask_sb + h * p_.mask_sh : nullptr;
+      bool seen[kB];
+      for (index q = 0; q < ni; ++q) {
+        const index i = i0 + q;
+        visible_keys(b, h, i, j0, nj, seen);
+        for (index c = 0; c < nj; ++c) {
+          const index j = j0 + c;
+          if (!seen[c] || !p_.band_visible(b, i, j) || (mask && !mask[i * p_.nk + j]))
+            (Transposed ? w.s[c * kB + q] : w.s[q * kB + c]) = ninf;
+        }
+      }
+    }
+    if (!Transposed && (vis == visit::partial || p_.alibi || p_.bias))
+      for (index r = 0; r < rows; ++r) std::fill(w.s + r * kB + cols, w.s + (r + 1) * kB, ninf);
     // P = 2^((X − LSE)·log2 e): X − LSE is exact where P matters (Sterbenz); X·log2 e − LSE·log2 e
     // would round LSE·log2 e once more. What remains is the saved LSE's own rounding, a relative
     // error of ~ulp(LSE) in P, the float LSE's limit at large logits (FlashAttention's too).

@@ -73,6 +73,20 @@ std::array<index, 4> flat_image_dims(const X& x) {
   return {x.dimension(0), x.dimension(1) * x.dimension(2), x.dimension(3), x.dimension(4)};
 }
 
+/// The backward's image tensors: dout shaped as out, dq, dk, dv as q, k, v (rank 5).
+template <class Q, class K, class V, class O, class DO, class DQ, class DK, class DV>
+void check_image_grads(const char* fn, const Q& q, const K& k, const V& v, const O& o, const DO& dout, const DQ& dq,
+                       const DK& dk, const DV& dv) {
+  const auto same = [&](const char* name, const auto& x, const char* of, const auto& y) {
+    require(dims_of(x) == dims_of(y), fn, name, "shape ", shape_str(dims_of(x)), " != ", of, " shape ",
+            shape_str(dims_of(y)));
+  };
+  same("dout", dout, "out", o);
+  same("dq", dq, "q", q);
+  same("dk", dk, "k", k);
+  same("dv", dv, "v", v);
+}
+
 /// A rank-5 image tensor as a rank-4 map [batch, height·width, heads, dim] of its pixels (writable:
 /// the backward's gradients are such maps; const tensors are only read through it).
 template <class X>

@@ -185,8 +185,7 @@ void neighborhood_attention_2d_backward(const Q& q, const K& k, const V& v, cons
                                         DQ&& dq, DK&& dk, DV&& dv, const neighborhood_2d_options& opt = {}) {
   constexpr const char* fn = "xattn::reference::neighborhood_attention_2d_backward";
   xattn::detail::check_image_axes(fn, q, k, v, out);
-  xattn::detail::check_image_axes(fn, q, dq, dk, dout);
-  xattn::detail::require(xattn::detail::dims_of(dv) == xattn::detail::dims_of(v), fn, "dv", "shape differs from v");
+  xattn::detail::check_image_grads(fn, q, k, v, out, dout, dq, dk, dv);
   auto dq4 = xattn::detail::flat_image(dq), dk4 = xattn::detail::flat_image(dk), dv4 = xattn::detail::flat_image(dv);
   const auto bp = xattn::detail::make_softmax_backward_problem(
       fn, xattn::detail::flat_image(q), xattn::detail::flat_image(k), xattn::detail::flat_image(v), xattn::detail::flat_image(out), lse,
