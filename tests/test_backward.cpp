@@ -5,6 +5,9 @@
 // thread invariance, fully masked rows, empty axes and bad input.
 #include "backward_test_util.hpp"
 
+#include <xattn/reference/sliding_window.hpp>
+#include <xattn/sliding_window.hpp>
+
 namespace xattn_test {
 namespace {
 
@@ -221,6 +224,103 @@ const std::vector<BCase> kThreadCases = {
 };
 
 INSTANTIATE_TEST_SUITE_P(Cases, BackwardThreads, ::testing::ValuesIn(kThreadCases), bcase_name);
+
+// ---------------------------------------------------------------------------------------------
+// The sink logits' gradient (softmax_grads::sink_logits): the reference's against central
+// differences of the forward reference in the sink logits, the kernel's against the reference, on
+// one and two threads, for softmax and sliding-window attention.
+
+TEST(BackwardSinkGradient, MatchesFiniteDifferencesAndReference) {
+  for (const bool window : {false, true}) {
+    SCOPED_TRACE(window ? "sliding window" : "softmax");
+    const BCase c = BCase(window ? "sink_grad_window" : "sink_grad").heads(4, 2).len(100, 130).dim(40).sinks()
+                        .seqlens({100, 37}, {130, 60});
+    std::mt19937_64 rng(case_seed(c.name));
+    const problem<double> pd = make_problem<double>(c, rng);
+    const auto od = make_options(c, rng);
+    const xattn::softmax_options& opt = od->opt;
+    const xattn::sliding_window_options wopt{.window_left = 20, .causal = true, .sinks = 3, .softmax = opt};
+    auto forward_ref = [&](tensor<double>& out, tensor<double, 3>& lse) {
+      if (window) xattn::reference::sliding_window_attention(pd.q, pd.k, pd.v, out, lse, wopt);
+      else xattn::reference::softmax_attention(pd.q, pd.k, pd.v, out, lse, opt);
+    };
+    tensor<double> out(pd.dout.dimensions());
+    tensor<double, 3> lse(c.b_, c.hq_, c.nq_);
+    forward_ref(out, lse);
+    grads<double> g = make_grads<double>(pd);
+    std::vector<float> ref(std::size_t(c.hq_), float(kNaN));
+    if (window)
+      xattn::reference::sliding_window_attention_backward(pd.q, pd.k, pd.v, out, lse, pd.dout, g.dq, g.dk, g.dv, wopt,
+                                                          {.sink_logits = ref});
+    else
+      xattn::reference::softmax_attention_backward(pd.q, pd.k, pd.v, out, lse, pd.dout, g.dq, g.dk, g.dv, opt,
+                                                   {.sink_logits = ref});
+    // central differences with a step of 2^-10 (exact in float for these logits); truncation ~h²·L‴/6
+    const float h = 1.f / 1024;
+    for (index hd = 0; hd < c.hq_; ++hd) {
+      const float saved = od->sinks[std::size_t(hd)];
+      auto loss = [&](float s) {
+        od->sinks[std::size_t(hd)] = s;
+        tensor<double> o(pd.dout.dimensions());
+        tensor<double, 3> l(c.b_, c.hq_, c.nq_);
+        forward_ref(o, l);
+        double sum = 0;
+        for (index x = 0; x < o.size(); ++x) sum += o.data()[x] * pd.dout.data()[x];
+        return sum;
+      };
+      const double fd = (loss(saved + h) - loss(saved - h)) / (2.0 * h);
+      od->sinks[std::size_t(hd)] = saved;
+      EXPECT_NEAR(ref[std::size_t(hd)], fd, 1e-5 * (1 + std::abs(fd))) << "head " << hd;
+    }
+    // the kernel in float, on 1 and 2 threads: −Σ P_sink·D over 137 rows, each term in float
+    const problem<float> p{cast_to<float>(pd.q), cast_to<float>(pd.k), cast_to<float>(pd.v), cast_to<float>(pd.dout)};
+    tensor<float> outf(p.dout.dimensions());
+    tensor<float, 3> lsef(c.b_, c.hq_, c.nq_);
+    if (window) xattn::sliding_window_attention(p.q, p.k, p.v, outf, lsef, wopt);
+    else xattn::softmax_attention(p.q, p.k, p.v, outf, lsef, opt);
+    for (int threads : {0, 2}) {
+      grads<float> gf = make_grads<float>(p);
+      std::vector<float> got(std::size_t(c.hq_), float(kNaN));
+      auto call = [&](auto&&... dev) {
+        if (window)
+          xattn::sliding_window_attention_backward(dev..., p.q, p.k, p.v, outf, lsef, p.dout, gf.dq, gf.dk, gf.dv, wopt,
+                                                   {.sink_logits = got});
+        else
+          xattn::softmax_attention_backward(dev..., p.q, p.k, p.v, outf, lsef, p.dout, gf.dq, gf.dk, gf.dv, opt,
+                                            {.sink_logits = got});
+      };
+      if (threads) call(device(threads));
+      else call();
+      for (index hd = 0; hd < c.hq_; ++hd)
+        EXPECT_NEAR(got[std::size_t(hd)], ref[std::size_t(hd)], 1e-4 * (1 + std::abs(ref[std::size_t(hd)])))
+            << "head " << hd << ", threads " << threads;
+    }
+  }
+}
+
+TEST(BackwardSinkGradient, BadRequestsThrow) {
+  std::mt19937_64 rng(case_seed("sink_grad_errors"));
+  const BCase c = BCase("sink_grad_errors").len(9, 11).dim(16).sinks();
+  const problem<float> p = make_problem<float>(c, rng);
+  const auto od = make_options(c, rng);
+  const saved<float> fwd = forward(p, od->opt);
+  grads<float> g = make_grads<float>(p);
+  std::vector<float> ds(4), short_ds(3);
+  const auto throws = [&](auto&& call, const std::string& needle) {
+    try {
+      call();
+      ADD_FAILURE() << "no error; expected one mentioning '" << needle << "'";
+    } catch (const xattn::error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  throws([&] { xattn::softmax_attention_backward(p.q, p.k, p.v, fwd.out, fwd.lse, p.dout, g.dq, g.dk, g.dv, {},
+                                                 {.sink_logits = ds}); }, "grads.sink_logits");
+  throws([&] { xattn::softmax_attention_backward(p.q, p.k, p.v, fwd.out, fwd.lse, p.dout, g.dq, g.dk, g.dv, od->opt,
+                                                 {.sink_logits = short_ds}); }, "grads.sink_logits");
+  throws([&] { xattn::softmax_attention_backward(p.q, p.k, p.v, fwd.out, fwd.lse, p.dout, g.dq, g.dk, g.dv, od->opt,
+                                                 {.sink_logits = od->sinks}); }, "overlaps");
+}
 
 // ---------------------------------------------------------------------------------------------
 // Empty axes: batch 0 writes nothing; Nq 0 gives zero dk, dv; Nk 0 gives zero dq.

@@ -82,6 +82,13 @@ struct softmax_options {
   xattn::compute compute = compute::exact;  // bf16: float tensors' products on the bf16 units too (see enum compute)
 };
 
+/// Gradients of the forward's learned parameters that a softmax backward call writes on request
+/// (xattn/softmax_backward.hpp), beside dq, dk and dv.
+struct softmax_grads {
+  std::span<float> sink_logits = {};  // [Hq]: ∂L/∂sink_logits, written; needs softmax_options::sink_logits
+};
+
+
 // ---------------------------------------------------------------------------------------------
 // Linear and lightning attention (the chunk engine): feature maps, state references, options.
 

@@ -10,7 +10,8 @@
 // Pass the forward's options unchanged. P is recomputed tile by tile from the saved LSE, so no
 // Nq×Nk matrix is materialised; every option of the forward is honoured in recomputing it
 // (causal, windows, seqlens, softcap with its derivative, ALiBi, bias, boolean mask, sink logits),
-// but no gradient is produced for the bias, the ALiBi slopes or the sink logits themselves.
+// and the sink logits' gradient is written on request (softmax_grads, the last argument); no
+// gradient is produced for the bias or the ALiBi slopes.
 // compute = bf16 is rejected. Fully masked and padded rows give zero gradients; keys past
 // seqlens_k get zero dk and dv. All tensors hold float or double (one type per call). Bad input
 // throws xattn::error before anything is written. The device overloads run on an
@@ -38,19 +39,21 @@ namespace xattn {
 namespace detail {
 template <class Arch, class Q, class K, class V, class O, class L, class DO, class DQ, class DK, class DV, class Device>
 void sliding_window_backward(const Device& dev, const Q& q, const K& k, const V& v, const O& out, const L& lse,
-                             const DO& dout, DQ& dq, DK& dk, DV& dv, const sliding_window_options& opt) {
+                             const DO& dout, DQ& dq, DK& dk, DV& dv, const sliding_window_options& opt,
+                             const softmax_grads& grads) {
   constexpr const char* fn = "xattn::sliding_window_attention_backward";
   check_window_options(fn, opt);
-  const auto bp = make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt.softmax);
+  const auto bp = make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt.softmax, grads);
   using T = typename std::remove_cvref_t<decltype(bp.fwd)>::value_type;
   softmax_backward<Arch>(bp, dev, window_rule<T>{&bp.fwd, window_spec_of(opt, bp.fwd.nq, bp.fwd.nk)}, fn);
 }
 
 template <class Arch, class Q, class K, class V, class O, class L, class DO, class DQ, class DK, class DV, class Device>
 void sparse_backward(const Device& dev, const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout,
-                     DQ& dq, DK& dk, DV& dv, const block_layout& layout, const softmax_options& opt) {
+                     DQ& dq, DK& dk, DV& dv, const block_layout& layout, const softmax_options& opt,
+                     const softmax_grads& grads) {
   constexpr const char* fn = "xattn::sparse_attention_backward";
-  const auto bp = make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt);
+  const auto bp = make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt, grads);
   // the engine's tiles are 64 rows: a layout of multiples of 64 puts each tile in one block
   layout.check_for(fn, bp.fwd.nq, bp.fwd.nk, bp.fwd.hq, 64);
   softmax_backward<Arch>(bp, dev, layout_rule{&layout}, fn);
@@ -77,9 +80,10 @@ template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tens
           row_major_tensor<4> O, row_major_tensor<3> L, row_major_tensor<4> DO, row_major_tensor<4> DQ,
           row_major_tensor<4> DK, row_major_tensor<4> DV>
 void softmax_attention_backward(const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout,
-                                DQ&& dq, DK&& dk, DV&& dv, const softmax_options& opt = {}) {
+                                DQ&& dq, DK&& dk, DV&& dv, const softmax_options& opt = {},
+                                const softmax_grads& grads = {}) {
   detail::softmax_backward<Arch>(detail::make_softmax_backward_problem("xattn::softmax_attention_backward", q, k, v,
-                                                                       out, lse, dout, dq, dk, dv, opt),
+                                                                       out, lse, dout, dq, dk, dv, opt, grads),
                                  detail::serial_device{});
 }
 
@@ -88,9 +92,10 @@ template <class Arch = simd::default_arch, thread_pool_device D, row_major_tenso
           row_major_tensor<4> V, row_major_tensor<4> O, row_major_tensor<3> L, row_major_tensor<4> DO,
           row_major_tensor<4> DQ, row_major_tensor<4> DK, row_major_tensor<4> DV>
 void softmax_attention_backward(const D& device, const Q& q, const K& k, const V& v, const O& out, const L& lse,
-                                const DO& dout, DQ&& dq, DK&& dk, DV&& dv, const softmax_options& opt = {}) {
+                                const DO& dout, DQ&& dq, DK&& dk, DV&& dv, const softmax_options& opt = {},
+                                const softmax_grads& grads = {}) {
   detail::softmax_backward<Arch>(detail::make_softmax_backward_problem("xattn::softmax_attention_backward", q, k, v,
-                                                                       out, lse, dout, dq, dk, dv, opt),
+                                                                       out, lse, dout, dq, dk, dv, opt, grads),
                                  device);
 }
 
@@ -100,8 +105,9 @@ template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tens
           row_major_tensor<4> O, row_major_tensor<3> L, row_major_tensor<4> DO, row_major_tensor<4> DQ,
           row_major_tensor<4> DK, row_major_tensor<4> DV>
 void sliding_window_attention_backward(const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout,
-                                       DQ&& dq, DK&& dk, DV&& dv, const sliding_window_options& opt = {}) {
-  detail::sliding_window_backward<Arch>(detail::serial_device{}, q, k, v, out, lse, dout, dq, dk, dv, opt);
+                                       DQ&& dq, DK&& dk, DV&& dv, const sliding_window_options& opt = {},
+                                       const softmax_grads& grads = {}) {
+  detail::sliding_window_backward<Arch>(detail::serial_device{}, q, k, v, out, lse, dout, dq, dk, dv, opt, grads);
 }
 
 /// The same on the threads of `device`.
@@ -110,8 +116,8 @@ template <class Arch = simd::default_arch, thread_pool_device D, row_major_tenso
           row_major_tensor<4> DQ, row_major_tensor<4> DK, row_major_tensor<4> DV>
 void sliding_window_attention_backward(const D& device, const Q& q, const K& k, const V& v, const O& out, const L& lse,
                                        const DO& dout, DQ&& dq, DK&& dk, DV&& dv,
-                                       const sliding_window_options& opt = {}) {
-  detail::sliding_window_backward<Arch>(device, q, k, v, out, lse, dout, dq, dk, dv, opt);
+                                       const sliding_window_options& opt = {}, const softmax_grads& grads = {}) {
+  detail::sliding_window_backward<Arch>(device, q, k, v, out, lse, dout, dq, dk, dv, opt, grads);
 }
 
 /// dq, dk, dv of block-sparse attention (sparse_attention over `layout` with these options), on
@@ -120,8 +126,9 @@ template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tens
           row_major_tensor<4> O, row_major_tensor<3> L, row_major_tensor<4> DO, row_major_tensor<4> DQ,
           row_major_tensor<4> DK, row_major_tensor<4> DV>
 void sparse_attention_backward(const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout, DQ&& dq,
-                               DK&& dk, DV&& dv, const block_layout& layout, const softmax_options& opt = {}) {
-  detail::sparse_backward<Arch>(detail::serial_device{}, q, k, v, out, lse, dout, dq, dk, dv, layout, opt);
+                               DK&& dk, DV&& dv, const block_layout& layout, const softmax_options& opt = {},
+                               const softmax_grads& grads = {}) {
+  detail::sparse_backward<Arch>(detail::serial_device{}, q, k, v, out, lse, dout, dq, dk, dv, layout, opt, grads);
 }
 
 /// The same on the threads of `device`.
@@ -130,8 +137,8 @@ template <class Arch = simd::default_arch, thread_pool_device D, row_major_tenso
           row_major_tensor<4> DQ, row_major_tensor<4> DK, row_major_tensor<4> DV>
 void sparse_attention_backward(const D& device, const Q& q, const K& k, const V& v, const O& out, const L& lse,
                                const DO& dout, DQ&& dq, DK&& dk, DV&& dv, const block_layout& layout,
-                               const softmax_options& opt = {}) {
-  detail::sparse_backward<Arch>(device, q, k, v, out, lse, dout, dq, dk, dv, layout, opt);
+                               const softmax_options& opt = {}, const softmax_grads& grads = {}) {
+  detail::sparse_backward<Arch>(device, q, k, v, out, lse, dout, dq, dk, dv, layout, opt, grads);
 }
 
 /// dq, dk, dv of 2-D neighborhood attention (neighborhood_attention_2d with these options, and its

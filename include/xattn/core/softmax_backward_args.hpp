@@ -22,13 +22,15 @@ struct softmax_backward_problem {
   bshd_view<const T> o, dout;  // [B, Nq, Hq, dv]
   const T* lse = nullptr;      // [B, Hq, Nq]
   bshd_view<T> dq, dk, dv;     // shaped as q, k, v
+  float* dsinks = nullptr;     // [Hq]: ∂L/∂sink_logits, on request
 };
 
 /// q, k, v, out, dout, dq, dk, dv: rank-4 row-major tensors of one element type T (float or double);
 /// lse: rank 3 of T. Throws xattn::error naming `fn`, the argument and the shapes.
 template <class Q, class K, class V, class O, class L, class DO, class DQ, class DK, class DV>
 auto make_softmax_backward_problem(const char* fn, const Q& q, const K& k, const V& v, const O& out, const L& lse,
-                                   const DO& dout, DQ& dq, DK& dk, DV& dv, const softmax_options& opt) {
+                                   const DO& dout, DQ& dq, DK& dk, DV& dv, const softmax_options& opt,
+                                   const softmax_grads& extra = {}) {
   using T = scalar_of<Q>;
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "xattn::softmax_attention_backward: tensors hold float or double (16-bit storage is not supported yet)");
@@ -67,10 +69,20 @@ auto make_softmax_backward_problem(const char* fn, const Q& q, const K& k, const
   p.dk = make_native_view<T>(dk.data(), dims_of(dk), opt.layout);
   p.dv = make_native_view<T>(dv.data(), dims_of(dv), opt.layout);
 
-  // What the call writes (dq, dk, dv) must stay apart from everything it reads and from each other.
+  if (!extra.sink_logits.empty()) {
+    require(p.fwd.sinks != nullptr, fn, "grads.sink_logits", "asks for the sink logits' gradient, but the options "
+            "have no sink_logits");
+    require(index(extra.sink_logits.size()) == p.fwd.hq, fn, "grads.sink_logits", "has ", extra.sink_logits.size(),
+            " entries, expected one per q head (", p.fwd.hq, ")");
+    p.dsinks = extra.sink_logits.data();
+  }
+
+  // What the call writes (dq, dk, dv, the sinks' gradient) must stay apart from everything it reads
+  // and from each other.
   const std::size_t es = sizeof(T);
   const byte_range written[] = {{dq.data(), bytes_of(dims_of(dq), es)}, {dk.data(), bytes_of(dims_of(dk), es)},
-                                {dv.data(), bytes_of(dims_of(dv), es)}};
+                                {dv.data(), bytes_of(dims_of(dv), es)},
+                                byte_range_of(std::span<const float>(extra.sink_logits))};
   const std::pair<const char*, byte_range> read[] = {
       {"q", {q.data(), bytes_of(dims_of(q), es)}},
       {"k", {k.data(), bytes_of(dims_of(k), es)}},
@@ -84,10 +96,10 @@ auto make_softmax_backward_problem(const char* fn, const Q& q, const K& k, const
       {"sink_logits", byte_range_of(opt.sink_logits)},
       {"seqlens_q", byte_range_of(opt.seqlens_q)},
       {"seqlens_k", byte_range_of(opt.seqlens_k)}};
-  const char* wname[] = {"dq", "dk", "dv"};
-  for (int a = 0; a < 3; ++a) {
+  const char* wname[] = {"dq", "dk", "dv", "grads.sink_logits"};
+  for (int a = 0; a < 4; ++a) {
     for (const auto& [name, r] : read) require(!written[a].overlaps(r), fn, wname[a], "overlaps ", name, " in memory");
-    for (int b = a + 1; b < 3; ++b) require(!written[a].overlaps(written[b]), fn, wname[a], "overlaps ", wname[b], " in memory");
+    for (int b = a + 1; b < 4; ++b) require(!written[a].overlaps(written[b]), fn, wname[a], "overlaps ", wname[b], " in memory");
   }
   return p;
 }

@@ -68,6 +68,7 @@ class tile_backward {
 
   template <class Device>
   void run(const Device& dev) const {
+    if (bp_.dsinks) sink_grads();
     if (p_.batch == 0) return;
     const index kblocks = ceil_div(p_.nk, kB), qblocks = ceil_div(p_.nq, kB);
     if (p_.batch * p_.hkv >= kFusedMinItems) {
@@ -149,6 +150,22 @@ class tile_backward {
     if (dim == padded) return {t.row(b, s0, h), t.ss};
     pack_rows(scratch, padded, kB, t, b, s0, n, h, dim);
     return {scratch, padded};
+  }
+
+  /// ∂L/∂sink_h = −Σ_{b,i} P_sink(b, h, i)·D(b, h, i), P_sink = exp(sink_h − LSE): the sink joins
+  /// the denominator with no value row, so its dP is 0 and its dS is −P_sink·D. Summed in double,
+  /// rows in order: a pass of O(B·Hq·Nq·dv), beside the engine's O(N²).
+  void sink_grads() const {
+    for (index h = 0; h < p_.hq; ++h) {
+      double acc = 0;
+      for (index b = 0; b < p_.batch; ++b)
+        for (index i = 0; i < p_.nq_of(b); ++i) {
+          const double lse = double(bp_.lse[(b * p_.hq + h) * p_.nq + i]);
+          if (lse == -std::numeric_limits<double>::infinity()) continue;  // a row that saw nothing
+          acc -= std::exp(double(p_.sinks[h]) - lse) * double(dot(bp_.o.row(b, i, h), bp_.dout.row(b, i, h), p_.dv));
+        }
+      bp_.dsinks[h] = float(acc);
+    }
   }
 
   /// Σ a[e]·b[e] in vectors (pass 1 recomputes D for every tile: a scalar chain of dependent adds

@@ -50,6 +50,7 @@ void softmax_attention_backward(const xattn::detail::softmax_backward_problem<T>
   std::vector<double> dk(static_cast<std::size_t>(p.nk * p.d)), dv(static_cast<std::size_t>(p.nk * p.dv));
   std::vector<double> srow(static_cast<std::size_t>(p.nk)), dtanh(static_cast<std::size_t>(p.nk));
   std::vector<double> o(static_cast<std::size_t>(p.dv)), dq(static_cast<std::size_t>(p.d));
+  std::vector<double> dsink(static_cast<std::size_t>(p.hq), 0.0);  // −Σ_i P_sink,i·D_i per head
   for (index b = 0; b < p.batch; ++b) {
     const index nq = p.nq_of(b), nk = p.nk_of(b), off = nk - nq;
     for (index hk = 0; hk < p.hkv; ++hk) {
@@ -87,6 +88,7 @@ void softmax_attention_backward(const xattn::detail::softmax_backward_problem<T>
             for (index e = 0; e < p.dv; ++e) o[e] += srow[j] * double(p.v.row(b, j, hk)[e]);
           double dsum = 0;
           for (index e = 0; e < p.dv; ++e) dsum += double(doi[e]) * o[e];
+          if (p.sinks) dsink[h] -= std::exp(double(p.sinks[h]) - m) / l * dsum;
           std::fill(dq.begin(), dq.end(), 0.0);
           for (index j = 0; j < nk; ++j) {
             if (srow[j] == 0) continue;
@@ -108,6 +110,8 @@ void softmax_attention_backward(const xattn::detail::softmax_backward_problem<T>
       }
     }
   }
+  if (bp.dsinks)
+    for (index h = 0; h < p.hq; ++h) bp.dsinks[h] = float(dsink[h]);
 }
 
 /// The backward with visible(b, h, i, j) ANDed into the problem's mask, materialised.
@@ -137,9 +141,10 @@ template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, r
           row_major_tensor<3> L, row_major_tensor<4> DO, row_major_tensor<4> DQ, row_major_tensor<4> DK,
           row_major_tensor<4> DV>
 void softmax_attention_backward(const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout,
-                                DQ&& dq, DK&& dk, DV&& dv, const softmax_options& opt = {}) {
+                                DQ&& dq, DK&& dk, DV&& dv, const softmax_options& opt = {},
+                                const softmax_grads& grads = {}) {
   detail::softmax_attention_backward(xattn::detail::make_softmax_backward_problem(
-      "xattn::reference::softmax_attention_backward", q, k, v, out, lse, dout, dq, dk, dv, opt));
+      "xattn::reference::softmax_attention_backward", q, k, v, out, lse, dout, dq, dk, dv, opt, grads));
 }
 
 /// The gradients of sliding-window attention, in double; same contract and errors as
@@ -148,10 +153,12 @@ template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, r
           row_major_tensor<3> L, row_major_tensor<4> DO, row_major_tensor<4> DQ, row_major_tensor<4> DK,
           row_major_tensor<4> DV>
 void sliding_window_attention_backward(const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout,
-                                       DQ&& dq, DK&& dk, DV&& dv, const sliding_window_options& opt = {}) {
+                                       DQ&& dq, DK&& dk, DV&& dv, const sliding_window_options& opt = {},
+                                       const softmax_grads& grads = {}) {
   constexpr const char* fn = "xattn::reference::sliding_window_attention_backward";
   xattn::detail::check_window_options(fn, opt);
-  const auto bp = xattn::detail::make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt.softmax);
+  const auto bp =
+      xattn::detail::make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt.softmax, grads);
   const xattn::detail::window_spec w = xattn::detail::window_spec_of(opt, bp.fwd.nq, bp.fwd.nk);
   const auto& p = bp.fwd;
   detail::softmax_attention_backward(bp, [&](auto b, auto, auto i, auto j) {
@@ -165,9 +172,10 @@ template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, r
           row_major_tensor<3> L, row_major_tensor<4> DO, row_major_tensor<4> DQ, row_major_tensor<4> DK,
           row_major_tensor<4> DV>
 void sparse_attention_backward(const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout, DQ&& dq,
-                               DK&& dk, DV&& dv, const block_layout& layout, const softmax_options& opt = {}) {
+                               DK&& dk, DV&& dv, const block_layout& layout, const softmax_options& opt = {},
+                               const softmax_grads& grads = {}) {
   constexpr const char* fn = "xattn::reference::sparse_attention_backward";
-  const auto bp = xattn::detail::make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt);
+  const auto bp = xattn::detail::make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt, grads);
   layout.check_for(fn, bp.fwd.nq, bp.fwd.nk, bp.fwd.hq, 1);
   const xattn::detail::index bs = layout.block_size();
   detail::softmax_attention_backward(bp, [&](auto, auto h, auto i, auto j) {
