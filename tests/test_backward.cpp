@@ -323,6 +323,67 @@ TEST(BackwardSinkGradient, BadRequestsThrow) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 16-bit tensors: the backward computes in float on the 16-bit values, so it equals the float call
+// on the rounded values bit for bit, and a 16-bit gradient is that float gradient rounded.
+
+template <class S>
+void check_backward16(bool window) {
+  SCOPED_TRACE(std::string(window ? "sliding window, " : "softmax, ") + (std::is_same_v<S, Eigen::half> ? "half" : "bf16"));
+  const BCase c = BCase("backward16").heads(4, 2).len(130, 100).dim(64, 40);
+  std::mt19937_64 rng(case_seed(c.name));
+  const problem<float> pf = make_problem<float>(c, rng);
+  const tensor<S> q = pf.q.cast<S>(), k = pf.k.cast<S>(), v = pf.v.cast<S>(), dout = pf.dout.cast<S>();
+  // the float problem on the rounded values
+  const problem<float> r{q.template cast<float>(), k.template cast<float>(), v.template cast<float>(),
+                         dout.template cast<float>()};
+  const xattn::sliding_window_options wopt{.window_left = 30, .causal = true};
+  tensor<S> out(r.dout.dimensions());
+  tensor<float, 3> lse(c.b_, c.hq_, c.nq_);
+  if (window) xattn::sliding_window_attention(q, k, v, out, lse, wopt);
+  else xattn::softmax_attention(q, k, v, out, lse, {.causal = true});
+  const tensor<float> outf = out.template cast<float>();
+  auto run = [&](const auto& q, const auto& k, const auto& v, const auto& out, const auto& dout, auto& g, int threads) {
+    auto call = [&](auto&&... dev) {
+      if (window) xattn::sliding_window_attention_backward(dev..., q, k, v, out, lse, dout, g.dq, g.dk, g.dv, wopt);
+      else xattn::softmax_attention_backward(dev..., q, k, v, out, lse, dout, g.dq, g.dk, g.dv, {.causal = true});
+    };
+    if (threads) call(device(threads));
+    else call();
+  };
+  grads<float> want = make_grads<float>(r), got = make_grads<float>(r);
+  run(r.q, r.k, r.v, outf, r.dout, want, 0);
+  run(q, k, v, out, dout, got, 2);  // 16-bit inputs, float gradients
+  EXPECT_TRUE(bitwise_equal("dq", want.dq, got.dq));
+  EXPECT_TRUE(bitwise_equal("dk", want.dk, got.dk));
+  EXPECT_TRUE(bitwise_equal("dv", want.dv, got.dv));
+  struct grads16 {
+    tensor<S> dq, dk, dv;
+  } g16{tensor<S>(q.dimensions()), tensor<S>(k.dimensions()), tensor<S>(v.dimensions())};
+  run(q, k, v, out, dout, g16, 0);  // 16-bit gradients: the float ones rounded
+  EXPECT_TRUE(bitwise_equal("dq (16-bit)", g16.dq, tensor<S>(want.dq.cast<S>())));
+  EXPECT_TRUE(bitwise_equal("dk (16-bit)", g16.dk, tensor<S>(want.dk.cast<S>())));
+  EXPECT_TRUE(bitwise_equal("dv (16-bit)", g16.dv, tensor<S>(want.dv.cast<S>())));
+  // and an overlap of a 16-bit gradient with a 16-bit input is caught before anything is written
+  tensor<S> q2 = q;
+  Eigen::TensorMap<tensor<S>> dq_over_q(q2.data(), q2.dimensions());
+  grads<float> g = make_grads<float>(r);
+  try {
+    xattn::softmax_attention_backward(q2, k, v, out, lse, dout, dq_over_q, g.dk, g.dv);
+    ADD_FAILURE() << "no error for dq over q";
+  } catch (const xattn::error& e) {
+    EXPECT_NE(std::string(e.what()).find("dq: overlaps q"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(bitwise_equal("q untouched", q2, q));
+}
+
+TEST(Backward16, EqualsFloatCallOnRoundedValues) {
+  for (bool window : {false, true}) {
+    check_backward16<Eigen::bfloat16>(window);
+    check_backward16<Eigen::half>(window);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Empty axes: batch 0 writes nothing; Nq 0 gives zero dk, dv; Nk 0 gives zero dq.
 
 TEST(BackwardEmpty, ZeroLengthsGiveZeroGradients) {

@@ -13,7 +13,10 @@
 // and the sink logits' gradient is written on request (softmax_grads, the last argument); no
 // gradient is produced for the bias or the ALiBi slopes.
 // compute = bf16 is rejected. Fully masked and padded rows give zero gradients; keys past
-// seqlens_k get zero dk and dv. All tensors hold float or double (one type per call). Bad input
+// seqlens_k get zero dk and dv. All tensors hold double, or float, Eigen::bfloat16 and Eigen::half
+// in any mix with a float lse: 16-bit tensors are converted to float copies in the calling
+// thread's reusable workspace and 16-bit gradients rounded from float ones (every sum in float, as
+// the float call on the same values; core/softmax_backward_args.hpp, backward_in_float). Bad input
 // throws xattn::error before anything is written. The device overloads run on an
 // Eigen::ThreadPoolDevice; results are bitwise identical for any thread count.
 //
@@ -38,14 +41,29 @@ namespace xattn {
 
 namespace detail {
 template <class Arch, class Q, class K, class V, class O, class L, class DO, class DQ, class DK, class DV, class Device>
+void softmax_backward_call(const Device& dev, const Q& q, const K& k, const V& v, const O& out, const L& lse,
+                           const DO& dout, DQ& dq, DK& dk, DV& dv, const softmax_options& opt, const softmax_grads& grads) {
+  constexpr const char* fn = "xattn::softmax_attention_backward";
+  in_float_if_16bit(fn, q, k, v, out, lse, dout, dq, dk, dv, [&](const auto& q, const auto& k, const auto& v,
+                                                                 const auto& out, const auto& lse, const auto& dout,
+                                                                 auto& dq, auto& dk, auto& dv) {
+    softmax_backward<Arch>(make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt, grads), dev);
+  });
+}
+
+template <class Arch, class Q, class K, class V, class O, class L, class DO, class DQ, class DK, class DV, class Device>
 void sliding_window_backward(const Device& dev, const Q& q, const K& k, const V& v, const O& out, const L& lse,
                              const DO& dout, DQ& dq, DK& dk, DV& dv, const sliding_window_options& opt,
                              const softmax_grads& grads) {
   constexpr const char* fn = "xattn::sliding_window_attention_backward";
   check_window_options(fn, opt);
-  const auto bp = make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt.softmax, grads);
-  using T = typename std::remove_cvref_t<decltype(bp.fwd)>::value_type;
-  softmax_backward<Arch>(bp, dev, window_rule<T>{&bp.fwd, window_spec_of(opt, bp.fwd.nq, bp.fwd.nk)}, fn);
+  in_float_if_16bit(fn, q, k, v, out, lse, dout, dq, dk, dv, [&](const auto& q, const auto& k, const auto& v,
+                                                                 const auto& out, const auto& lse, const auto& dout,
+                                                                 auto& dq, auto& dk, auto& dv) {
+    const auto bp = make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt.softmax, grads);
+    using T = typename std::remove_cvref_t<decltype(bp.fwd)>::value_type;
+    softmax_backward<Arch>(bp, dev, window_rule<T>{&bp.fwd, window_spec_of(opt, bp.fwd.nq, bp.fwd.nk)}, fn);
+  });
 }
 
 template <class Arch, class Q, class K, class V, class O, class L, class DO, class DQ, class DK, class DV, class Device>
@@ -53,10 +71,14 @@ void sparse_backward(const Device& dev, const Q& q, const K& k, const V& v, cons
                      DQ& dq, DK& dk, DV& dv, const block_layout& layout, const softmax_options& opt,
                      const softmax_grads& grads) {
   constexpr const char* fn = "xattn::sparse_attention_backward";
-  const auto bp = make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt, grads);
-  // the engine's tiles are 64 rows: a layout of multiples of 64 puts each tile in one block
-  layout.check_for(fn, bp.fwd.nq, bp.fwd.nk, bp.fwd.hq, 64);
-  softmax_backward<Arch>(bp, dev, layout_rule{&layout}, fn);
+  in_float_if_16bit(fn, q, k, v, out, lse, dout, dq, dk, dv, [&](const auto& q, const auto& k, const auto& v,
+                                                                 const auto& out, const auto& lse, const auto& dout,
+                                                                 auto& dq, auto& dk, auto& dv) {
+    const auto bp = make_softmax_backward_problem(fn, q, k, v, out, lse, dout, dq, dk, dv, opt, grads);
+    // the engine's tiles are 64 rows: a layout of multiples of 64 puts each tile in one block
+    layout.check_for(fn, bp.fwd.nq, bp.fwd.nk, bp.fwd.hq, 64);
+    softmax_backward<Arch>(bp, dev, layout_rule{&layout}, fn);
+  });
 }
 
 template <class Arch, class Q, class K, class V, class O, class L, class DO, class DQ, class DK, class DV, class Device>
@@ -65,13 +87,17 @@ void neighborhood_2d_backward(const Device& dev, const Q& q, const K& k, const V
   constexpr const char* fn = "xattn::neighborhood_attention_2d_backward";
   check_image_axes(fn, q, k, v, out);
   check_image_grads(fn, q, k, v, out, dout, dq, dk, dv);
-  auto dq4 = flat_image(dq), dk4 = flat_image(dk), dv4 = flat_image(dv);
-  const auto bp = make_softmax_backward_problem(fn, flat_image(q), flat_image(k), flat_image(v), flat_image(out), lse,
-                                                flat_image(dout), dq4, dk4, dv4,
-                                                softmax_options{.scale = opt.scale, .compute = opt.compute});
-  require(bp.fwd.group <= 64, fn, "k", "at most 64 q heads per k/v head, got ", bp.fwd.group);
   const neighborhood_spec spec = make_neighborhood_spec(fn, q.dimension(1), q.dimension(2), opt);
-  softmax_backward<Arch>(bp, dev, neighborhood_rule{spec}, fn);
+  in_float_if_16bit(fn, q, k, v, out, lse, dout, dq, dk, dv, [&](const auto& q, const auto& k, const auto& v,
+                                                                 const auto& out, const auto& lse, const auto& dout,
+                                                                 auto& dq, auto& dk, auto& dv) {
+    auto dq4 = flat_image(dq), dk4 = flat_image(dk), dv4 = flat_image(dv);
+    const auto bp = make_softmax_backward_problem(fn, flat_image(q), flat_image(k), flat_image(v), flat_image(out), lse,
+                                                  flat_image(dout), dq4, dk4, dv4,
+                                                  softmax_options{.scale = opt.scale, .compute = opt.compute});
+    require(bp.fwd.group <= 64, fn, "k", "at most 64 q heads per k/v head, got ", bp.fwd.group);
+    softmax_backward<Arch>(bp, dev, neighborhood_rule{spec}, fn);
+  });
 }
 }  // namespace detail
 
@@ -82,9 +108,7 @@ template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tens
 void softmax_attention_backward(const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout,
                                 DQ&& dq, DK&& dk, DV&& dv, const softmax_options& opt = {},
                                 const softmax_grads& grads = {}) {
-  detail::softmax_backward<Arch>(detail::make_softmax_backward_problem("xattn::softmax_attention_backward", q, k, v,
-                                                                       out, lse, dout, dq, dk, dv, opt, grads),
-                                 detail::serial_device{});
+  detail::softmax_backward_call<Arch>(detail::serial_device{}, q, k, v, out, lse, dout, dq, dk, dv, opt, grads);
 }
 
 /// The same on the threads of `device`.
@@ -94,9 +118,7 @@ template <class Arch = simd::default_arch, thread_pool_device D, row_major_tenso
 void softmax_attention_backward(const D& device, const Q& q, const K& k, const V& v, const O& out, const L& lse,
                                 const DO& dout, DQ&& dq, DK&& dk, DV&& dv, const softmax_options& opt = {},
                                 const softmax_grads& grads = {}) {
-  detail::softmax_backward<Arch>(detail::make_softmax_backward_problem("xattn::softmax_attention_backward", q, k, v,
-                                                                       out, lse, dout, dq, dk, dv, opt, grads),
-                                 device);
+  detail::softmax_backward_call<Arch>(device, q, k, v, out, lse, dout, dq, dk, dv, opt, grads);
 }
 
 /// dq, dk, dv of sliding-window attention (sliding_window_attention with these options), on the

@@ -10,7 +10,9 @@
 #include <type_traits>
 #include <utility>
 
+#include "convert.hpp"
 #include "softmax_args.hpp"
+#include "workspace.hpp"
 
 namespace xattn::detail {
 
@@ -102,6 +104,90 @@ auto make_softmax_backward_problem(const char* fn, const Q& q, const K& k, const
     for (int b = a + 1; b < 4; ++b) require(!written[a].overlaps(written[b]), fn, wname[a], "overlaps ", wname[b], " in memory");
   }
   return p;
+}
+
+/// Whether any of a backward call's tensors holds 16-bit values.
+template <class... X>
+inline constexpr bool any_16bit_v = (is_16bit_v<scalar_of<X>> || ...);
+template <class X>
+inline constexpr bool float_or_16bit_v = std::is_same_v<scalar_of<X>, float> || is_16bit_v<scalar_of<X>>;
+
+/// A backward call with 16-bit tensors, run as a float one: 16-bit inputs (q, k, v, out, dout)
+/// converted to float copies, 16-bit gradients computed into float buffers and rounded to nearest
+/// even into the caller's tensors at the end; float tensors are used in place. Every sum stays in
+/// float, as in the float call on the same values. The copies live in the calling thread's
+/// workspace (slot 1; the engine's per-item scratch is slot 0), which later calls reuse: at most
+/// 8 tensors of floats (5 inputs and 3 gradients; 128 MiB at N = 4096, H = 8, d = 128). lse is
+/// float (as the 16-bit forward writes it). body(q, k, v, out, lse, dout, dq, dk, dv) gets float
+/// tensor maps of the same shapes; the caller's tensors are checked for overlaps here (the copies
+/// hide them from body's checks) before anything is written.
+template <class Q, class K, class V, class O, class L, class DO, class DQ, class DK, class DV, class Body>
+void backward_in_float(const char* fn, const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout,
+                       DQ& dq, DK& dk, DV& dv, const Body& body) {
+  static_assert((float_or_16bit_v<Q> && float_or_16bit_v<K> && float_or_16bit_v<V> && float_or_16bit_v<O> &&
+                 float_or_16bit_v<DO> && float_or_16bit_v<DQ> && float_or_16bit_v<DK> && float_or_16bit_v<DV>),
+                "xattn backward: with 16-bit tensors, every tensor holds float, Eigen::bfloat16 or Eigen::half");
+  static_assert(std::is_same_v<scalar_of<L>, float>, "xattn backward: with 16-bit tensors, lse holds float");
+  const auto range = [](const auto& x) {
+    return byte_range{x.data(), bytes_of(dims_of(x), sizeof(scalar_of<decltype(x)>))};
+  };
+  const byte_range written[] = {range(dq), range(dk), range(dv)};
+  const std::pair<const char*, byte_range> read[] = {{"q", range(q)},     {"k", range(k)},   {"v", range(v)},
+                                                     {"out", range(out)}, {"lse", range(lse)}, {"dout", range(dout)}};
+  const char* wname[] = {"dq", "dk", "dv"};
+  for (int a = 0; a < 3; ++a) {
+    for (const auto& [name, r] : read) require(!written[a].overlaps(r), fn, wname[a], "overlaps ", name, " in memory");
+    for (int b = a + 1; b < 3; ++b) require(!written[a].overlaps(written[b]), fn, wname[a], "overlaps ", wname[b], " in memory");
+  }
+  // one float buffer for every tensor that is not float already, carved in whole cache lines
+  const auto floats = [](const auto& x) {
+    return is_16bit_v<scalar_of<decltype(x)>> ? round_up(index(x.size()), index(simd::kAlign / sizeof(float))) : index(0);
+  };
+  const index sizes[] = {floats(q), floats(k), floats(v), floats(out), floats(dout), floats(dq), floats(dk), floats(dv)};
+  index total = 0;
+  for (index n : sizes) total += n;
+  float* base = static_cast<float*>(workspace::of_this_thread(1).get(sizeof(float) * std::size_t(total)));
+  float* at[8];
+  for (int i = 0; i < 8; ++i) at[i] = base, base += sizes[i];
+  const auto input = [](const auto& x, float* buf) {
+    using S = scalar_of<decltype(x)>;
+    constexpr int R = std::remove_cvref_t<decltype(x)>::NumDimensions;
+    if constexpr (is_16bit_v<S>) {
+      for (index e = 0; e < index(x.size()); ++e) buf[e] = float(x.data()[e]);  // exact
+      return Eigen::TensorMap<const Eigen::Tensor<float, R, Eigen::RowMajor>>(buf, x.dimensions());
+    } else {
+      return Eigen::TensorMap<const Eigen::Tensor<float, R, Eigen::RowMajor>>(x.data(), x.dimensions());
+    }
+  };
+  const auto grad = [](auto& x, float* buf) {
+    using S = scalar_of<decltype(x)>;
+    constexpr int R = std::remove_cvref_t<decltype(x)>::NumDimensions;
+    float* data = nullptr;
+    if constexpr (is_16bit_v<S>) data = buf;
+    else data = x.data();
+    return Eigen::TensorMap<Eigen::Tensor<float, R, Eigen::RowMajor>>(data, x.dimensions());
+  };
+  auto dqf = grad(dq, at[5]);
+  auto dkf = grad(dk, at[6]);
+  auto dvf = grad(dv, at[7]);
+  body(input(q, at[0]), input(k, at[1]), input(v, at[2]), input(out, at[3]), lse, input(dout, at[4]), dqf, dkf, dvf);
+  const auto round_into = [](auto& x, const float* buf) {
+    using S = scalar_of<decltype(x)>;
+    if constexpr (is_16bit_v<S>)
+      for (index e = 0; e < index(x.size()); ++e) x.data()[e] = S(buf[e]);  // Eigen's conversion: to nearest even
+  };
+  round_into(dq, at[5]);
+  round_into(dk, at[6]);
+  round_into(dv, at[7]);
+}
+
+/// f(q, k, v, out, lse, dout, dq, dk, dv) on float copies when any tensor holds 16-bit values
+/// (backward_in_float), else on the tensors as they are.
+template <class Q, class K, class V, class O, class L, class DO, class DQ, class DK, class DV, class F>
+void in_float_if_16bit(const char* fn, const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout,
+                       DQ& dq, DK& dk, DV& dv, const F& f) {
+  if constexpr (any_16bit_v<Q, K, V, O, DO, DQ, DK, DV>) backward_in_float(fn, q, k, v, out, lse, dout, dq, dk, dv, f);
+  else f(q, k, v, out, lse, dout, dq, dk, dv);
 }
 
 }  // namespace xattn::detail
