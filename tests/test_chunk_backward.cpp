@@ -3,6 +3,7 @@
 // v and the initial state, so the differences are exact up to rounding), and the fast kernel
 // against the reference by flash-attention's accuracy rule (test_util.hpp), bit for bit across
 // thread counts, and bad input.
+#include <xattn/lightning_backward.hpp>
 #include <xattn/reference/lightning_backward.hpp>
 
 #include "chunk_test_util.hpp"
@@ -184,6 +185,140 @@ const std::vector<BwCase> kReferenceCases = {
 };
 
 INSTANTIATE_TEST_SUITE_P(Cases, ReferenceGradients, ::testing::ValuesIn(kReferenceCases), bw_name);
+
+// ---------------------------------------------------------------------------------------------
+// The kernel against the reference, by the accuracy rule
+
+/// The kernel's gradients: on the calling thread (threads 0) or a pool, with the kernels of Arch.
+template <class Arch = xattn::simd::default_arch, class T>
+bw_grads<T> kernel_grads(const BwCase& c, const bw_inputs<T>& x, int threads = 0) {
+  bw_grads<T> g = make_grads<T>(c);
+  run_backward(c, x, g, [&](auto&&... a) {
+    if (threads) xattn::lightning_attention_backward<Arch>(device(threads), a...);
+    else xattn::lightning_attention_backward<Arch>(a...);
+  });
+  return g;
+}
+
+/// The gradient tensors a case compares: dq, dk, dv, and dinitial_state when it asks for it.
+std::vector<std::pair<const char*, tensor<double> bw_grads<double>::*>> compared(const BwCase& c) {
+  std::vector<std::pair<const char*, tensor<double> bw_grads<double>::*>> all = {
+      {"dq", &bw_grads<double>::dq}, {"dk", &bw_grads<double>::dk}, {"dv", &bw_grads<double>::dv}};
+  if (c.dinit) all.push_back({"dinitial_state", &bw_grads<double>::ds0});
+  return all;
+}
+
+/// The member of bw_grads<T> that `m` names in bw_grads<double>.
+template <class T>
+const tensor<T>& member(const bw_grads<T>& g, tensor<double> bw_grads<double>::*m) {
+  if (m == &bw_grads<double>::dq) return g.dq;
+  if (m == &bw_grads<double>::dk) return g.dk;
+  if (m == &bw_grads<double>::dv) return g.dv;
+  return g.ds0;
+}
+
+template <class T>
+void expect_within_rule(const std::string& label, const BwCase& c, const bw_grads<T>& g, const bw_grads<T>& naive,
+                        const bw_grads<double>& ref, const bw_grads<double>& mag) {
+  for (const auto& [name, m] : compared(c)) {
+    const std::string what = std::string(name) + label;
+    EXPECT_TRUE(within_rule(what.c_str(), member(g, m), member(naive, m), ref.*m, sum_eps<T>(max_of(mag.*m))));
+  }
+  if (!c.dinit) {
+    EXPECT_TRUE(std::all_of(g.ds0.data(), g.ds0.data() + g.ds0.size(), [](T x) { return std::isnan(x); }))
+        << "a state gradient was written though no dinitial_state was asked for";
+  }
+}
+
+template <class T>
+void check_backward(const BwCase& c) {
+  SCOPED_TRACE(seed_note(c.fwd.name));
+  std::mt19937_64 rng(case_seed(c.fwd.name));
+  const bw_inputs<T> x = make_bw_inputs<T>(c, rng);
+  const bw_grads<double> ref = reference_grads(c, x), mag = magnitudes_of(c, x);
+  const bw_grads<T> naive = naive_grads(c, x);
+  for (const auto& [name, m] : compared(c))  // the naive implementation must itself be close
+    EXPECT_LE(max_abs_diff(member(naive, m), ref.*m).max, 1e3 * sum_eps<T>(max_of(mag.*m)))
+        << "naive " << name << " disagrees with the reference";
+
+  const bw_grads<T> g = kernel_grads(c, x);
+  expect_within_rule("", c, g, naive, ref, mag);
+  expect_within_rule(" (scalar path)", c, kernel_grads<xattn::simd::scalar>(c, x), naive, ref, mag);
+  const bw_grads<T> t2 = kernel_grads(c, x, 2);
+  for (const auto& [name, m] : compared(c))
+    EXPECT_TRUE(bitwise_equal((std::string(name) + " on 2 threads").c_str(), member(g, m), member(t2, m)));
+}
+
+class BackwardAccuracy : public ::testing::TestWithParam<BwCase> {};
+
+TEST_P(BackwardAccuracy, MatchesReference) {
+  const BwCase c{for_this_run(GetParam().fwd), GetParam().dfinal, GetParam().dinit};
+  if (c.fwd.f64_) check_backward<double>(c);
+  else check_backward<float>(c);
+}
+
+const std::vector<BwCase> kAccuracyCases = {
+    // lengths: one token, less than a chunk, partial last chunks
+    {Case("len1").len(1)},
+    {Case("len7_d40_e72").len(7).dim(40, 72)},
+    {Case("len113_d64").len(113).dim(64)},
+    {Case("len300_d40_e72_gqa_init_dfinal").batch(1).len(300).heads(4, 2).dim(40, 72).init().big(), true},
+    {Case("len300_d64_block16").batch(1).len(300).dim(64).block(16).big()},
+    {Case("len300_d32_block64_mqa").batch(1).len(300).heads(4, 1).dim(32).block(64).big(), true},
+    // head dims: 1, odd, d != e both ways
+    {Case("d1_e7").len(50).dim(1, 7)},
+    {Case("d72_e40").len(100).dim(72, 40).heads(2, 1), true},
+    // grouped-query attention
+    {Case("gqa_h4_kv2").len(90).heads(4, 2).dim(32).init(), true},
+    {Case("mqa_h4_kv1").len(90).heads(4, 1).dim(24, 40), true},
+    // decays: none, zeros, slopes (the default), large (λ^B underflows), mixed
+    {Case("decay_none").len(130).decays(D::none).init(), true},
+    {Case("decay_zero").len(130).decays(D::zero)},
+    {Case("decay_large").len(130).decays(D::large).init(), true},
+    {Case("decay_mixed").len(130).heads(6, 2).decays(D::mixed), true},
+    // block sizes
+    {Case("block1").len(40).block(1).init(), true},
+    {Case("block33").len(130).block(33)},
+    {Case("block1024").len(130).block(1024), true},
+    // options and call forms
+    {Case("scale_0_125").len(130).scale(0.125), true},
+    {Case("initial_state_only").len(70).init()},
+    {Case("dfinal_only").len(70), true},
+    {Case("no_state_gradient").len(70).init(), true, false},
+    {Case("bhsd").len(113).dim(24, 40).bhsd().init(), true},
+    {Case("magnitude_10").len(200).magnitude(10)},
+    // double
+    {Case("f64_len113_gqa").f64().len(113).heads(4, 2).dim(40, 24).init(), true},
+    {Case("f64_block16_bhsd").f64().len(90).block(16).bhsd(), true},
+};
+
+INSTANTIATE_TEST_SUITE_P(Cases, BackwardAccuracy, ::testing::ValuesIn(kAccuracyCases), bw_name);
+
+// ---------------------------------------------------------------------------------------------
+// Thread invariance: serial, 1, 2 and 3 threads give the same bits
+
+class BackwardThreads : public ::testing::TestWithParam<BwCase> {};
+
+TEST_P(BackwardThreads, BitwiseIdenticalForAnyThreadCount) {
+  const BwCase& c = GetParam();
+  SCOPED_TRACE(seed_note(c.fwd.name));
+  std::mt19937_64 rng(case_seed(c.fwd.name));
+  const bw_inputs<float> x = make_bw_inputs<float>(c, rng);
+  const bw_grads<float> serial = kernel_grads(c, x);
+  for (int threads : {1, 2, 3}) {
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    const bw_grads<float> g = kernel_grads(c, x, threads);
+    for (const auto& [name, m] : compared(c)) EXPECT_TRUE(bitwise_equal(name, member(serial, m), member(g, m)));
+  }
+}
+
+const std::vector<BwCase> kThreadCases = {
+    {Case("threads_gqa_init").batch(2).len(300).heads(4, 2).dim(64).init(), true},
+    {Case("threads_one_kv_head").batch(1).len(333).heads(3, 1).dim(40, 72).block(32), true},
+    {Case("threads_bhsd_h1").batch(1).len(257).heads(1, 1).dim(64).bhsd(), true},
+};
+
+INSTANTIATE_TEST_SUITE_P(Cases, BackwardThreads, ::testing::ValuesIn(kThreadCases), bw_name);
 
 }  // namespace
 }  // namespace xattn_test
