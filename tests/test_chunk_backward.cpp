@@ -320,5 +320,95 @@ const std::vector<BwCase> kThreadCases = {
 
 INSTANTIATE_TEST_SUITE_P(Cases, BackwardThreads, ::testing::ValuesIn(kThreadCases), bw_name);
 
+// ---------------------------------------------------------------------------------------------
+// Empty sequences: no token gives dinitial_state = dfinal_state and writes nothing else
+
+TEST(LightningBackwardEmpty, ZeroLengthPassesTheStateGradientThrough) {
+  const BwCase c{Case("empty").len(0).init(), true};
+  std::mt19937_64 rng(case_seed(c.fwd.name));
+  const bw_inputs<float> x = make_bw_inputs<float>(c, rng);
+  const bw_grads<float> g = kernel_grads(c, x, 2);
+  EXPECT_TRUE(bitwise_equal("dinitial_state", g.ds0, x.dsf));
+  tensor<float> none(0, 3, 2, 8), none_grad(0, 3, 2, 8);
+  xattn::lightning_attention_backward(none, none, none, none, none_grad, none_grad, none_grad);  // batch 0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input: an xattn::error naming the function and the argument, nothing written
+
+TEST(LightningBackwardErrors, BadInputThrowsNamingTheArgument) {
+  const BwCase c{Case("errors").len(9).heads(4, 2).dim(16, 8).init(), true};
+  std::mt19937_64 rng(case_seed(c.fwd.name));
+  const bw_inputs<float> x = make_bw_inputs<float>(c, rng);
+  bw_grads<float> g = make_grads<float>(c);
+  option_data od;
+  od.decay = decays_of(c.fwd);
+  const xattn::lightning_backward_options good{.forward = lightning_opts(c.fwd, od), .dinitial_state = g.ds0,
+                                               .dfinal_state = x.dsf};
+  const std::string fn = "xattn::lightning_attention_backward";
+  const auto expect_error = [&](const std::function<void()>& call, const std::string& arg) {
+    for (tensor<float>* t : {&g.dq, &g.dk, &g.dv, &g.ds0}) t->setConstant(7.f);
+    EXPECT_TRUE(throws_naming(call, fn, arg));
+    for (const tensor<float>* t : {&g.dq, &g.dk, &g.dv, &g.ds0})
+      ASSERT_TRUE(std::all_of(t->data(), t->data() + t->size(), [](float v) { return v == 7.f; }))
+          << arg << ": written before the error";
+  };
+  const auto& [q, k, v, s0] = x.in;
+  const auto call = [&](const auto& qq, const auto& kk, const auto& vv, const auto& dout, auto& dq, auto& dk, auto& dv,
+                        const xattn::lightning_backward_options& opt) {
+    return [&, opt] { xattn::lightning_attention_backward(qq, kk, vv, dout, dq, dk, dv, opt); };
+  };
+  tensor<float> bad_dout(2, 9, 4, 7), bad_dq(2, 9, 4, 15), bad_dk(2, 10, 2, 16), bad_dv(2, 9, 2, 9);
+  tensor<float> bad_state(2, 4, 16, 9), k3(2, 9, 2, 15);  // k3: head_dim != q head_dim
+  tensor<double> double_state(2, 4, 16, 8);
+  k3.setZero();
+  expect_error(call(q, k, v, bad_dout, g.dq, g.dk, g.dv, good), "dout");
+  expect_error(call(q, k, v, x.dout, bad_dq, g.dk, g.dv, good), "dq");
+  expect_error(call(q, k, v, x.dout, g.dq, bad_dk, g.dv, good), "dk");
+  expect_error(call(q, k, v, x.dout, g.dq, g.dk, bad_dv, good), "dv");
+  expect_error(call(q, k3, v, x.dout, g.dq, g.dk, g.dv, good), "k");
+  auto opt = good;
+  opt.dinitial_state = bad_state;
+  expect_error(call(q, k, v, x.dout, g.dq, g.dk, g.dv, opt), "dinitial_state");
+  opt = good;
+  opt.dinitial_state = double_state;
+  expect_error(call(q, k, v, x.dout, g.dq, g.dk, g.dv, opt), "dinitial_state");
+  opt = good;
+  opt.dfinal_state = bad_state;
+  expect_error(call(q, k, v, x.dout, g.dq, g.dk, g.dv, opt), "dfinal_state");
+  opt = good;
+  tensor<float> fin(2, 4, 16, 8);
+  opt.forward.final_state = fin;
+  expect_error(call(q, k, v, x.dout, g.dq, g.dk, g.dv, opt), "final_state");
+  opt = good;
+  opt.forward.compute = xattn::compute::bf16;
+  expect_error(call(q, k, v, x.dout, g.dq, g.dk, g.dv, opt), "compute");
+  opt = good;
+  opt.forward.decay = std::span<const double>(od.decay).first(3);
+  expect_error(call(q, k, v, x.dout, g.dq, g.dk, g.dv, opt), "decay");
+  opt = good;
+  opt.forward.initial_state = bad_state;
+  expect_error(call(q, k, v, x.dout, g.dq, g.dk, g.dv, opt), "initial_state");
+  // a gradient over an input, or over another gradient
+  tensor<float> q2 = q, k2 = k;
+  Eigen::TensorMap<tensor<float>> dq_over_q(q2.data(), q2.dimensions()), dv_over_dk(g.dk.data(), g.dk.dimensions());
+  expect_error(call(q2, k, v, x.dout, dq_over_q, g.dk, g.dv, good), "dq");
+  tensor<float> v_as_k = k;  // d = e here for dk and dv to share a shape
+  tensor<float> dout16 = make_tensor<float>(c.fwd.lay_, 2, 9, 4, 16);
+  dout16.setZero();
+  opt = good;
+  opt.dinitial_state = {};
+  opt.dfinal_state = {};
+  opt.forward.initial_state = {};
+  expect_error(call(q, k2, v_as_k, dout16, g.dq, g.dk, dv_over_dk, opt), "dk");
+  Eigen::TensorMap<const tensor<float>> dout_over_q(q.data(), x.dout.dimensions());
+  expect_error(call(q, k, v, dout_over_q, g.dq, g.dk, g.dv, good), "dout");
+  // the reference validates the same way, under its own name
+  const tensor<double> qd = cast_to<double>(q), kd = cast_to<double>(k), vd = cast_to<double>(v);
+  tensor<double> dqd(q.dimensions()), dkd(k.dimensions()), dvd(v.dimensions()), bad_doutd(2, 9, 4, 7);
+  EXPECT_TRUE(throws_naming([&] { xattn::reference::lightning_attention_backward(qd, kd, vd, bad_doutd, dqd, dkd, dvd); },
+                            "xattn::reference::lightning_attention_backward", "dout"));
+}
+
 }  // namespace
 }  // namespace xattn_test
