@@ -4,6 +4,7 @@
 // against the reference by flash-attention's accuracy rule (test_util.hpp), bit for bit across
 // thread counts, and bad input.
 #include <xattn/lightning_backward.hpp>
+#include <xattn/linear_backward.hpp>
 #include <xattn/reference/lightning_backward.hpp>
 
 #include "chunk_test_util.hpp"
@@ -58,16 +59,48 @@ bw_grads<T> make_grads(const BwCase& c) {
   return g;
 }
 
-/// call(q, k, v, dout, dq, dk, dv, opt) with the backward options of the case.
+/// call(opt, q, k, v, dout, dq, dk, dv) with the backward options of the case's family.
 template <class T, class F>
 void run_backward(const BwCase& c, const bw_inputs<T>& x, bw_grads<T>& g, const F& call) {
   option_data od;
   od.decay = decays_of(c.fwd);
-  xattn::lightning_backward_options opt{.forward = lightning_opts(c.fwd, od)};
-  if (c.fwd.init_) opt.forward.initial_state = x.in.s0;
-  if (c.dfinal) opt.dfinal_state = x.dsf;
-  if (c.dinit) opt.dinitial_state = g.ds0;
-  call(x.in.q, x.in.k, x.in.v, x.dout, g.dq, g.dk, g.dv, opt);
+  od.map = c.fwd.feature_map();
+  auto go = [&](auto opt) {
+    if (c.fwd.init_) opt.forward.initial_state = x.in.s0;
+    if (c.dfinal) opt.dfinal_state = x.dsf;
+    if (c.dinit) opt.dinitial_state = g.ds0;
+    call(opt, x.in.q, x.in.k, x.in.v, x.dout, g.dq, g.dk, g.dv);
+  };
+  if (c.fwd.linear_) go(xattn::linear_backward_options{.forward = linear_opts(c.fwd, od)});
+  else go(xattn::lightning_backward_options{.forward = lightning_opts(c.fwd, od)});
+}
+
+// Each family's functions, chosen by the options' type.
+template <class... A>
+void reference_backward(const xattn::lightning_backward_options& opt, A&&... a) {
+  xattn::reference::lightning_attention_backward(a..., opt);
+}
+template <class... A>
+void reference_backward(const xattn::linear_backward_options& opt, A&&... a) {
+  xattn::reference::linear_attention_backward(a..., opt);
+}
+template <class... A>
+auto backward_problem(const xattn::lightning_backward_options& opt, A&&... a) {
+  return xattn::detail::make_lightning_backward_problem("naive", a..., opt);
+}
+template <class... A>
+auto backward_problem(const xattn::linear_backward_options& opt, A&&... a) {
+  return xattn::detail::make_linear_backward_problem("naive", a..., opt);
+}
+template <class Arch, class... A>
+void fast_backward(int threads, const xattn::lightning_backward_options& opt, A&&... a) {
+  if (threads) xattn::lightning_attention_backward<Arch>(device(threads), a..., opt);
+  else xattn::lightning_attention_backward<Arch>(a..., opt);
+}
+template <class Arch, class... A>
+void fast_backward(int threads, const xattn::linear_backward_options& opt, A&&... a) {
+  if (threads) xattn::linear_attention_backward<Arch>(device(threads), a..., opt);
+  else xattn::linear_attention_backward<Arch>(a..., opt);
 }
 
 template <class T>
@@ -81,7 +114,7 @@ bw_inputs<double> to_double(const bw_inputs<T>& x) {
 template <class T>
 bw_grads<double> reference_grads(const BwCase& c, const bw_inputs<T>& x) {
   bw_grads<double> g = make_grads<double>(c);
-  run_backward(c, to_double(x), g, [](auto&&... a) { xattn::reference::lightning_attention_backward(a...); });
+  run_backward(c, to_double(x), g, [](const auto& opt, auto&&... a) { reference_backward(opt, a...); });
   return g;
 }
 
@@ -89,10 +122,8 @@ bw_grads<double> reference_grads(const BwCase& c, const bw_inputs<T>& x) {
 template <class T>
 bw_grads<T> naive_grads(const BwCase& c, const bw_inputs<T>& x) {
   bw_grads<T> g = make_grads<T>(c);
-  run_backward(c, x, g, [](const auto& q, const auto& k, const auto& v, const auto& dout, auto& dq, auto& dk, auto& dv,
-                           const auto& opt) {
-    xattn::reference::detail::chunk_attention_backward<T>(
-        xattn::detail::make_lightning_backward_problem("naive", q, k, v, dout, dq, dk, dv, opt));
+  run_backward(c, x, g, [](const auto& opt, auto&&... a) {
+    xattn::reference::detail::chunk_attention_backward<T>(backward_problem(opt, a...));
   });
   return g;
 }
@@ -104,7 +135,7 @@ bw_grads<double> magnitudes_of(const BwCase& c, const bw_inputs<T>& x) {
   bw_inputs<double> a = to_double(x);
   for (tensor<double>* t : {&a.in.q, &a.in.k, &a.in.v, &a.in.s0, &a.dout, &a.dsf}) *t = t->abs();
   bw_grads<double> g = make_grads<double>(c);
-  run_backward(c, a, g, [](auto&&... a) { xattn::reference::lightning_attention_backward(a...); });
+  run_backward(c, a, g, [](const auto& opt, auto&&... t) { reference_backward(opt, t...); });
   return g;
 }
 
@@ -182,6 +213,8 @@ const std::vector<BwCase> kReferenceCases = {
     {Case("fd_len7_dfinal_bhsd").len(7).dim(3, 4).bhsd().scale(0.7), true},
     {Case("fd_len8_large_decay_init").len(8).heads(2, 2).dim(2, 3).decays(D::large).init(), true},
     {Case("fd_len6_no_decay").len(6).heads(2, 1).dim(3, 3).decays(D::none).init(), true},
+    {Case("fd_linear_causal").linear().len(6).heads(2, 1).dim(3, 4).init().scale(0.5), true},
+    {Case("fd_linear_noncausal_cross").linear(false).len(5, 8).heads(4, 2).dim(3, 4).init(), true},
 };
 
 INSTANTIATE_TEST_SUITE_P(Cases, ReferenceGradients, ::testing::ValuesIn(kReferenceCases), bw_name);
@@ -193,10 +226,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, ReferenceGradients, ::testing::ValuesIn(kReferen
 template <class Arch = xattn::simd::default_arch, class T>
 bw_grads<T> kernel_grads(const BwCase& c, const bw_inputs<T>& x, int threads = 0) {
   bw_grads<T> g = make_grads<T>(c);
-  run_backward(c, x, g, [&](auto&&... a) {
-    if (threads) xattn::lightning_attention_backward<Arch>(device(threads), a...);
-    else xattn::lightning_attention_backward<Arch>(a...);
-  });
+  run_backward(c, x, g, [&](const auto& opt, auto&&... a) { fast_backward<Arch>(threads, opt, a...); });
   return g;
 }
 
@@ -290,6 +320,13 @@ const std::vector<BwCase> kAccuracyCases = {
     // double
     {Case("f64_len113_gqa").f64().len(113).heads(4, 2).dim(40, 24).init(), true},
     {Case("f64_block16_bhsd").f64().len(90).block(16).bhsd(), true},
+    // linear attention, identity map, no normaliser: causal (lightning's path, no decay) and not
+    {Case("linear_causal_len113_gqa").linear().len(113).heads(4, 2).dim(40, 72).init(), true},
+    {Case("linear_causal_block16_bhsd").linear().len(90).block(16).bhsd()},
+    {Case("linear_noncausal_nq113_nk300").linear(false).len(113, 300).heads(4, 2).dim(40, 24).init(), true},
+    {Case("linear_noncausal_nq1_nk7").linear(false).len(1, 7).heads(4, 1), true},
+    {Case("linear_noncausal_nq300_nk1_bhsd").linear(false).len(300, 1).dim(72, 40).bhsd().scale(0.125)},
+    {Case("linear_noncausal_f64").f64().linear(false).len(70, 90).heads(4, 2).init(), true},
 };
 
 INSTANTIATE_TEST_SUITE_P(Cases, BackwardAccuracy, ::testing::ValuesIn(kAccuracyCases), bw_name);
@@ -316,9 +353,26 @@ const std::vector<BwCase> kThreadCases = {
     {Case("threads_gqa_init").batch(2).len(300).heads(4, 2).dim(64).init(), true},
     {Case("threads_one_kv_head").batch(1).len(333).heads(3, 1).dim(40, 72).block(32), true},
     {Case("threads_bhsd_h1").batch(1).len(257).heads(1, 1).dim(64).bhsd(), true},
+    {Case("threads_linear_noncausal").linear(false).batch(1).len(200, 333).heads(4, 2).dim(64).init(), true},
 };
 
 INSTANTIATE_TEST_SUITE_P(Cases, BackwardThreads, ::testing::ValuesIn(kThreadCases), bw_name);
+
+// ---------------------------------------------------------------------------------------------
+// Zero decay is causal linear attention (identity map, no normaliser): the same gradients, bit for bit
+
+TEST(LightningBackwardProperties, ZeroDecayEqualsCausalLinear) {
+  for (const D decay : {D::zero, D::none}) {
+    const BwCase c{Case("zero_decay_is_linear").len(150).heads(4, 2).dim(40, 24).block(32).init().decays(decay), true};
+    SCOPED_TRACE(seed_note(c.fwd.name));
+    std::mt19937_64 rng(case_seed(c.fwd.name));
+    const bw_inputs<float> x = make_bw_inputs<float>(c, rng);
+    BwCase lin = c;
+    lin.fwd.linear();
+    const bw_grads<float> a = kernel_grads(c, x), b = kernel_grads(lin, x);
+    for (const auto& [name, m] : compared(c)) EXPECT_TRUE(bitwise_equal(name, member(a, m), member(b, m)));
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Empty sequences: no token gives dinitial_state = dfinal_state and writes nothing else
@@ -403,6 +457,21 @@ TEST(LightningBackwardErrors, BadInputThrowsNamingTheArgument) {
   expect_error(call(q, k2, v_as_k, dout16, g.dq, g.dk, dv_over_dk, opt), "dk");
   Eigen::TensorMap<const tensor<float>> dout_over_q(q.data(), x.dout.dimensions());
   expect_error(call(q, k, v, dout_over_q, g.dq, g.dk, g.dv, good), "dout");
+  // linear attention: only the identity map without normaliser has a backward pass here
+  const std::string lfn = "xattn::linear_attention_backward";
+  const xattn::linear_backward_options lgood{.forward = {.causal = true}};
+  for (const auto& [opt, arg] : {std::pair{xattn::linear_backward_options{.forward = {.causal = true,
+                                                                                      .feature_map = xattn::feature::relu}},
+                                           "feature_map"},
+                                 std::pair{xattn::linear_backward_options{.forward = {.normalize = true}}, "normalize"},
+                                 std::pair{xattn::linear_backward_options{.forward = {.block_size = 2000}},
+                                           "block_size"}}) {
+    for (tensor<float>* t : {&g.dq, &g.dk, &g.dv}) t->setConstant(7.f);
+    EXPECT_TRUE(throws_naming([&] { xattn::linear_attention_backward(q, k, v, x.dout, g.dq, g.dk, g.dv, opt); }, lfn, arg));
+    for (const tensor<float>* t : {&g.dq, &g.dk, &g.dv})
+      ASSERT_TRUE(std::all_of(t->data(), t->data() + t->size(), [](float u) { return u == 7.f; })) << arg;
+  }
+  xattn::linear_attention_backward(q, k, v, x.dout, g.dq, g.dk, g.dv, lgood);  // and the good call passes
   // the reference validates the same way, under its own name
   const tensor<double> qd = cast_to<double>(q), kd = cast_to<double>(k), vd = cast_to<double>(v);
   tensor<double> dqd(q.dimensions()), dkd(k.dimensions()), dvd(v.dimensions()), bad_doutd(2, 9, 4, 7);

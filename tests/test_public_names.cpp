@@ -14,6 +14,8 @@
 #include <xattn/sparse.hpp>
 #include <xattn/linear.hpp>
 #include <xattn/lightning.hpp>
+#include <xattn/lightning_backward.hpp>
+#include <xattn/linear_backward.hpp>
 #include <xattn/reference.hpp>
 
 #include <gtest/gtest.h>

@@ -148,4 +148,24 @@ auto make_lightning_backward_problem(const char* fn, const Q& q, const K& k, con
                                      });
 }
 
+template <class Q, class K, class V, class DO, class DQ, class DK, class DV>
+auto make_linear_backward_problem(const char* fn, const Q& q, const K& k, const V& v, const DO& dout, DQ& dq, DK& dk,
+                                  DV& dv, const linear_backward_options& opt) {
+  using T = scalar_of<Q>;
+  return make_chunk_backward_problem({fn, opt.dinitial_state, opt.dfinal_state}, q, k, v, dout, dq, dk, dv,
+                                     opt.forward.layout, [&](T* out) {
+                                       auto c = backward_call_of(fn, q, k, v, out, dims_of(dout));
+                                       const linear_options& f = opt.forward;
+                                       c.lay = f.layout, c.causal = f.causal, c.normalize = f.normalize;
+                                       c.scale = f.scale, c.eps = f.eps, c.block = f.block_size;
+                                       c.map = &f.feature_map, c.state_in = f.initial_state;
+                                       c.state_out = f.final_state, c.bf16_compute = f.compute == compute::bf16;
+                                       chunk_problem<T> p = make_chunk_problem(c);
+                                       require(f.feature_map.kind() == feature::identity, fn, "feature_map",
+                                               "not supported by the backward pass: only the identity map is");
+                                       require(!f.normalize, fn, "normalize", "not supported by the backward pass");
+                                       return p;
+                                     });
+}
+
 }  // namespace xattn::detail

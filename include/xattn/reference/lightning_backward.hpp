@@ -1,5 +1,6 @@
 // xattn/reference/lightning_backward.hpp — the fp64 oracle of the backward passes of lightning
-// attention and of linear attention with the identity map and no normaliser. Plain loops, no SIMD,
+// attention and of linear attention with the identity map and no normaliser (both here: they are
+// one computation). Plain loops, no SIMD,
 // no chunks, no threads, written from the forward's math per (batch, query head), λ = e^−s, σ the
 // scale, visible pairs j <= t (all pairs when non-causal, where s = 0):
 //
@@ -118,6 +119,18 @@ void lightning_attention_backward(const Q& q, const K& k, const V& v, const DO& 
                 "xattn::reference::lightning_attention_backward reads double tensors (cast with .cast<double>())");
   detail::chunk_attention_backward<double>(xattn::detail::make_lightning_backward_problem(
       "xattn::reference::lightning_attention_backward", q, k, v, dout, dq, dk, dv, opt));
+}
+
+/// The same for linear attention with the identity map and no normaliser, causal or not (other maps
+/// and the normaliser are rejected, as by xattn::linear_attention_backward).
+template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> DO,
+          row_major_tensor<4> DQ, row_major_tensor<4> DK, row_major_tensor<4> DV>
+void linear_attention_backward(const Q& q, const K& k, const V& v, const DO& dout, DQ&& dq, DK&& dk, DV&& dv,
+                               const linear_backward_options& opt = {}) {
+  static_assert(std::is_same_v<scalar_of<Q>, double>,
+                "xattn::reference::linear_attention_backward reads double tensors (cast with .cast<double>())");
+  detail::chunk_attention_backward<double>(xattn::detail::make_linear_backward_problem(
+      "xattn::reference::linear_attention_backward", q, k, v, dout, dq, dk, dv, opt));
 }
 
 }  // namespace xattn::reference
