@@ -36,6 +36,7 @@
 #include "microkernel.hpp"
 #include "parallel.hpp"
 #include "simd.hpp"
+#include "transpose.hpp"
 #include "workspace.hpp"
 
 namespace xattn::detail {
@@ -239,12 +240,15 @@ class chunk_backward {
         for (index cc = 0; cc < d; ++cc)
           std::memcpy(s + cc * lde_, bp_.dstate_out + ((b * p_.hq + h) * d + cc) * e, sizeof(T) * std::size_t(e));
     }
-    std::fill(dst, dst + erows_ * ldd_, T(0));
-    // dSᵀ of head h into dst (columns past d stay zero)
+    // dSᵀ of head h into dst, L rows of dS at a time through register transposes (scalar stores
+    // along a column took a fifth of the pass); columns past d get zeros
     auto transpose_state = [&](index h) {
       const T* s = state(h);
-      for (index cc = 0; cc < d; ++cc)
-        for (index x = 0; x < e; ++x) dst[x * ldd_ + cc] = s[cc * lde_ + x];
+      for (index c0 = 0; c0 < ldd_; c0 += L) {
+        const T* rows[L];
+        for (index l = 0; l < L; ++l) rows[l] = c0 + l < d ? s + (c0 + l) * lde_ : nullptr;
+        simd::transpose_rows<T, Arch>(rows, e, T(1), dst + c0, ldd_);
+      }
     };
     // akk, avv (+)= c1, c2 over nb rows: the first head's terms, then the others' in head order
     auto sum_heads = [&](index h, index nb) {
