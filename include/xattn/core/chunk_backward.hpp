@@ -250,15 +250,12 @@ class chunk_backward {
         simd::transpose_rows<T, Arch>(rows, e, T(1), dst + c0, ldd_);
       }
     };
-    // akk, avv (+)= c1, c2 over nb rows: the first head's terms, then the others' in head order
+    // The first head's dK and dV terms go straight into akk and avv, the others' into c1 and c2 and
+    // are then added, in head order.
     auto sum_heads = [&](index h, index nb) {
-      for (auto [acc, src, ld] : {std::tuple{akk, c1, ldd_}, std::tuple{avv, c2, lde_}}) {
-        if (h == h0) {
-          std::memcpy(acc, src, sizeof(T) * std::size_t(nb * ld));
-          continue;
-        }
+      if (h == h0) return;
+      for (auto [acc, src, ld] : {std::tuple{akk, c1, ldd_}, std::tuple{avv, c2, lde_}})
         for (index x = 0; x < nb * ld; x += L) simd::store(acc + x, simd::load<V>(acc + x) + simd::load<V>(src + x));
-      }
     };
 
     if (!p_.causal) {
@@ -275,9 +272,11 @@ class chunk_backward {
         pack(k, ldd_, p_.k, b, t0, nb, hk, d);
         pack(v, lde_, p_.v, b, t0, nb, hk, e);
         for (index h = h0; h < h0 + g; ++h) {
+          T* const gk = h == h0 ? akk : c1;
+          T* const gv = h == h0 ? avv : c2;
           transpose_state(h);
-          chunk_gemm<Arch, T, mma_init::zero>(c1, ldd_, v, lde_, 1, nb, dst, ldd_, ldd_, e);
-          chunk_gemm<Arch, T, mma_init::zero>(c2, lde_, k, ldd_, 1, nb, state(h), lde_, lde_, d);
+          chunk_gemm<Arch, T, mma_init::zero>(gk, ldd_, v, lde_, 1, nb, dst, ldd_, ldd_, e);
+          chunk_gemm<Arch, T, mma_init::zero>(gv, lde_, k, ldd_, 1, nb, state(h), lde_, lde_, d);
           sum_heads(h, nb);
         }
         store_rows(bp_.dk, akk, ldd_, b, t0, nb, hk, d);
@@ -296,12 +295,14 @@ class chunk_backward {
           masked_scores(a, q, k, ldd_, nb, h);     // A = σ·(Q·Kᵀ) ⊙ D
           masked_scores(m, dout, v, lde_, nb, h);  // M = (dO·Vᵀ) ⊙ D
           // dK = diag(λ^(nb−1−j))·V·dS_{c+1}ᵀ + Mᵀ·σQ
+          T* const gk = h == h0 ? akk : c1;
+          T* const gv = h == h0 ? avv : c2;
           transpose_state(h);
-          chunk_gemm<Arch, T, mma_init::zero>(c1, ldd_, v, lde_, 1, nb, dst, ldd_, ldd_, e);
-          transposed_product(c1, ldd_, m, q, ldd_, nb, kdec);
+          chunk_gemm<Arch, T, mma_init::zero>(gk, ldd_, v, lde_, 1, nb, dst, ldd_, ldd_, e);
+          transposed_product(gk, ldd_, m, q, ldd_, nb, kdec);
           // dV = diag(λ^(nb−1−j))·K·dS_{c+1} + Aᵀ·dO
-          chunk_gemm<Arch, T, mma_init::zero>(c2, lde_, k, ldd_, 1, nb, state(h), lde_, lde_, d);
-          transposed_product(c2, lde_, a, dout, lde_, nb, kdec);
+          chunk_gemm<Arch, T, mma_init::zero>(gv, lde_, k, ldd_, 1, nb, state(h), lde_, lde_, d);
+          transposed_product(gv, lde_, a, dout, lde_, nb, kdec);
           sum_heads(h, nb);
           // dS_c = λ^nb·dS_{c+1} + (σQ)ᵀ·diag(λ^(i+1))·dO
           scale_rows(dod, dout, lde_, nb, qdec);
