@@ -13,15 +13,17 @@
 // Non-causal attention (one state over all keys, no decay): dQ = σ·dO·Sᵀ with S = S0 + KᵀV, and
 // dS = ∂L/∂final_state + σ·QᵀdO gives dK = V·dSᵀ, dV = K·dS.
 //
-// Two passes. (1) One item per (batch, query head) sweeps its chunks forwards, recomputing S_c,
-// and writes dQ. (2) One item per (batch, K/V head) sweeps the chunks backwards with the dS of each
-// of its query heads in scratch; per chunk it packs K and V once and sums the heads' dK and dV in
-// head order before writing them: dk and dv are written once, in the same order for any thread
-// count. The products are the forward's: masked scores by dot_rows on the lower triangle (the decay
-// read from a table of λ^m, never factorised into λ^t·λ^−j, which overflows), the rest mma_ab on
-// packed rows, the transposed operands (Mᵀ, Aᵀ, Qᵀ, Vᵀ) read by columns. Sᵀ rather than S is kept in
-// the forward sweep, so that dO·Sᵀ has a row-major panel; dS is transposed once per chunk for V·dSᵀ.
-// States and every sum are T.
+// Two passes, whose items run side by side (both only read the inputs). (1) One item per (batch,
+// query head) sweeps its chunks forwards, recomputing S_c, and writes dQ. (2) One item per (batch,
+// K/V head) sweeps the chunks backwards with the dS of each of its query heads in scratch; per
+// chunk it packs K and V once and sums the heads' dK and dV in head order before writing them: dk
+// and dv are written once, in the same order for any thread count. The products are the
+// forward's: masked scores by dot_rows on the lower triangle (the decay read from a table of λ^m,
+// never factorised into λ^t·λ^−j, which overflows), the rest mma_ab on packed rows, the transposed
+// operands (Mᵀ, Aᵀ, Qᵀ, Vᵀ) read by columns. Sᵀ rather than S is kept in the forward sweep, so that
+// dO·Sᵀ has a row-major panel; dS is transposed once per chunk (register blocks) for V·dSᵀ. States
+// and every sum are T. The chunks of one sequence are not spread over threads: a call has at most
+// B·(Hq + Hkv) items.
 #pragma once
 
 #include <algorithm>
@@ -72,8 +74,13 @@ class chunk_backward {
   void run(const Device& dev) {
     tab_ = static_cast<T*>(workspace::of_this_thread(1).get(sizeof(T) * std::size_t(p_.hq * tw_)));
     for (index h = 0; h < p_.hq; ++h) build_table(h);
-    parallel_for(dev, p_.batch * p_.hq, [&](index u) { query_sweep(u / p_.hq, u % p_.hq); });
-    parallel_for(dev, p_.batch * p_.hkv, [&](index it) { key_sweep(it / p_.hkv, it % p_.hkv); });
+    // Both passes read only the inputs, so their items run side by side: the (heavier) key sweeps
+    // first, then the query sweeps; a single (batch, head) still keeps two threads busy.
+    const index keys = p_.batch * p_.hkv;
+    parallel_for(dev, keys + p_.batch * p_.hq, [&](index it) {
+      if (it < keys) key_sweep(it / p_.hkv, it % p_.hkv);
+      else query_sweep((it - keys) / p_.hq, (it - keys) % p_.hq);
+    });
   }
 
  private:
