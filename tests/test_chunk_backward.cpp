@@ -306,6 +306,7 @@ const std::vector<BwCase> kAccuracyCases = {
     {Case("decay_zero").len(130).decays(D::zero)},
     {Case("decay_large").len(130).decays(D::large).init(), true},
     {Case("decay_mixed").len(130).heads(6, 2).decays(D::mixed), true},
+    {Case("decay_huge").len(130).decays(D::huge).init(), true},
     // block sizes
     {Case("block1").len(40).block(1).init(), true},
     {Case("block33").len(130).block(33)},
@@ -327,6 +328,8 @@ const std::vector<BwCase> kAccuracyCases = {
     {Case("linear_noncausal_nq1_nk7").linear(false).len(1, 7).heads(4, 1), true},
     {Case("linear_noncausal_nq300_nk1_bhsd").linear(false).len(300, 1).dim(72, 40).bhsd().scale(0.125)},
     {Case("linear_noncausal_f64").f64().linear(false).len(70, 90).heads(4, 2).init(), true},
+    {Case("linear_noncausal_nk0_init").linear(false).len(5, 0).init(), true},
+    {Case("linear_noncausal_nq0").linear(false).len(0, 70), true},
 };
 
 INSTANTIATE_TEST_SUITE_P(Cases, BackwardAccuracy, ::testing::ValuesIn(kAccuracyCases), bw_name);
@@ -372,6 +375,30 @@ TEST(LightningBackwardProperties, ZeroDecayEqualsCausalLinear) {
     const bw_grads<float> a = kernel_grads(c, x), b = kernel_grads(lin, x);
     for (const auto& [name, m] : compared(c)) EXPECT_TRUE(bitwise_equal(name, member(a, m), member(b, m)));
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Eigen::TensorMap over caller memory gives the same bits as Eigen::Tensor
+
+TEST(LightningBackwardCallForms, TensorMapsEqualTensors) {
+  const BwCase c{Case("tensor_map").len(100).heads(4, 2).dim(24, 40).init(), true};
+  SCOPED_TRACE(seed_note(c.fwd.name));
+  std::mt19937_64 rng(case_seed(c.fwd.name));
+  const bw_inputs<float> x = make_bw_inputs<float>(c, rng);
+  const bw_grads<float> want = kernel_grads(c, x);
+  bw_grads<float> got = make_grads<float>(c);
+  std::vector<float> dq(std::size_t(got.dq.size())), dk(std::size_t(got.dk.size())), dv(std::size_t(got.dv.size()));
+  using cmap = Eigen::TensorMap<const tensor<float>>;
+  using map = Eigen::TensorMap<tensor<float>>;
+  run_backward(c, x, got, [&](const auto& opt, const auto& q, const auto& k, const auto& v, const auto& dout, auto& gq,
+                              auto& gk, auto& gv) {
+    map mq(dq.data(), gq.dimensions()), mk(dk.data(), gk.dimensions()), mv(dv.data(), gv.dimensions());
+    fast_backward<xattn::simd::default_arch>(2, opt, cmap(q.data(), q.dimensions()), cmap(k.data(), k.dimensions()),
+                                             cmap(v.data(), v.dimensions()), cmap(dout.data(), dout.dimensions()), mq,
+                                             mk, mv);
+    gq = mq, gk = mk, gv = mv;
+  });
+  for (const auto& [name, m] : compared(c)) EXPECT_TRUE(bitwise_equal(name, member(want, m), member(got, m)));
 }
 
 // ---------------------------------------------------------------------------------------------
