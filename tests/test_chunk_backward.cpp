@@ -1,8 +1,9 @@
-// tests/test_chunk_backward.cpp — the backward pass of lightning attention: the fp64 reference
-// against central differences of the fp64 forward reference (the loss is linear in each of q, k,
-// v and the initial state, so the differences are exact up to rounding), and the fast kernel
-// against the reference by flash-attention's accuracy rule (test_util.hpp), bit for bit across
-// thread counts, and bad input.
+// tests/test_chunk_backward.cpp — the backward passes of lightning attention and of linear attention
+// (identity map, no normaliser): the fp64 reference against central differences of the fp64
+// forward reference (the loss is linear in each of q, k, v and the initial state, so the
+// differences are exact up to rounding), the fast kernel against the reference by flash-attention's
+// accuracy rule (test_util.hpp) on its SIMD and scalar paths, bit for bit across thread counts and
+// call forms, zero decay against causal linear attention, and bad input.
 #include <xattn/lightning_backward.hpp>
 #include <xattn/linear_backward.hpp>
 #include <xattn/reference/lightning_backward.hpp>
