@@ -165,9 +165,9 @@ constexpr double kStep = 1e-2;
 /// Allowed |difference − gradient|, relative to 1 + the gradient's sum of |terms|.
 constexpr double kFdTolerance = 1e-9;
 
-class ReferenceGradients : public ::testing::TestWithParam<BwCase> {};
+class ChunkReferenceGradients : public ::testing::TestWithParam<BwCase> {};
 
-TEST_P(ReferenceGradients, MatchCentralDifferences) {
+TEST_P(ChunkReferenceGradients, MatchCentralDifferences) {
   const BwCase& c = GetParam();
   SCOPED_TRACE(seed_note(c.fwd.name));
   std::mt19937_64 rng(case_seed(c.fwd.name));
@@ -218,7 +218,7 @@ const std::vector<BwCase> kReferenceCases = {
     {Case("fd_linear_noncausal_cross").linear(false).len(5, 8).heads(4, 2).dim(3, 4).init(), true},
 };
 
-INSTANTIATE_TEST_SUITE_P(Cases, ReferenceGradients, ::testing::ValuesIn(kReferenceCases), bw_name);
+INSTANTIATE_TEST_SUITE_P(Cases, ChunkReferenceGradients, ::testing::ValuesIn(kReferenceCases), bw_name);
 
 // ---------------------------------------------------------------------------------------------
 // The kernel against the reference, by the accuracy rule
@@ -280,9 +280,9 @@ void check_backward(const BwCase& c) {
     EXPECT_TRUE(bitwise_equal((std::string(name) + " on 2 threads").c_str(), member(g, m), member(t2, m)));
 }
 
-class BackwardAccuracy : public ::testing::TestWithParam<BwCase> {};
+class ChunkBackwardAccuracy : public ::testing::TestWithParam<BwCase> {};
 
-TEST_P(BackwardAccuracy, MatchesReference) {
+TEST_P(ChunkBackwardAccuracy, MatchesReference) {
   const BwCase c{for_this_run(GetParam().fwd), GetParam().dfinal, GetParam().dinit};
   if (c.fwd.f64_) check_backward<double>(c);
   else check_backward<float>(c);
@@ -333,14 +333,14 @@ const std::vector<BwCase> kAccuracyCases = {
     {Case("linear_noncausal_nq0").linear(false).len(0, 70), true},
 };
 
-INSTANTIATE_TEST_SUITE_P(Cases, BackwardAccuracy, ::testing::ValuesIn(kAccuracyCases), bw_name);
+INSTANTIATE_TEST_SUITE_P(Cases, ChunkBackwardAccuracy, ::testing::ValuesIn(kAccuracyCases), bw_name);
 
 // ---------------------------------------------------------------------------------------------
 // Thread invariance: serial, 1, 2 and 3 threads give the same bits
 
-class BackwardThreads : public ::testing::TestWithParam<BwCase> {};
+class ChunkBackwardThreads : public ::testing::TestWithParam<BwCase> {};
 
-TEST_P(BackwardThreads, BitwiseIdenticalForAnyThreadCount) {
+TEST_P(ChunkBackwardThreads, BitwiseIdenticalForAnyThreadCount) {
   const BwCase& c = GetParam();
   SCOPED_TRACE(seed_note(c.fwd.name));
   std::mt19937_64 rng(case_seed(c.fwd.name));
@@ -360,7 +360,7 @@ const std::vector<BwCase> kThreadCases = {
     {Case("threads_linear_noncausal").linear(false).batch(1).len(200, 333).heads(4, 2).dim(64).init(), true},
 };
 
-INSTANTIATE_TEST_SUITE_P(Cases, BackwardThreads, ::testing::ValuesIn(kThreadCases), bw_name);
+INSTANTIATE_TEST_SUITE_P(Cases, ChunkBackwardThreads, ::testing::ValuesIn(kThreadCases), bw_name);
 
 // ---------------------------------------------------------------------------------------------
 // Zero decay is causal linear attention (identity map, no normaliser): the same gradients, bit for bit
