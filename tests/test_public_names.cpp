@@ -14,6 +14,8 @@
 #include <xattn/sparse.hpp>
 #include <xattn/linear.hpp>
 #include <xattn/lightning.hpp>
+#include <xattn/lightning_backward.hpp>
+#include <xattn/linear_backward.hpp>
 #include <xattn/reference.hpp>
 
 #include <gtest/gtest.h>
@@ -34,6 +36,10 @@ TEST(PublicNames, OptionsAreAggregatesFilledByDesignatedInitializers) {
   const lightning_options l{.scale = 0.5};
   const linear_options li{.causal = true, .normalize = true};
   const streaming_options st{.sinks = 2, .window = 16};
+  const lightning_backward_options lb{.forward = {.scale = 0.5}};
+  const linear_backward_options lib{.forward = {.causal = true}};
+  EXPECT_TRUE(lib.forward.causal && !lb.dinitial_state && !lb.dfinal_state);
+  EXPECT_EQ(lb.forward.scale, 0.5);
   EXPECT_TRUE(s.causal && w.causal && li.causal);
   EXPECT_EQ(n.kernel_h * n.kernel_w, 15);
   EXPECT_EQ(l.scale, 0.5);

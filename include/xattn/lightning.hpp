@@ -23,6 +23,8 @@
 //
 // Arch (first template parameter, defaulted) is the xsimd architecture of the kernels, as in
 // softmax.hpp: lightning_attention<xattn::simd::scalar>(...) forces the scalar path.
+//
+// The backward pass (dq, dk, dv and ∂L/∂initial_state) is in lightning_backward.hpp.
 #pragma once
 
 #include <cmath>

@@ -22,6 +22,8 @@
 //
 // Arch (first template parameter, defaulted) is the xsimd architecture of the kernels, as in
 // softmax.hpp: linear_attention<xattn::simd::scalar>(...) forces the scalar path.
+//
+// The backward pass, for the identity map without normaliser, is in linear_backward.hpp.
 #pragma once
 
 #include "core/chunk_engine.hpp"

@@ -199,6 +199,14 @@ struct lightning_options {
   xattn::compute compute = compute::exact;  // bf16: float tensors' products on the bf16 units too (see enum compute)
 };
 
+/// Options of the backward pass of lightning attention (lightning_backward.hpp): the forward
+/// call's options, and the gradients of a loss that also depends on the states.
+struct lightning_backward_options {
+  lightning_options forward = {};   // the forward call's decay, scale, block_size, initial_state and layout; its final_state stays empty and compute exact
+  state_ref dinitial_state = {};    // [batch, heads, d, e]: written with ∂L/∂initial_state (whether or not an initial_state was given); empty = not wanted
+  state_cref dfinal_state = {};     // [batch, heads, d, e]: ∂L/∂final_state, when the loss depends on the forward's final state; empty = zeros
+};
+
 /// Options of linear attention: out = φ(Q)·(φ(K)ᵀ·V)·scale, optionally divided row by row by
 /// scale·φ(q_t)·Σ_j φ(k_j) + eps; causal sums run over j <= t. Fill with designated initializers:
 /// `{.causal = true, .feature_map = xattn::feature::elu_plus_one, .normalize = true}`.
@@ -213,6 +221,15 @@ struct linear_options {
   state_ref final_state = {};           // [batch, heads, D', e + normalize]: written with the state after the last key; may be initial_state's tensor
   xattn::layout layout = layout::bshd;  // memory order of q, k, v and out (the states are always [batch, heads, D', e(+1)])
   xattn::compute compute = compute::exact;  // bf16: float tensors' products on the bf16 units too (see enum compute)
+};
+
+/// Options of the backward pass of linear attention (linear_backward.hpp): the forward call's
+/// options (identity feature map, no normaliser) and the gradients of a loss that also depends on
+/// the states.
+struct linear_backward_options {
+  linear_options forward = {};      // the forward call's causal, scale, block_size, initial_state and layout; identity map, no normalize, no final_state, compute exact
+  state_ref dinitial_state = {};    // [batch, heads, d, e]: written with ∂L/∂initial_state; empty = not wanted
+  state_cref dfinal_state = {};     // [batch, heads, d, e]: ∂L/∂final_state, when the loss depends on the forward's final state; empty = zeros
 };
 
 

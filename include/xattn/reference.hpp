@@ -8,3 +8,4 @@
 #include "reference/sparse.hpp"
 #include "reference/lightning.hpp"
 #include "reference/linear.hpp"
+#include "reference/lightning_backward.hpp"

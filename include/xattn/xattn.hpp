@@ -11,4 +11,6 @@
 #include "block_layout.hpp"
 #include "sparse.hpp"
 #include "lightning.hpp"
+#include "lightning_backward.hpp"
 #include "linear.hpp"
+#include "linear_backward.hpp"

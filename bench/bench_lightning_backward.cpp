@@ -1,0 +1,80 @@
+// bench/bench_lightning_backward.cpp — the backward pass of lightning attention.
+//
+//   lightning_backward/xattn/N:<N>/D:128/H:8/threads:<t>   B = 1, decay = lightning_slopes(H), bshd;
+//                                                          dq, dk, dv from dout (no state gradients)
+//
+// The headline suite times N = 16384 on every core; the full suite (--xattn_full) N = 2048 … 131072
+// on 1 and 2 threads, where tokens_per_s should stay constant in N (the work per chunk does not
+// depend on the position).
+#include "bench_common.hpp"
+
+#include <string>
+#include <vector>
+
+#include <xattn/lightning.hpp>
+#include <xattn/lightning_backward.hpp>
+
+namespace xattn_bench {
+namespace {
+
+constexpr Eigen::Index kBatch = 1, kDim = 128, kHeads = 8;
+
+struct shape {
+  Eigen::Index n;
+  int threads;
+};
+
+// FLOPs, per (batch, query head), of what the backward performs (core/chunk_backward.hpp; the decay
+// mask, the row scalings, the transposes and the state combinations are not counted). Per chunk of
+// nb tokens, a product on the causal triangle counts nb(nb+1)/2 pairs × 2 FLOPs per multiply-add:
+//   pass 1:  M = dO·Vᵀ           nb(nb+1)·e         dQ += M·K          nb(nb+1)·d
+//            dO·Sᵀ               2·nb·d·e           Sᵀ update Vᵀ·K     2·nb·d·e
+//   pass 2:  A = Q·Kᵀ            nb(nb+1)·d         M = dO·Vᵀ          nb(nb+1)·e
+//            dK += Mᵀ·Q          nb(nb+1)·d         dV += Aᵀ·dO        nb(nb+1)·e
+//            V·dSᵀ, K·dS, Qᵀ·dO  3 · 2·nb·d·e
+// Σ_chunks [ 3·nb(nb+1)·(d + e) + 10·nb·d·e ]: 2.5× the forward's state work (4·nb·d·e) and 3× its
+// triangle (nb(nb+1)·(d + e)).
+double backward_flops(const shape& s) {
+  const double d = kDim, e = kDim;
+  double per_head = 0;
+  for (Eigen::Index t0 = 0; t0 < s.n; t0 += xattn::default_chunk_size) {
+    const double nb = double(std::min<Eigen::Index>(xattn::default_chunk_size, s.n - t0));
+    per_head += 3 * nb * (nb + 1) * (d + e) + 10 * nb * d * e;
+  }
+  return per_head * double(kBatch * kHeads);
+}
+
+std::string name_of(const shape& s) {
+  return "lightning_backward/xattn/N:" + std::to_string(s.n) + "/D:" + std::to_string(kDim) +
+         "/H:" + std::to_string(kHeads) + "/threads:" + std::to_string(s.threads);
+}
+
+void bm_backward(benchmark::State& st, shape s) {
+  const dims4 dims{kBatch, s.n, kHeads, kDim};
+  auto ts = cached_tensors({{"q", dims}, {"k", dims}, {"v", dims}, {"dout", dims}, {"dq", dims}, {"dk", dims},
+                            {"dv", dims}});
+  const tensor4 &q = *ts[0], &k = *ts[1], &v = *ts[2], &dout = *ts[3];
+  tensor4 &dq = *ts[4], &dk = *ts[5], &dv = *ts[6];
+  const std::vector<double> decay = xattn::lightning_slopes(kHeads);
+  const xattn::lightning_backward_options opt{.forward = {.decay = decay}};
+  const auto& dev = device(s.threads);
+  run_flops(st, s.threads, backward_flops(s), double(kBatch * s.n),
+            [&] { xattn::lightning_attention_backward(dev, q, k, v, dout, dq, dk, dv, opt); });
+}
+
+void add(const shape& s) {
+  benchmark::RegisterBenchmark(name_of(s).c_str(), bm_backward, s)->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+
+constexpr Eigen::Index kTableN = 16384;
+
+void register_lightning_backward(suite which) {
+  if (which == suite::headline) return add({kTableN, kTableThreads});
+  for (Eigen::Index n = 2048; n <= 131072; n *= 2)
+    for (int threads = 1; threads <= kMaxThreads; ++threads) add({n, threads});
+}
+
+const registrar lightning_backward_after_chunk{21, &register_lightning_backward};
+
+}  // namespace
+}  // namespace xattn_bench

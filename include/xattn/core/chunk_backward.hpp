@@ -1,0 +1,343 @@
+// xattn/core/chunk_backward.hpp — the chunk engine's backward pass (Lightning Attention-2, Qin et
+// al. 2024, Algorithm 2), deterministic: no atomics, every gradient row summed by one thread in one
+// order, the work cut by the shapes alone.
+//
+// Per (batch, query head), λ = e^−s, σ the scale, chunks of B tokens, i the position in the chunk,
+// nb its length, S_c the d × e state before chunk c and dS_c = ∂L/∂S_c:
+//   M[t][j]  = (dO_t·v_j)·λ^(i_t−i_j),  A[t][j] = σ·(q_t·k_j)·λ^(i_t−i_j)  for j <= t, else 0
+//   dQ       = σ·(M·K + diag(λ^(i+1))·dO·S_cᵀ)                                 (forward sweep)
+//   S_{c+1}  = λ^nb·S_c + Kᵀ·diag(λ^(nb−1−j))·V
+//   dK       = σ·Mᵀ·Q + diag(λ^(nb−1−j))·V·dS_{c+1}ᵀ                           (reverse sweep)
+//   dV       = Aᵀ·dO + diag(λ^(nb−1−j))·K·dS_{c+1}
+//   dS_c     = λ^nb·dS_{c+1} + σ·Qᵀ·diag(λ^(i+1))·dO,  dS_end = ∂L/∂final_state, ∂L/∂S0 = dS_0
+// Non-causal attention (one state over all keys, no decay): dQ = σ·dO·Sᵀ with S = S0 + KᵀV, and
+// dS = ∂L/∂final_state + σ·QᵀdO gives dK = V·dSᵀ, dV = K·dS.
+//
+// Two passes, whose items run side by side (both only read the inputs). (1) One item per (batch,
+// query head) sweeps its chunks forwards, recomputing S_c, and writes dQ. (2) One item per (batch,
+// K/V head) sweeps the chunks backwards with the dS of each of its query heads in scratch; per
+// chunk it packs K and V once and sums the heads' dK and dV in head order before writing them: dk
+// and dv are written once, in the same order for any thread count. The products are the
+// forward's: masked scores by dot_rows on the lower triangle (the decay read from a table of λ^m,
+// never factorised into λ^t·λ^−j, which overflows), the rest mma_ab on packed rows, the transposed
+// operands (Mᵀ, Aᵀ, Qᵀ, Vᵀ) read by columns. Sᵀ rather than S is kept in the forward sweep, so that
+// dO·Sᵀ has a row-major panel; dS is transposed once per chunk (register blocks) for V·dSᵀ. States
+// and every sum are T. The chunks of one sequence are not spread over threads: a call has at most
+// B·(Hq + Hkv) items.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <tuple>
+
+#include "chunk_backward_args.hpp"
+#include "chunk_engine.hpp"
+#include "microkernel.hpp"
+#include "parallel.hpp"
+#include "simd.hpp"
+#include "transpose.hpp"
+#include "workspace.hpp"
+
+namespace xattn::detail {
+
+template <class T, class Arch>
+class chunk_backward {
+  using S = chunk_tiles<T, Arch>;
+  using V = simd::vec_t<T, Arch>;
+  static constexpr index L = S::L;
+  static constexpr index MR = S::MR;
+  static constexpr index kAlign = S::kAlignElems;
+  static constexpr index round_up(index x, index m) { return S::round_up(x, m); }
+  static constexpr index ceil_div(index x, index m) { return (x + m - 1) / m; }
+
+ public:
+  explicit chunk_backward(const chunk_backward_problem<T>& bp)
+      : bp_(bp),
+        p_(bp.fwd),
+        bk_(p_.block),
+        ldp_(round_up(bk_, L)),
+        rows_(round_up(bk_, MR)),
+        ldd_(round_up(p_.d, L)),
+        lde_(round_up(p_.e, L)),
+        drows_(round_up(p_.d, MR)),
+        erows_(round_up(p_.e, MR)),
+        pw_off_(round_up(bk_ + ldp_, kAlign)),
+        tw_(pw_off_ + round_up(bk_ + 2, kAlign)),
+        chunks_(ceil_div(p_.nk, bk_)),
+        qchunks_(ceil_div(p_.nq, bk_)),
+        decayed_(p_.has_decay()) {}
+
+  template <class Device>
+  void run(const Device& dev) {
+    tab_ = static_cast<T*>(workspace::of_this_thread(1).get(sizeof(T) * std::size_t(p_.hq * tw_)));
+    for (index h = 0; h < p_.hq; ++h) build_table(h);
+    // Both passes read only the inputs, so their items run side by side: the (heavier) key sweeps
+    // first, then the query sweeps; a single (batch, head) still keeps two threads busy.
+    const index keys = p_.batch * p_.hkv;
+    parallel_for(dev, keys + p_.batch * p_.hq, [&](index it) {
+      if (it < keys) key_sweep(it / p_.hkv, it % p_.hkv);
+      else query_sweep((it - keys) / p_.hq, (it - keys) % p_.hq);
+    });
+  }
+
+ private:
+  // --- tables (as the forward's) ------------------------------------------------------------------
+
+  /// Per head: rev[i] = λ^(B−1−i) for i < B and 0 up to B + ldp, so that row t of the decay mask is
+  /// rev[B−1−t + j]; then pw[m] = λ^m for 0 <= m <= B+1, exp(−s·m) in double rounded once, values
+  /// below T's smallest normal flushed to 0 (denormal operands slow the FMAs).
+  void build_table(index h) const {
+    T* rev = tab_ + h * tw_;
+    T* pw = rev + pw_off_;
+    const double s = p_.decay_of(h);
+    auto power = [s](index m) {
+      const double x = std::exp(-s * double(m));
+      return x < double(std::numeric_limits<T>::min()) ? T(0) : T(x);
+    };
+    for (index i = 0; i < pw_off_; ++i) rev[i] = i < bk_ ? power(bk_ - 1 - i) : T(0);
+    for (index m = 0; m < tw_ - pw_off_; ++m) pw[m] = power(m);
+  }
+  const T* mask_table(index h) const { return tab_ + h * tw_; }
+  const T* powers(index h) const { return tab_ + h * tw_ + pw_off_; }
+
+  // --- scratch --------------------------------------------------------------------------------------
+
+  /// Consecutive kAlign-aligned parts of this thread's workspace, sizes in T.
+  template <std::size_t N>
+  static std::array<T*, N> carve(const std::array<index, N>& sizes) {
+    index total = 0;
+    for (index n : sizes) total += round_up(n, kAlign);
+    T* base = static_cast<T*>(workspace::of_this_thread(0).get(sizeof(T) * std::size_t(total)));
+    std::array<T*, N> at{};
+    for (std::size_t i = 0; i < N; ++i) at[i] = base, base += round_up(sizes[i], kAlign);
+    return at;
+  }
+
+  /// dst[r][c] = f·row(t0 + r)[c] for r < nb, c < n, zero up to ld: rows of a caller's tensor packed.
+  static void pack(T* dst, index ld, const bshd_view<const T>& t, index b, index t0, index nb, index h, index n,
+                   T f = T(1)) {
+    for (index r = 0; r < nb; ++r) {
+      const T* src = t.row(b, t0 + r, h);
+      T* y = dst + r * ld;
+      for (index c = 0; c < n; ++c) y[c] = f * src[c];
+      std::fill(y + n, y + ld, T(0));
+    }
+  }
+  /// dst[r] = f[r]·src[r] over nb packed rows of ld.
+  static void scale_rows(T* dst, const T* src, index ld, index nb, const T* f) {
+    for (index r = 0; r < nb; ++r) {
+      const V s = simd::bcast<V>(f[r]);
+      for (index x = 0; x < ld; x += L) simd::store(dst + r * ld + x, simd::load<V>(src + r * ld + x) * s);
+    }
+  }
+  /// Rows of C into a caller's tensor (the first n columns).
+  static void store_rows(const bshd_view<T>& t, const T* c, index ld, index b, index t0, index nb, index h, index n) {
+    for (index r = 0; r < nb; ++r) std::memcpy(t.row(b, t0 + r, h), c + r * ld, sizeof(T) * std::size_t(n));
+  }
+
+  /// kdec[j] = λ^(nb−1−j) for j < nb, 0 up to ldp; returns λ^nb.
+  T set_chunk(T* kdec, index h, index nb) const {
+    const T* pw = powers(h);
+    for (index j = 0; j < ldp_; ++j) kdec[j] = j < nb ? pw[nb - 1 - j] : T(0);
+    return pw[nb];
+  }
+
+  /// P[t][j] = (a_t·b_j)·λ^(t−j) for j <= t and 0 past t up to round_up(nb, L): dot products along
+  /// the packed rows (ld a multiple of the vector width) for the key vectors j0 <= t only.
+  void masked_scores(T* p, const T* a, const T* b, index ld, index nb, index h) const {
+    for (index j0 = 0; j0 < nb; j0 += L)
+      dot_rows<Arch, T>(p + j0 * ldp_ + j0, ldp_, a + j0 * ld, ld, nb - j0, b + j0 * ld, ld, std::min<index>(L, nb - j0),
+                        ld);
+    const T* rev = mask_table(h);
+    const index nbl = round_up(nb, L);
+    for (index t = 0; t < nb; ++t) {
+      T* row = p + t * ldp_;
+      const T* mask = rev + (bk_ - 1 - t);
+      const index end = (t / L + 1) * L;
+      for (index j = 0; j < end; j += L) simd::store(row + j, simd::load<V>(row + j) * simd::loadu<V>(mask + j));
+      std::fill(row + end, row + nbl, T(0));
+    }
+  }
+
+  /// C[j] = C[j]·f[j] + Σ_{t >= j} P[t][j]·B[t] for j < nb: the transposed masked scores times
+  /// packed rows B, each tile of MR columns of P from its first row on (P is zero above).
+  void transposed_product(T* c, index ldc, const T* p, const T* b, index ldb, index nb, const T* f) const {
+    for (index r0 = 0; r0 < nb; r0 += MR) {
+      const index m = std::min<index>(MR, nb - r0);
+      chunk_gemm<Arch, T, mma_init::scale_rows>(c + r0 * ldc, ldc, p + r0 * ldp_ + r0, 1, ldp_, m, b + r0 * ldb, ldb,
+                                                ldc, nb - r0, f + r0);
+    }
+  }
+
+  /// s = λ·s + ds over n elements (a multiple of the vector width): the state recurrence.
+  static void combine(T* s, const T* ds, index n, T lam) {
+    const V l = simd::bcast<V>(lam);
+    for (index x = 0; x < n; x += L) simd::store(s + x, simd::fma(l, simd::load<V>(s + x), simd::load<V>(ds + x)));
+  }
+
+  // --- pass 1: dQ -----------------------------------------------------------------------------------
+
+  /// Batch b, query head h: dQ chunk by chunk, with Sᵀ (e × d) recomputed alongside.
+  void query_sweep(index b, index h) const {
+    const index hk = h / p_.group, d = p_.d, e = p_.e, u = b * p_.hq + h;
+    const auto [k, v, vd, dout, m, c, st, dst, kdec] = carve(std::array<index, 9>{
+        bk_ * ldd_, bk_ * lde_, bk_ * lde_, rows_ * lde_, rows_ * ldp_, rows_ * ldd_, erows_ * ldd_, erows_ * ldd_, ldp_});
+    std::fill(st, st + erows_ * ldd_, T(0));
+    if (p_.state_in)  // Sᵀ[x][c] = S0[c][x]
+      for (index cc = 0; cc < d; ++cc)
+        for (index x = 0; x < e; ++x) st[x * ldd_ + cc] = p_.state_in[(u * d + cc) * e + x];
+    const T sc = T(p_.scale);
+    const T* qdec = powers(h) + 1;  // λ^(i+1)
+    if (!p_.causal) {
+      for (index ch = 0; ch < chunks_; ++ch) {  // Sᵀ = S0ᵀ + Vᵀ·K over every key
+        const index t0 = ch * bk_, nb = std::min(bk_, p_.nk - t0);
+        pack(k, ldd_, p_.k, b, t0, nb, hk, d);
+        pack(v, lde_, p_.v, b, t0, nb, hk, e);
+        chunk_gemm<Arch, T, mma_init::zero>(dst, ldd_, v, 1, lde_, e, k, ldd_, ldd_, nb);
+        combine(st, dst, e * ldd_, T(1));
+      }
+      for (index ch = 0; ch < qchunks_; ++ch) {  // dQ = σ·dO·Sᵀ
+        const index t0 = ch * bk_, nb = std::min(bk_, p_.nq - t0);
+        pack(dout, lde_, bp_.dout, b, t0, nb, h, e, sc);
+        chunk_gemm<Arch, T, mma_init::zero>(c, ldd_, dout, lde_, 1, nb, st, ldd_, ldd_, e);
+        store_rows(bp_.dq, c, ldd_, b, t0, nb, h, d);
+      }
+      return;
+    }
+    for (index ch = 0; ch < chunks_; ++ch) {
+      const index t0 = ch * bk_, nb = std::min(bk_, p_.nk - t0);
+      const T lam_nb = set_chunk(kdec, h, nb);
+      pack(k, ldd_, p_.k, b, t0, nb, hk, d);
+      pack(v, lde_, p_.v, b, t0, nb, hk, e);
+      pack(dout, lde_, bp_.dout, b, t0, nb, h, e, sc);  // σ·dO: M and dO·Sᵀ both carry σ
+      masked_scores(m, dout, v, lde_, nb, h);
+      // dQ = diag(λ^(i+1))·σ·dO·Sᵀ + σ·M·K, each tile of MR rows of M up to its last key
+      chunk_gemm<Arch, T, mma_init::zero>(c, ldd_, dout, lde_, 1, nb, st, ldd_, ldd_, e);
+      for (index r0 = 0; r0 < nb; r0 += MR) {
+        const index mm = std::min<index>(MR, nb - r0);
+        chunk_gemm<Arch, T, mma_init::scale_rows>(c + r0 * ldd_, ldd_, m + r0 * ldp_, ldp_, 1, mm, k, ldd_, ldd_,
+                                                  r0 + mm, qdec + r0);
+      }
+      store_rows(bp_.dq, c, ldd_, b, t0, nb, h, d);
+      // Sᵀ ← λ^nb·Sᵀ + (diag(λ^(nb−1−j))·V)ᵀ·K
+      const T* vs = v;
+      if (decayed_) scale_rows(vd, v, lde_, nb, kdec), vs = vd;
+      chunk_gemm<Arch, T, mma_init::zero>(dst, ldd_, vs, 1, lde_, e, k, ldd_, ldd_, nb);
+      combine(st, dst, e * ldd_, lam_nb);
+    }
+  }
+
+  // --- pass 2: dK, dV, dS0 --------------------------------------------------------------------------
+
+  /// Batch b, K/V head hk: the chunks from last to first, each query head of the group with its dS.
+  void key_sweep(index b, index hk) const {
+    const index d = p_.d, e = p_.e, g = p_.group, h0 = hk * g, sst = drows_ * lde_;
+    const auto [q, k, v, dout, dod, a, m, c1, c2, akk, avv, ds, dds, dst, kdec] = carve(std::array<index, 15>{
+        bk_ * ldd_, bk_ * ldd_, bk_ * lde_, bk_ * lde_, bk_ * lde_, rows_ * ldp_, rows_ * ldp_, rows_ * ldd_,
+        rows_ * lde_, rows_ * ldd_, rows_ * lde_, g * sst, sst, erows_ * ldd_, ldp_});
+    const T sc = T(p_.scale);
+    auto state = [&](index h) { return ds + (h - h0) * sst; };
+    for (index h = h0; h < h0 + g; ++h) {  // dS = ∂L/∂final_state, or zeros
+      T* s = state(h);
+      std::fill(s, s + sst, T(0));
+      if (bp_.dstate_out)
+        for (index cc = 0; cc < d; ++cc)
+          std::memcpy(s + cc * lde_, bp_.dstate_out + ((b * p_.hq + h) * d + cc) * e, sizeof(T) * std::size_t(e));
+    }
+    // dSᵀ of head h into dst, L rows of dS at a time through register transposes (scalar stores
+    // along a column took a fifth of the pass); columns past d get zeros
+    auto transpose_state = [&](index h) {
+      const T* s = state(h);
+      for (index c0 = 0; c0 < ldd_; c0 += L) {
+        const T* rows[L];
+        for (index l = 0; l < L; ++l) rows[l] = c0 + l < d ? s + (c0 + l) * lde_ : nullptr;
+        simd::transpose_rows<T, Arch>(rows, e, T(1), dst + c0, ldd_);
+      }
+    };
+    // The first head's dK and dV terms go straight into akk and avv, the others' into c1 and c2 and
+    // are then added, in head order.
+    auto sum_heads = [&](index h, index nb) {
+      if (h == h0) return;
+      for (auto [acc, src, ld] : {std::tuple{akk, c1, ldd_}, std::tuple{avv, c2, lde_}})
+        for (index x = 0; x < nb * ld; x += L) simd::store(acc + x, simd::load<V>(acc + x) + simd::load<V>(src + x));
+    };
+
+    if (!p_.causal) {
+      for (index h = h0; h < h0 + g; ++h)  // dS += σ·Qᵀ·dO over every query
+        for (index ch = 0; ch < qchunks_; ++ch) {
+          const index t0 = ch * bk_, nb = std::min(bk_, p_.nq - t0);
+          pack(q, ldd_, p_.q, b, t0, nb, h, d, sc);
+          pack(dout, lde_, bp_.dout, b, t0, nb, h, e);
+          chunk_gemm<Arch, T, mma_init::zero>(dds, lde_, q, 1, ldd_, d, dout, lde_, lde_, nb);
+          combine(state(h), dds, d * lde_, T(1));
+        }
+      for (index ch = 0; ch < chunks_; ++ch) {  // dK = V·dSᵀ, dV = K·dS, summed over the heads
+        const index t0 = ch * bk_, nb = std::min(bk_, p_.nk - t0);
+        pack(k, ldd_, p_.k, b, t0, nb, hk, d);
+        pack(v, lde_, p_.v, b, t0, nb, hk, e);
+        for (index h = h0; h < h0 + g; ++h) {
+          T* const gk = h == h0 ? akk : c1;
+          T* const gv = h == h0 ? avv : c2;
+          transpose_state(h);
+          chunk_gemm<Arch, T, mma_init::zero>(gk, ldd_, v, lde_, 1, nb, dst, ldd_, ldd_, e);
+          chunk_gemm<Arch, T, mma_init::zero>(gv, lde_, k, ldd_, 1, nb, state(h), lde_, lde_, d);
+          sum_heads(h, nb);
+        }
+        store_rows(bp_.dk, akk, ldd_, b, t0, nb, hk, d);
+        store_rows(bp_.dv, avv, lde_, b, t0, nb, hk, e);
+      }
+    } else {
+      for (index ch = chunks_ - 1; ch >= 0; --ch) {
+        const index t0 = ch * bk_, nb = std::min(bk_, p_.nk - t0);
+        pack(k, ldd_, p_.k, b, t0, nb, hk, d);
+        pack(v, lde_, p_.v, b, t0, nb, hk, e);
+        for (index h = h0; h < h0 + g; ++h) {
+          const T lam_nb = set_chunk(kdec, h, nb);
+          const T* qdec = powers(h) + 1;
+          pack(q, ldd_, p_.q, b, t0, nb, h, d, sc);
+          pack(dout, lde_, bp_.dout, b, t0, nb, h, e);
+          masked_scores(a, q, k, ldd_, nb, h);     // A = σ·(Q·Kᵀ) ⊙ D
+          masked_scores(m, dout, v, lde_, nb, h);  // M = (dO·Vᵀ) ⊙ D
+          // dK = diag(λ^(nb−1−j))·V·dS_{c+1}ᵀ + Mᵀ·σQ
+          T* const gk = h == h0 ? akk : c1;
+          T* const gv = h == h0 ? avv : c2;
+          transpose_state(h);
+          chunk_gemm<Arch, T, mma_init::zero>(gk, ldd_, v, lde_, 1, nb, dst, ldd_, ldd_, e);
+          transposed_product(gk, ldd_, m, q, ldd_, nb, kdec);
+          // dV = diag(λ^(nb−1−j))·K·dS_{c+1} + Aᵀ·dO
+          chunk_gemm<Arch, T, mma_init::zero>(gv, lde_, k, ldd_, 1, nb, state(h), lde_, lde_, d);
+          transposed_product(gv, lde_, a, dout, lde_, nb, kdec);
+          sum_heads(h, nb);
+          // dS_c = λ^nb·dS_{c+1} + (σQ)ᵀ·diag(λ^(i+1))·dO
+          scale_rows(dod, dout, lde_, nb, qdec);
+          chunk_gemm<Arch, T, mma_init::zero>(dds, lde_, q, 1, ldd_, d, dod, lde_, lde_, nb);
+          combine(state(h), dds, d * lde_, lam_nb);
+        }
+        store_rows(bp_.dk, akk, ldd_, b, t0, nb, hk, d);
+        store_rows(bp_.dv, avv, lde_, b, t0, nb, hk, e);
+      }
+    }
+    if (bp_.dstate_in)
+      for (index h = h0; h < h0 + g; ++h)
+        for (index cc = 0; cc < d; ++cc)
+          std::memcpy(bp_.dstate_in + ((b * p_.hq + h) * d + cc) * e, state(h) + cc * lde_, sizeof(T) * std::size_t(e));
+  }
+
+  const chunk_backward_problem<T>& bp_;
+  const chunk_problem<T>& p_;
+  index bk_, ldp_, rows_, ldd_, lde_, drows_, erows_, pw_off_, tw_, chunks_, qchunks_;
+  bool decayed_;
+  T* tab_ = nullptr;
+};
+
+/// Runs a validated chunk backward problem on `dev` with the kernels of `Arch`.
+template <class Arch, class T, class Device>
+void chunk_backward_run(const chunk_backward_problem<T>& p, const Device& dev) {
+  if (p.fwd.batch == 0) return;
+  chunk_backward<T, Arch>(p).run(dev);
+}
+
+}  // namespace xattn::detail
