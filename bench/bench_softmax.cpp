@@ -89,7 +89,7 @@ void bm_xattn(benchmark::State& st, shape s) {
 /// The backward pass (xattn::softmax_attention_backward) at the forward's shape: out and lse from
 /// one untimed forward call, dout random. FLOPs: 2.5× the forward's (FlashAttention-2's count for
 /// a backward that recomputes P: QKᵀ again, dP = dO·Vᵀ, dV, dK and dQ, five products against two).
-void bm_backward(benchmark::State& st, shape s) {
+void bm_backward(benchmark::State& st, shape s, bool warm_up) {
   const dims4 dims{kBatch, s.n, kHeads, s.d};
   auto ts = cached_tensors({{"q", dims}, {"k", dims}, {"v", dims}, {"out", dims}, {"dout", dims}, {"dq", dims},
                             {"dk", dims}, {"dv", dims}});
@@ -100,8 +100,11 @@ void bm_backward(benchmark::State& st, shape s) {
   const xattn::softmax_options opt{.causal = s.causal};
   xattn::softmax_attention(dev, q, k, v, out, lse, opt);  // also touches out and lse
   run_flops(st, s.threads, 2.5 * softmax_flops(s), double(kBatch * s.n),
-            [&] { xattn::softmax_attention_backward(dev, q, k, v, out, lse, dout, dq, dk, dv, opt); });
+            [&] { xattn::softmax_attention_backward(dev, q, k, v, out, lse, dout, dq, dk, dv, opt); }, warm_up);
 }
+void bm_backward_warm(benchmark::State& st, shape s) { bm_backward(st, s, true); }
+/// Once, with no warm-up call: causal at N = 32768 takes tens of seconds.
+void bm_backward_once(benchmark::State& st, shape s) { bm_backward(st, s, false); }
 
 // --- the Eigen baseline ------------------------------------------------------------------------
 
@@ -308,7 +311,7 @@ void register_softmax_table() {
   }
   for (bool causal : {false, true}) {
     const shape s{kTableN, kTableDim, causal, kTableThreads};
-    add(softmax_backward_name("xattn", s), bm_backward, s)->MinTime(kTableMinTime);
+    add(softmax_backward_name("xattn", s), bm_backward_warm, s)->MinTime(kTableMinTime);
   }
   const decode_shape decode{kTableCacheK, kTableThreads}, decode_naive{kTableCacheK, 1};
   add(decode_name("xattn", kTableCacheK, kTableThreads), bm_decode<false>, decode)->MinTime(kTableMinTime);
@@ -332,6 +335,8 @@ void sweep_softmax(Eigen::Index n) {
   add(softmax_name("xattn", s), bm_xattn<storage::f32>, s)->MinTime(n == kTableN ? kTableMinTime : kSweepMinTime);
   if (n == kTableN)  // the causal headline shape is a sweep point: its 16-bit rows follow it here
     for (storage st : kStorages16) add16(st, s)->MinTime(kTableMinTime);
+  // a training step's other half at the longest point, beside lightning's (bench_lightning_backward.cpp)
+  if (n == kSweepSoftmaxMaxN) add(softmax_backward_name("xattn", s), bm_backward_once, s)->Iterations(1);
 }
 
 // Shape by shape, so that each shape's tensors are built once and shared by the three impls.
@@ -348,7 +353,7 @@ void register_softmax(suite which) {
           const bool compared = n == 4096 || n == 16384;  // the headline shape; sparse's comparison
           if (threads * score_bytes * sizeof(float) < kMaxBufferBytes) add(softmax_name("eigen", s), bm_eigen, s, compared);
           add(softmax_name("xattn", s), bm_xattn<storage::f32>, s, compared);
-          if (n <= 8192) add(softmax_backward_name("xattn", s), bm_backward, s);
+          if (n <= 8192) add(softmax_backward_name("xattn", s), bm_backward_warm, s);
           if (n == kTableN && d == kTableDim)  // the headline shape, also in 16-bit storage
             for (storage st : kStorages16) add16(st, s)->MinTime(kComparedMinTime);
         }

@@ -117,6 +117,8 @@ std::vector<headline_row> headline_rows() {
                   "", "", "", ""});
   rows.push_back({"backward: 2-D", "128x128 image, kernel 13", "neighborhood2d_backward/xattn/img:128/K:13/D:128/H:8" + t,
                   "", "", "", ""});
+  rows.push_back({"backward: lightning", "N=16384 d=128 H=8", "lightning_backward/xattn/N:16384/D:128/H:8" + t, "", "",
+                  "", ""});
   // Below each row, its shape with 16-bit storage (decode: the K/V cache; its queries stay float).
   std::vector<headline_row> with16;
   for (const auto& r : rows) {
@@ -373,6 +375,14 @@ class comparison_reporter : public Base {
        << "vdpbf16ps dot products, % peak over their peak (peak/bf16_dot, \"dot\"); \"fp32 units\": the" << more
        << "16-bit rows were widened to float, % peak over the FMA peak; decode's bw counts the 2-byte" << more
        << "elements it read.\n";
+    // A training step (forward and backward) at N = 32768: lightning against causal softmax.
+    const std::string n32 = "/N:32768/D:128/H:8", t2 = "/threads:" + threads;
+    const result *lf = find("lightning/xattn" + n32 + t2), *lb = find("lightning_backward/xattn" + n32 + t2),
+                 *sf = find("softmax/xattn" + n32 + "/causal:1" + t2), *sb = find("softmax_backward/xattn" + n32 + "/causal:1" + t2);
+    if (lf && lb && sf && sb)
+      os << bullet << "training step at N=32768 (forward + backward): lightning " << ms(lf->ms + lb->ms)
+         << " ms, causal softmax " << ms(sf->ms + sb->ms) << " ms: " << fmt("%.0fx", (sf->ms + sb->ms) / (lf->ms + lb->ms))
+         << " faster.\n";
     if (markdown) {
       auto peak = [&](const double* slot) {
         return slot[kTableThreads] > 0 ? fmt("%.1f GFLOPS", slot[kTableThreads]) : std::string("not measured");
