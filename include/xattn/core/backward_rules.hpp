@@ -102,4 +102,71 @@ struct neighborhood_rule {
   }
 };
 
+/// 2-D neighborhood over an image reordered into patches of 8 × 8 pixels (patch-major, patches
+/// row-major, pixels row-major inside a patch): token t is pixel (y, x) of patch t / 64, and the
+/// tokens of patches that stick out of the image are padding, seen by no query. A 64-token tile is
+/// then one patch, and a kernel of k pixels reaches (k + 6) / 8 + 1 patches each way instead of k
+/// image rows of 64-token stretches: at kernel 13 on a 128-wide image, 9 key tiles per query tile
+/// instead of 26.
+struct patch_neighborhood_rule {
+  static constexpr index kSide = 8, kTile = kSide * kSide;
+  neighborhood_spec s;
+  index across;  // patches per patch row: ⌈width / 8⌉
+
+  /// The image coordinates of token t (y >= height or x >= width: padding).
+  void pixel(index t, index& y, index& x) const {
+    const index patch = t / kTile, r = t % kTile;
+    y = patch / across * kSide + r / kSide, x = patch % across * kSide + r % kSide;
+  }
+  /// The pixel rows [lo, hi] any query among rows [y0, y1] sees, likewise columns.
+  static void reach(index y0, index y1, index len, index k, index dil, bool causal, index& lo, index& hi) {
+    lo = len, hi = -1;
+    for (index y = y0; y <= std::min(y1, len - 1); ++y) {
+      index a, b;
+      const index r = y % dil;
+      neighborhood_spec::axis_window(y / dil, neighborhood_spec::group_len(len, dil, r), k, causal, a, b);
+      lo = std::min(lo, a * dil + r), hi = std::max(hi, b * dil + r);
+    }
+  }
+  tile_visit classify(index, index, index i0, index, index j0, index) const {
+    index qy, qx, ky, kx;
+    pixel(i0, qy, qx);  // the patches' first pixels
+    pixel(j0, ky, kx);
+    index lo, hi;
+    reach(qy, qy + kSide - 1, s.height, s.kh, s.dh, s.ch, lo, hi);
+    if (ky + kSide - 1 < lo || ky > hi) return tile_visit::none;
+    reach(qx, qx + kSide - 1, s.width, s.kw, s.dw, s.cw, lo, hi);
+    if (kx + kSide - 1 < lo || kx > hi) return tile_visit::none;
+    return tile_visit::partial;
+  }
+  bool visible(index, index, index i, index j) const {
+    index y, x, ky, kx;
+    pixel(i, y, x);
+    pixel(j, ky, kx);
+    if (y >= s.height || x >= s.width || ky >= s.height || kx >= s.width) return false;
+    return s.visible(y * s.width + x, ky * s.width + kx);
+  }
+  /// visible() for keys j0 .. j0 + n − 1 of query i, the query's windows once (one patch of keys:
+  /// the engine's tiles start at multiples of 64).
+  void visible_keys(index, index, index i, index j0, index n, bool* seen) const {
+    index y, x;
+    pixel(i, y, x);
+    if (y >= s.height || x >= s.width) {
+      std::fill(seen, seen + n, false);
+      return;
+    }
+    const index ry = y % s.dh, rx = x % s.dw;
+    index ylo, yhi, xlo, xhi;
+    neighborhood_spec::axis_window(y / s.dh, neighborhood_spec::group_len(s.height, s.dh, ry), s.kh, s.ch, ylo, yhi);
+    neighborhood_spec::axis_window(x / s.dw, neighborhood_spec::group_len(s.width, s.dw, rx), s.kw, s.cw, xlo, xhi);
+    const index y0 = ylo * s.dh + ry, y1 = yhi * s.dh + ry, x0 = xlo * s.dw + rx, x1 = xhi * s.dw + rx;
+    index py, px;
+    pixel(j0 - j0 % kTile, py, px);
+    for (index c = 0; c < n; ++c) {
+      const index r = (j0 + c) % kTile, ky = py + r / kSide, kx = px + r % kSide;
+      seen[c] = ky <= y1 && ky >= y0 && kx >= x0 && kx <= x1 && (ky - ry) % s.dh == 0 && (kx - rx) % s.dw == 0;
+    }
+  }
+};
+
 }  // namespace xattn::detail

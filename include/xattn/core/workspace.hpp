@@ -25,7 +25,7 @@ class workspace {
   }
   /// This thread's workspace number `slot` (a call that needs two buffers at once uses two slots).
   static workspace& of_this_thread(int slot = 0) {
-    thread_local workspace ws[2];
+    thread_local workspace ws[3];
     return ws[slot];
   }
 
