@@ -485,13 +485,18 @@ TEST(LightningBackwardErrors, BadInputThrowsNamingTheArgument) {
   expect_error(call(q, k2, v_as_k, dout16, g.dq, g.dk, dv_over_dk, opt), "dk");
   Eigen::TensorMap<const tensor<float>> dout_over_q(q.data(), x.dout.dimensions());
   expect_error(call(q, k, v, dout_over_q, g.dq, g.dk, g.dv, good), "dout");
-  // linear attention: only the identity map without normaliser has a backward pass here
+  // linear attention: a custom map has no derivative here; a normalised call's state gradient has e + 1 columns
   const std::string lfn = "xattn::linear_attention_backward";
   const xattn::linear_backward_options lgood{.forward = {.causal = true}};
-  for (const auto& [opt, arg] : {std::pair{xattn::linear_backward_options{.forward = {.causal = true,
-                                                                                      .feature_map = xattn::feature::relu}},
+  const auto custom = xattn::feature_map::custom(q.dimension(3), [](auto in, auto out) {
+    for (std::size_t i = 0; i < in.size(); ++i) out[i] = in[i];
+  });
+  tensor<float> dstate_e(q.dimension(0), q.dimension(2), q.dimension(3), v.dimension(3));
+  for (const auto& [opt, arg] : {std::pair{xattn::linear_backward_options{.forward = {.causal = true, .feature_map = custom}},
                                            "feature_map"},
-                                 std::pair{xattn::linear_backward_options{.forward = {.normalize = true}}, "normalize"},
+                                 std::pair{xattn::linear_backward_options{.forward = {.normalize = true},
+                                                                          .dinitial_state = dstate_e},
+                                           "dinitial_state"},
                                  std::pair{xattn::linear_backward_options{.forward = {.block_size = 2000}},
                                            "block_size"}}) {
     for (tensor<float>* t : {&g.dq, &g.dk, &g.dv}) t->setConstant(7.f);

@@ -712,7 +712,10 @@ TEST(Storage16Amx, Bf16PrefillTakesBf16Path) {
 }
 
 /// The two bf16 paths compute the same products from the same roundings, in another order of the
-/// float sums: on a machine with both, they agree to float rounding, far inside bf16's.
+/// float sums. The order moves a score by a float ulp, which now and then flips P's rounding to
+/// bf16 (a 2^-8 step of that probability), so they do not agree to float rounding; they agree far
+/// more closely with each other than either does with the fp32 path (measured on a Sapphire
+/// Rapids-class Xeon: 0.05-0.12 of the fp32 difference).
 TEST(Storage16Amx, AmxAndDotProductPathsAgree) {
   if (xattn::best_product_path() != product_path::amx_bf16)
     GTEST_SKIP() << "needs both AMX-BF16 and AVX512-BF16 to compare them: best path is "
@@ -725,8 +728,8 @@ TEST(Storage16Amx, AmxAndDotProductPathsAgree) {
     const double diff = path_difference(c, in.q, in.k, in.v, *co, product_path::avx512_bf16, product_path::amx_bf16);
     const double fp32_diff = path_difference(c, in.q, in.k, in.v, *co, product_path::fp32, product_path::amx_bf16);
     EXPECT_GT(fp32_diff, 0);
-    EXPECT_LE(diff, 1e-5) << "the AMX and AVX512-BF16 paths must differ only by float rounding (fp32 vs AMX: "
-                          << fp32_diff << ")";
+    EXPECT_LE(diff, 0.25 * fp32_diff) << "the AMX and AVX512-BF16 paths must agree far more closely than fp32 and "
+                                         "AMX do (fp32 vs AMX: " << fp32_diff << ")";
   }
 }
 

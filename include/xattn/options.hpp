@@ -224,12 +224,12 @@ struct linear_options {
 };
 
 /// Options of the backward pass of linear attention (linear_backward.hpp): the forward call's
-/// options (identity feature map, no normaliser) and the gradients of a loss that also depends on
-/// the states.
+/// options (any built-in feature map, with or without the normaliser) and the gradients of a loss
+/// that also depends on the states.
 struct linear_backward_options {
-  linear_options forward = {};      // the forward call's causal, scale, block_size, initial_state and layout; identity map, no normalize, no final_state, compute exact
-  state_ref dinitial_state = {};    // [batch, heads, d, e]: written with ∂L/∂initial_state; empty = not wanted
-  state_cref dfinal_state = {};     // [batch, heads, d, e]: ∂L/∂final_state, when the loss depends on the forward's final state; empty = zeros
+  linear_options forward = {};      // the forward call's options; no custom map, no final_state, compute exact
+  state_ref dinitial_state = {};    // [batch, heads, D', e (+1 normalised)]: written with ∂L/∂initial_state; empty = not wanted
+  state_cref dfinal_state = {};     // [batch, heads, D', e (+1 normalised)]: ∂L/∂final_state, when the loss depends on the forward's final state; empty = zeros
 };
 
 

@@ -81,8 +81,8 @@ auto make_chunk_backward_problem(const chunk_backward_call& c, const Q& q, const
     require(ptr != nullptr || bytes_of(gd, 1) == 0, fn, name, "null data (shape ", shape_str(gd), ")");
   }
 
-  // State gradients: [batch, q heads, d, e] of T, as the forward's states.
-  const std::array<index, 4> sd{p.fwd.batch, p.fwd.hq, p.fwd.d, p.fwd.e};
+  // State gradients: [batch, q heads, D', e (+1 with the normaliser)] of T, as the forward's states.
+  const std::array<index, 4> sd{p.fwd.batch, p.fwd.hq, p.fwd.df, p.fwd.cols()};
   const std::size_t sb = bytes_of(sd, es);
   const char* tname = std::is_same_v<T, double> ? "double" : "float";
   for (const auto& [name, data, is_double, dims] :
@@ -91,7 +91,8 @@ auto make_chunk_backward_problem(const chunk_backward_call& c, const Q& q, const
     if (!data) continue;
     require(is_double == std::is_same_v<T, double>, fn, name, "holds ", is_double ? "double" : "float", ", expected ",
             tname);
-    require(dims == sd, fn, name, "shape ", shape_str(dims), " != expected [batch, heads, d, e] = ", shape_str(sd));
+    require(dims == sd, fn, name, "shape ", shape_str(dims), " != expected [batch, heads, D', e", p.fwd.normalize ? " + 1" : "",
+            "] = ", shape_str(sd));
   }
   p.dstate_out = static_cast<const T*>(c.dstate_out.data);
   p.dstate_in = static_cast<T*>(c.dstate_in.data);
@@ -161,9 +162,9 @@ auto make_linear_backward_problem(const char* fn, const Q& q, const K& k, const 
                                        c.map = &f.feature_map, c.state_in = f.initial_state;
                                        c.state_out = f.final_state, c.bf16_compute = f.compute == compute::bf16;
                                        chunk_problem<T> p = make_chunk_problem(c);
-                                       require(f.feature_map.kind() == feature::identity, fn, "feature_map",
-                                               "not supported by the backward pass: only the identity map is");
-                                       require(!f.normalize, fn, "normalize", "not supported by the backward pass");
+                                       require(f.feature_map.kind() != feature::custom, fn, "feature_map",
+                                               "a custom map has no derivative the backward pass can take: "
+                                               "apply it to q and k yourself and pass the identity map");
                                        return p;
                                      });
 }

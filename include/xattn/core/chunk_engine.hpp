@@ -312,22 +312,10 @@ class chunk_engine {
 
   /// Per (batch, K/V head): max_j k_jc and Σ_j exp(k_jc − max) of every feature c.
   void key_softmax_stats(index bh) const {
-    const index b = bh / p_.hkv, hk = bh % p_.hkv, d = p_.d, dv = d / L * L;
+    const index b = bh / p_.hkv, hk = bh % p_.hkv;
     T* mx = stats_ + bh * ld_stats_;
-    T* sum = mx + d;
-    std::fill(mx, mx + d, -std::numeric_limits<T>::infinity());
-    std::fill(sum, sum + d, T(0));
-    T* cv = p_.k.native() ? nullptr : static_cast<T*>(workspace::of_this_thread(0).get(sizeof(T) * std::size_t(d)));
-    for (index j = 0; j < p_.nk; ++j) {
-      const T* x = k_row(cv, b, j, hk);
-      for (index c = 0; c < d; ++c) mx[c] = std::max(mx[c], x[c]);
-    }
-    for (index j = 0; j < p_.nk; ++j) {
-      const T* x = k_row(cv, b, j, hk);
-      for (index c = 0; c < dv; c += L)
-        storeu(sum + c, simd::loadu<V>(sum + c) + exp_nonpositive(simd::loadu<V>(x + c) - simd::loadu<V>(mx + c)));
-      for (index c = dv; c < d; ++c) sum[c] += std::exp(x[c] - mx[c]);
-    }
+    T* cv = p_.k.native() ? nullptr : static_cast<T*>(workspace::of_this_thread(0).get(sizeof(T) * std::size_t(p_.d)));
+    detail::key_softmax_stats<Arch, T>([&](index j) { return k_row(cv, b, j, hk); }, p_.nk, p_.d, mx, mx + p_.d);
   }
 
   // --- packing -----------------------------------------------------------------------------------

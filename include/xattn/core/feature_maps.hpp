@@ -94,6 +94,27 @@ void feature_row(const xattn::feature_map& m, const T* x, index d, T* y) {
   }
 }
 
+/// The statistics of the per-side softmax's key side over a sequence of n rows of d features:
+/// mx[c] = max_j x_jc and sum[c] = Σ_j exp(x_jc − mx[c]); row(j) returns row j.
+template <class Arch, class T, class Row>
+void key_softmax_stats(const Row& row, index n, index d, T* mx, T* sum) {
+  using V = simd::vec_t<T, Arch>;
+  constexpr index L = simd::lanes_v<T, Arch>;
+  const index dv = d / L * L;
+  std::fill(mx, mx + d, -std::numeric_limits<T>::infinity());
+  std::fill(sum, sum + d, T(0));
+  for (index j = 0; j < n; ++j) {
+    const T* x = row(j);
+    for (index c = 0; c < d; ++c) mx[c] = std::max(mx[c], x[c]);
+  }
+  for (index j = 0; j < n; ++j) {
+    const T* x = row(j);
+    for (index c = 0; c < dv; c += L)
+      storeu(sum + c, simd::loadu<V>(sum + c) + exp_nonpositive(simd::loadu<V>(x + c) - simd::loadu<V>(mx + c)));
+    for (index c = dv; c < d; ++c) sum[c] += std::exp(x[c] - mx[c]);
+  }
+}
+
 /// The key side of the per-side softmax: y[c] = exp(x[c] − max_c) / sum_c, with max_c and sum_c
 /// (of exp(k_jc − max_c) over the sequence) from the engine's statistics pass.
 template <class Arch, class T>
