@@ -119,6 +119,8 @@ std::vector<headline_row> headline_rows() {
                   "", "", "", ""});
   rows.push_back({"backward: lightning", "N=16384 d=128 H=8", "lightning_backward/xattn/N:16384/D:128/H:8" + t, "", "",
                   "", ""});
+  rows.push_back({"backward: linear", "N=16384 elu+1, normalised", "linear_backward/xattn/N:16384/D:128/H:8/causal:1" + t,
+                  "", "", "", ""});
   // Below each row, its shape with 16-bit storage (decode: the K/V cache; its queries stay float).
   std::vector<headline_row> with16;
   for (const auto& r : rows) {
