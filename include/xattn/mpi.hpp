@@ -3,11 +3,16 @@
 // exactly) and the recurrent state of the chunk families (a prefix of states is all a slice needs).
 // The only header of xattn that includes <mpi.h>; nothing else depends on it.
 //
-//   lightning_attention  LASP-2: each rank computes the state of its slice alone, one all-gather of
-//                        the P states [batch, Hq, d, e], each rank forms its prefix state and runs
-//                        lightning_attention with it as initial_state.
-//   linear_attention     the same for causal linear attention (decay 1; the normaliser is the extra
-//                        column of the state).
+//   lightning_attention  LASP-2: each rank runs lightning_attention on its slice from a zero state
+//                        (rank 0: from the caller's), which also gives the slice's own state; one
+//                        all-gather of the P states [batch, Hq, d, e]; each rank forms its prefix
+//                        state P and adds its share scale·λ^(t+1)·q_t·P to the first rows of its
+//                        output, as far as λ^(t+1) >= 2^−100 (a few thousand rows for the usual
+//                        decays). Heads without a decay need every row: with any such head, the
+//                        slice's state is computed first (below) and the kernel runs from P.
+//   linear_attention     causal linear attention: the slice's state alone by a non-causal call, one
+//                        all-gather, and the kernel from the prefix state (the normaliser is the
+//                        extra column of the state).
 //   ring_attention       softmax attention with K/V blocks passed around the ring (MPI_Isend/Irecv
 //                        overlapped with the block in hand), partials merged by log-sum-exp in fp32
 //                        (fp64 for double). Causal with a contiguous split or the zigzag split
@@ -211,6 +216,13 @@ struct chunk_family {
   state_cref initial_state;
   state_ref final_state;
   layout order = layout::bshd;
+  bool lightning = false;         // the output is scale·q·S unnormalised: the prefix may be added after the kernel
+
+  /// The kernel first, the prefix's share added afterwards: every head decays, so the share
+  /// vanishes after the slice's first rows.
+  bool prefix_after() const {
+    return lightning && !decay.empty() && std::all_of(decay.begin(), decay.end(), [](double s) { return s > 0; });
+  }
 };
 
 /// Tokens per piece of the decay-weighted state pass: bounds the scratch to a piece of k and v.
@@ -291,8 +303,37 @@ void slice_state(const Dev* dev, const K& k, const V& v, const chunk_family& f, 
   flush_subnormals(state.data(), index(state.size()));
 }
 
-/// The LASP-2 pass shared by lightning and causal linear attention. `run(initial_state)` computes
-/// this rank's output with the given prefix state.
+/// out_t += scale·λ_h^(t+1)·q_t·P_h for the rows t of every (batch, head) whose weight λ^(t+1) is
+/// at least kTinyWeight: the prefix state's share in a lightning slice computed from a zero state.
+/// One GEMM per (batch, head) over those rows (Eigen's), then the weighted rows added.
+template <class T, class Q, class O>
+void add_prefix_share(const Q& q, O& out, const T* prefix, std::span<const double> decay, double scale, layout l) {
+  using mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using rows_map = Eigen::Map<const mat, 0, Eigen::OuterStride<>>;
+  const auto qd = dims(q), od = dims(out);
+  const index batch = qd[0], n = seq(qd, l), hq = heads(qd, l), d = qd[3], e = od[3];
+  mat share;
+  for (index h = 0; h < hq; ++h) {
+    const double lambda = std::exp(-decay[std::size_t(h)]);
+    index m = 0;  // rows with a weight that counts
+    while (m < n && weight(lambda, double(m + 1)) > 0) ++m;
+    if (m == 0) continue;
+    const index qs = l == layout::bshd ? hq * d : d, os = l == layout::bshd ? hq * e : e;
+    for (index b = 0; b < batch; ++b) {
+      const rows_map qm(row(q.data(), qd, l, b, 0, h), m, d, Eigen::OuterStride<>(qs));
+      const Eigen::Map<const mat> pm(prefix + (b * hq + h) * d * e, d, e);
+      share.noalias() = qm * pm;
+      T* o = row(out.data(), od, l, b, 0, h);
+      for (index t = 0; t < m; ++t) {
+        const T w = T(scale * weight(lambda, double(t + 1)));
+        for (index c = 0; c < e; ++c) o[t * os + c] += w * share(t, c);
+      }
+    }
+  }
+}
+
+/// The LASP-2 pass shared by lightning and causal linear attention. `run(initial_state,
+/// final_state)` computes this rank's output from the given state (and its state at the slice's end).
 template <class Dev, class Q, class K, class V, class O, class Run>
 void chunk_parallel(const char* fn, MPI_Comm comm, const Dev* dev, const Q& q, const K& k, const V& v, O& out,
                     const chunk_family& f, const linear_options& lin, const sequence_options& so, checker& c,
@@ -353,14 +394,16 @@ void chunk_parallel(const char* fn, MPI_Comm comm, const Dev* dev, const Q& q, c
   // rank throws instead of the others waiting for a state that never comes.
   Eigen::Tensor<T, 4, Eigen::RowMajor> mine(batch, hq, f.rows, f.cols);
   std::string failure;
+  const bool after = f.prefix_after();
   try {
-    slice_state<T>(dev, k, v, f, lin, mine);
+    if (after) run(rank == 0 ? f.initial_state : state_cref{}, state_ref(mine));  // its final state: λ^n·S0 + S
+    else slice_state<T>(dev, k, v, f, lin, mine);
   } catch (const error& e) {
     failure = e.what();
   }
   auto decay_of = [&](index h) { return f.decay.empty() ? 0.0 : f.decay[std::size_t(h)]; };
   const T* s0 = static_cast<const T*>(f.initial_state.data);
-  if (s0)
+  if (s0 && !after)
     for (index b = 0; b < batch; ++b)
       for (index h = 0; h < hq; ++h) {
         const double w = std::exp(-decay_of(h) * double(n));
@@ -405,8 +448,11 @@ void chunk_parallel(const char* fn, MPI_Comm comm, const Dev* dev, const Q& q, c
   if (f.final_state) combine(size, total, static_cast<T*>(f.final_state.data));
 
   // 4. This slice's output from its prefix state; rank 0 starts from the caller's state exactly.
-  if (rank == 0) run(f.initial_state);
-  else run(state_cref(prefix));
+  if (after) {
+    if (rank != 0) add_prefix_share(q, out, prefix.data(), f.decay, lin.scale, l);
+  } else {
+    run(rank == 0 ? f.initial_state : state_cref(prefix), state_ref{});
+  }
   if (so.stats) so.stats->total_seconds += seconds_since(t_start);
 }
 
@@ -416,12 +462,12 @@ void lightning_impl(MPI_Comm comm, const Dev* dev, const Q& q, const K& k, const
   constexpr const char* fn = "xattn::mpi::lightning_attention";
   checker c(fn);
   const index d = q.dimension(3), e = v.dimension(3);
-  const chunk_family f{opt.decay, d, e, opt.initial_state, opt.final_state, opt.layout};
+  const chunk_family f{opt.decay, d, e, opt.initial_state, opt.final_state, opt.layout, true};
   const linear_options lin{.scale = opt.scale, .block_size = opt.block_size, .layout = opt.layout};
-  chunk_parallel(fn, comm, dev, q, k, v, out, f, lin, so, c, [&](state_cref prefix) {
+  chunk_parallel(fn, comm, dev, q, k, v, out, f, lin, so, c, [&](state_cref initial, state_ref final) {
     lightning_options o = opt;
-    o.initial_state = prefix;
-    o.final_state = {};
+    o.initial_state = initial;
+    o.final_state = final;
     lightning_call(dev, q, k, v, out, o);
   });
 }
@@ -437,10 +483,10 @@ void linear_impl(MPI_Comm comm, const Dev* dev, const Q& q, const K& k, const V&
   const index d = q.dimension(3), e = v.dimension(3);
   const chunk_family f{{}, opt.feature_map.dim(d), e + (opt.normalize ? 1 : 0), opt.initial_state, opt.final_state,
                        opt.layout};
-  chunk_parallel(fn, comm, dev, q, k, v, out, f, opt, so, c, [&](state_cref prefix) {
+  chunk_parallel(fn, comm, dev, q, k, v, out, f, opt, so, c, [&](state_cref initial, state_ref final) {
     linear_options o = opt;
-    o.initial_state = prefix;
-    o.final_state = {};
+    o.initial_state = initial;
+    o.final_state = final;
     linear_call(dev, q, k, v, out, o);
   });
 }
