@@ -403,6 +403,48 @@ TEST(LightningBackwardCallForms, TensorMapsEqualTensors) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 16-bit tensors: the float call on the rounded values, its gradients rounded (to nearest even)
+
+template <class H, class G>
+void check_chunk_backward16(bool linear) {
+  SCOPED_TRACE(std::string(linear ? "linear elu+1 normalised" : "lightning") + ", " +
+               (std::is_same_v<H, Eigen::bfloat16> ? "bfloat16" : "half") + " inputs, " +
+               (std::is_same_v<G, float> ? "float" : "16-bit") + " gradients");
+  std::mt19937_64 rng(case_seed("backward16"));
+  const index b = 2, n = 77, hq = 4, hkv = 2, d = 24, e = 40;
+  tensor<float> q(b, n, hq, d), k(b, n, hkv, d), v(b, n, hkv, e), dout(b, n, hq, e);
+  for (tensor<float>* t : {&q, &k, &v, &dout}) {
+    fill_random(*t, rng);
+    *t = t->cast<H>().template cast<float>();  // the values 16-bit storage holds
+  }
+  const std::vector<double> decay = xattn::lightning_slopes(hq);
+  const xattn::lightning_backward_options lopt{.forward = {.decay = decay, .block_size = 32}};
+  const xattn::linear_backward_options copt{
+      .forward = {.causal = true, .feature_map = xattn::feature::elu_plus_one, .normalize = true, .block_size = 32}};
+  const auto run = [&](const auto& q2, const auto& k2, const auto& v2, const auto& do2, auto& dq2, auto& dk2,
+                       auto& dv2) {
+    if (linear) xattn::linear_attention_backward(device(2), q2, k2, v2, do2, dq2, dk2, dv2, copt);
+    else xattn::lightning_attention_backward(device(2), q2, k2, v2, do2, dq2, dk2, dv2, lopt);
+  };
+  tensor<float> dq(q.dimensions()), dk(k.dimensions()), dv(v.dimensions());
+  run(q, k, v, dout, dq, dk, dv);
+  const tensor<H> q16 = q.cast<H>(), k16 = k.cast<H>(), v16 = v.cast<H>(), dout16 = dout.cast<H>();
+  tensor<G> dq16(q.dimensions()), dk16(k.dimensions()), dv16(v.dimensions());
+  run(q16, k16, v16, dout16, dq16, dk16, dv16);
+  EXPECT_TRUE(bitwise_equal("dq", tensor<G>(dq.cast<G>()), dq16));
+  EXPECT_TRUE(bitwise_equal("dk", tensor<G>(dk.cast<G>()), dk16));
+  EXPECT_TRUE(bitwise_equal("dv", tensor<G>(dv.cast<G>()), dv16));
+}
+
+TEST(ChunkBackward16, EqualsFloatCallOnRoundedValues) {
+  for (bool linear : {false, true}) {
+    check_chunk_backward16<Eigen::bfloat16, Eigen::bfloat16>(linear);
+    check_chunk_backward16<Eigen::half, Eigen::half>(linear);
+    check_chunk_backward16<Eigen::bfloat16, float>(linear);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Empty sequences: no token gives dinitial_state = dfinal_state and writes nothing else
 
 TEST(LightningBackwardEmpty, ZeroLengthPassesTheStateGradientThrough) {

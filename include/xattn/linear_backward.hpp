@@ -19,7 +19,8 @@
 //
 // Pass the forward's options as opt.forward. A custom feature map (no derivative known here) is
 // rejected with xattn::error, as are a final_state in opt.forward and compute = bf16. All tensors
-// hold float or double (one type per call). Bad input throws xattn::error before anything is
+// hold double, or float, Eigen::bfloat16 and Eigen::half in any mix (16-bit ones through float
+// copies, as lightning_backward.hpp says). Bad input throws xattn::error before anything is
 // written. The device overloads run on an Eigen::ThreadPoolDevice; results are bitwise identical
 // for any thread count. The maps and the normaliser use the calling thread's reusable workspace
 // for φ(q), φ(k) and their gradients (about 4·N·H·D' values).
@@ -33,14 +34,25 @@
 
 namespace xattn {
 
+namespace detail {
+/// The front doors' body: 16-bit tensors through float copies, then the validated problem.
+template <class Arch, class Device, class Q, class K, class V, class DO, class DQ, class DK, class DV>
+void linear_backward_call(const Device& dev, const Q& q, const K& k, const V& v, const DO& dout, DQ& dq, DK& dk,
+                         DV& dv, const linear_backward_options& opt) {
+  constexpr const char* fn = "xattn::linear_attention_backward";
+  chunk_in_float_if_16bit(fn, q, k, v, dout, dq, dk, dv, [&](const auto& q2, const auto& k2, const auto& v2,
+                                                             const auto& do2, auto& dq2, auto& dk2, auto& dv2) {
+    linear_backward_run<Arch>(make_linear_backward_problem(fn, q2, k2, v2, do2, dq2, dk2, dv2, opt), dev);
+  });
+}
+}  // namespace detail
+
 /// dq, dk, dv (and opt.dinitial_state) of L given dout = ∂L/∂out, on the calling thread.
 template <class Arch = simd::default_arch, row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V,
           row_major_tensor<4> DO, row_major_tensor<4> DQ, row_major_tensor<4> DK, row_major_tensor<4> DV>
 void linear_attention_backward(const Q& q, const K& k, const V& v, const DO& dout, DQ&& dq, DK&& dk, DV&& dv,
                                const linear_backward_options& opt = {}) {
-  detail::linear_backward_run<Arch>(
-      detail::make_linear_backward_problem("xattn::linear_attention_backward", q, k, v, dout, dq, dk, dv, opt),
-      detail::serial_device{});
+  detail::linear_backward_call<Arch>(detail::serial_device{}, q, k, v, dout, dq, dk, dv, opt);
 }
 
 /// The same on the threads of `device`.
@@ -49,8 +61,7 @@ template <class Arch = simd::default_arch, thread_pool_device D, row_major_tenso
           row_major_tensor<4> DV>
 void linear_attention_backward(const D& device, const Q& q, const K& k, const V& v, const DO& dout, DQ&& dq, DK&& dk,
                                DV&& dv, const linear_backward_options& opt = {}) {
-  detail::linear_backward_run<Arch>(
-      detail::make_linear_backward_problem("xattn::linear_attention_backward", q, k, v, dout, dq, dk, dv, opt), device);
+  detail::linear_backward_call<Arch>(device, q, k, v, dout, dq, dk, dv, opt);
 }
 
 }  // namespace xattn

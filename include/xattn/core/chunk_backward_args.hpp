@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "linear_args.hpp"
+#include "softmax_backward_args.hpp"
 
 namespace xattn::detail {
 
@@ -40,7 +41,7 @@ auto make_chunk_backward_problem(const chunk_backward_call& c, const Q& q, const
                                  DQ& dq, DK& dk, DV& dv, layout lay, const Fwd& fwd) {
   using T = scalar_of<Q>;
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
-                "xattn: the chunk backward passes take float or double tensors (16-bit storage is not supported)");
+                "xattn: the chunk backward passes compute in float or double (16-bit tensors go through chunk_in_float_if_16bit)");
   static_assert(std::is_same_v<scalar_of<K>, T> && std::is_same_v<scalar_of<V>, T> &&
                     std::is_same_v<scalar_of<DO>, T> && std::is_same_v<scalar_of<DQ>, T> &&
                     std::is_same_v<scalar_of<DK>, T> && std::is_same_v<scalar_of<DV>, T>,
@@ -121,6 +122,24 @@ auto make_chunk_backward_problem(const chunk_backward_call& c, const Q& q, const
   p.dk = make_native_view<T>(dk.data(), dims_of(dk), lay);
   p.dv = make_native_view<T>(dv.data(), dims_of(dv), lay);
   return p;
+}
+
+/// f(q, k, v, dout, dq, dk, dv) on float copies when any tensor holds 16-bit values (every tensor
+/// then float or 16-bit; backward_in_float, in workspace slot 3, which the chunk engines and
+/// mapped_linear_backward leave alone), else on the tensors as they are.
+template <class Q, class K, class V, class DO, class DQ, class DK, class DV, class F>
+void chunk_in_float_if_16bit(const char* fn, const Q& q, const K& k, const V& v, const DO& dout, DQ& dq, DK& dk,
+                             DV& dv, const F& f) {
+  if constexpr (any_16bit_v<Q, K, V, DO, DQ, DK, DV>) {
+    const Eigen::TensorMap<const Eigen::Tensor<float, 3, Eigen::RowMajor>> no_lse(nullptr, 0, 0, 0);
+    backward_in_float(
+        fn, q, k, v, dout, no_lse, dout, dq, dk, dv,
+        [&](const auto& qf, const auto& kf, const auto& vf, const auto&, const auto&, const auto& df, auto& dqf,
+            auto& dkf, auto& dvf) { f(qf, kf, vf, df, dqf, dkf, dvf); },
+        3, false);
+  } else {
+    f(q, k, v, dout, dq, dk, dv);
+  }
 }
 
 /// The forward's chunk_call of a backward call: q, k, v as given, dout's memory as out.

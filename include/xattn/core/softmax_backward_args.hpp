@@ -121,9 +121,13 @@ inline constexpr bool float_or_16bit_v = std::is_same_v<scalar_of<X>, float> || 
 /// float (as the 16-bit forward writes it). body(q, k, v, out, lse, dout, dq, dk, dv) gets float
 /// tensor maps of the same shapes; the caller's tensors are checked for overlaps here (the copies
 /// hide them from body's checks) before anything is written.
+///
+/// The chunk families' backward passes take no out and no lse: with_out = false leaves them out of
+/// the checks and the copies (pass dout as out and any float lse; body's out is then dout's copy),
+/// and `slot` names a workspace slot their engines do not use.
 template <class Q, class K, class V, class O, class L, class DO, class DQ, class DK, class DV, class Body>
 void backward_in_float(const char* fn, const Q& q, const K& k, const V& v, const O& out, const L& lse, const DO& dout,
-                       DQ& dq, DK& dk, DV& dv, const Body& body) {
+                       DQ& dq, DK& dk, DV& dv, const Body& body, int slot = 1, bool with_out = true) {
   static_assert((float_or_16bit_v<Q> && float_or_16bit_v<K> && float_or_16bit_v<V> && float_or_16bit_v<O> &&
                  float_or_16bit_v<DO> && float_or_16bit_v<DQ> && float_or_16bit_v<DK> && float_or_16bit_v<DV>),
                 "xattn backward: with 16-bit tensors, every tensor holds float, Eigen::bfloat16 or Eigen::half");
@@ -132,8 +136,13 @@ void backward_in_float(const char* fn, const Q& q, const K& k, const V& v, const
     return byte_range{x.data(), bytes_of(dims_of(x), sizeof(scalar_of<decltype(x)>))};
   };
   const byte_range written[] = {range(dq), range(dk), range(dv)};
-  const std::pair<const char*, byte_range> read[] = {{"q", range(q)},     {"k", range(k)},   {"v", range(v)},
-                                                     {"out", range(out)}, {"lse", range(lse)}, {"dout", range(dout)}};
+  const byte_range none{nullptr, 0};
+  const std::pair<const char*, byte_range> read[] = {{"q", range(q)},
+                                                     {"k", range(k)},
+                                                     {"v", range(v)},
+                                                     {"out", with_out ? range(out) : none},
+                                                     {"lse", with_out ? range(lse) : none},
+                                                     {"dout", range(dout)}};
   const char* wname[] = {"dq", "dk", "dv"};
   for (int a = 0; a < 3; ++a) {
     for (const auto& [name, r] : read) require(!written[a].overlaps(r), fn, wname[a], "overlaps ", name, " in memory");
@@ -143,10 +152,11 @@ void backward_in_float(const char* fn, const Q& q, const K& k, const V& v, const
   const auto floats = [](const auto& x) {
     return is_16bit_v<scalar_of<decltype(x)>> ? round_up(index(x.size()), index(simd::kAlign / sizeof(float))) : index(0);
   };
-  const index sizes[] = {floats(q), floats(k), floats(v), floats(out), floats(dout), floats(dq), floats(dk), floats(dv)};
+  const index sizes[] = {floats(q),    floats(k),  floats(v),  with_out ? floats(out) : 0,
+                         floats(dout), floats(dq), floats(dk), floats(dv)};
   index total = 0;
   for (index n : sizes) total += n;
-  float* base = static_cast<float*>(workspace::of_this_thread(1).get(sizeof(float) * std::size_t(total)));
+  float* base = static_cast<float*>(workspace::of_this_thread(slot).get(sizeof(float) * std::size_t(total)));
   float* at[8];
   for (int i = 0; i < 8; ++i) at[i] = base, base += sizes[i];
   const auto input = [](const auto& x, float* buf) {
@@ -170,7 +180,9 @@ void backward_in_float(const char* fn, const Q& q, const K& k, const V& v, const
   auto dqf = grad(dq, at[5]);
   auto dkf = grad(dk, at[6]);
   auto dvf = grad(dv, at[7]);
-  body(input(q, at[0]), input(k, at[1]), input(v, at[2]), input(out, at[3]), lse, input(dout, at[4]), dqf, dkf, dvf);
+  const auto doutf = input(dout, at[4]);
+  if (with_out) body(input(q, at[0]), input(k, at[1]), input(v, at[2]), input(out, at[3]), lse, doutf, dqf, dkf, dvf);
+  else body(input(q, at[0]), input(k, at[1]), input(v, at[2]), doutf, lse, doutf, dqf, dkf, dvf);
   const auto round_into = [](auto& x, const float* buf) {
     using S = scalar_of<decltype(x)>;
     if constexpr (is_16bit_v<S>)
