@@ -107,29 +107,33 @@ void mapped_linear_backward(const chunk_backward_problem<T>& bp, const Device& d
       T* mx = stats + bh * 3 * d;
       key_softmax_stats<Arch, T>([&](index j) { return p.k.row(b, j, h); }, nk, d, mx, mx + d);
     });
-  parallel_for(dev, B * (qblocks + kblocks), [&](index item) {
-    const index b = item / (qblocks + kblocks), blk = item % (qblocks + kblocks);
-    const bool is_q = blk < qblocks;
-    const index t0 = (is_q ? blk : blk - qblocks) * kRows, n = is_q ? nq : nk, heads = is_q ? hq : hkv;
-    for (index t = t0; t < std::min(n, t0 + kRows); ++t)
-      for (index h = 0; h < heads; ++h) {
-        if (is_q) {
-          feature_row<Arch, T>(*p.map, p.q.row(b, t, h), d, Fq.row(b, t, h));
-          continue;
-        }
-        const T* x = p.k.row(b, t, h);
-        if (soft) {
-          const T* mx = stats + (b * hkv + h) * 3 * d;
-          key_softmax_row<Arch, T>(x, d, mx, mx + d, Fk.row(b, t, h));
-        } else {
-          feature_row<Arch, T>(*p.map, x, d, Fk.row(b, t, h));
-        }
-        if (norm) {
-          T* r = Va.row(b, t, h);
-          std::memcpy(r, p.v.row(b, t, h), sizeof(T) * std::size_t(e));
-          r[e] = T(1);
-        }
-      }
+  // f(is_q, b, t, h) for every row of q and of k, spread over the threads in blocks of kRows rows
+  const auto each_row = [&](const auto& f) {
+    parallel_for(dev, B * (qblocks + kblocks), [&](index item) {
+      const index b = item / (qblocks + kblocks), blk = item % (qblocks + kblocks);
+      const bool is_q = blk < qblocks;
+      const index t0 = (is_q ? blk : blk - qblocks) * kRows, n = is_q ? nq : nk, heads = is_q ? hq : hkv;
+      for (index t = t0; t < std::min(n, t0 + kRows); ++t)
+        for (index h = 0; h < heads; ++h) f(is_q, b, t, h);
+    });
+  };
+  each_row([&](bool is_q, index b, index t, index h) {
+    if (is_q) {
+      feature_row<Arch, T>(*p.map, p.q.row(b, t, h), d, Fq.row(b, t, h));
+      return;
+    }
+    const T* x = p.k.row(b, t, h);
+    if (soft) {
+      const T* mx = stats + (b * hkv + h) * 3 * d;
+      key_softmax_row<Arch, T>(x, d, mx, mx + d, Fk.row(b, t, h));
+    } else {
+      feature_row<Arch, T>(*p.map, x, d, Fk.row(b, t, h));
+    }
+    if (norm) {
+      T* r = Va.row(b, t, h);
+      std::memcpy(r, p.v.row(b, t, h), sizeof(T) * std::size_t(e));
+      r[e] = T(1);
+    }
   });
 
   // The identity-map problem on the mapped rows.
@@ -173,26 +177,20 @@ void mapped_linear_backward(const chunk_backward_problem<T>& bp, const Device& d
         for (index c = 0; c < d; ++c) dot[c] += y[c] * g[c];
       }
     });
-  parallel_for(dev, B * (qblocks + kblocks), [&](index item) {
-    const index b = item / (qblocks + kblocks), blk = item % (qblocks + kblocks);
-    const bool is_q = blk < qblocks;
-    const index t0 = (is_q ? blk : blk - qblocks) * kRows, n = is_q ? nq : nk, heads = is_q ? hq : hkv;
-    for (index t = t0; t < std::min(n, t0 + kRows); ++t)
-      for (index h = 0; h < heads; ++h) {
-        if (is_q) {
-          feature_row_backward(kind, p.q.row(b, t, h), d, Fq.row(b, t, h), Gq.row(b, t, h), bp.dq.row(b, t, h));
-          continue;
-        }
-        const T *y = Fk.row(b, t, h), *g = Gk.row(b, t, h);
-        T* dx = bp.dk.row(b, t, h);
-        if (soft) {  // per feature over the sequence: y_jc·(g_jc − Σ_j' y_j'c·g_j'c)
-          const T* dot = stats + (b * hkv + h) * 3 * d + 2 * d;
-          for (index c = 0; c < d; ++c) dx[c] = y[c] * (g[c] - dot[c]);
-        } else {
-          feature_row_backward(kind, p.k.row(b, t, h), d, y, g, dx);
-        }
-        if (norm) std::memcpy(bp.dv.row(b, t, h), Dva.row(b, t, h), sizeof(T) * std::size_t(e));
-      }
+  each_row([&](bool is_q, index b, index t, index h) {
+    if (is_q) {
+      feature_row_backward(kind, p.q.row(b, t, h), d, Fq.row(b, t, h), Gq.row(b, t, h), bp.dq.row(b, t, h));
+      return;
+    }
+    const T *y = Fk.row(b, t, h), *g = Gk.row(b, t, h);
+    T* dx = bp.dk.row(b, t, h);
+    if (soft) {  // per feature over the sequence: y_jc·(g_jc − Σ_j' y_j'c·g_j'c)
+      const T* dot = stats + (b * hkv + h) * 3 * d + 2 * d;
+      for (index c = 0; c < d; ++c) dx[c] = y[c] * (g[c] - dot[c]);
+    } else {
+      feature_row_backward(kind, p.k.row(b, t, h), d, y, g, dx);
+    }
+    if (norm) std::memcpy(bp.dv.row(b, t, h), Dva.row(b, t, h), sizeof(T) * std::size_t(e));
   });
 }
 
