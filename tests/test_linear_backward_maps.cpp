@@ -7,7 +7,7 @@
 #include <xattn/linear_backward.hpp>
 #include <xattn/reference/lightning_backward.hpp>
 
-#include "chunk_test_util.hpp"
+#include "chunk_backward_test_util.hpp"
 
 namespace xattn_test {
 namespace {
@@ -66,28 +66,6 @@ namespace {
 using namespace chunk;
 using F = xattn::feature;
 
-/// One backward case: the forward's case and which state gradients the loss involves.
-struct BwCase {
-  Case fwd;
-  bool dfinal = true;  // the loss depends on the final state: dfinal_state is given
-  bool dinit = true;   // dinitial_state is asked for
-};
-
-inline void PrintTo(const BwCase& c, std::ostream* os) { *os << c.fwd.name; }
-inline std::string bw_name(const ::testing::TestParamInfo<BwCase>& info) { return info.param.fwd.name; }
-
-template <class T>
-struct bw_inputs {
-  inputs<T> in;    // q, k, v and the initial state [b, hq, D', e + normalize]
-  tensor<T> dout;  // ∂L/∂out, shaped as out
-  tensor<T> dsf;   // ∂L/∂final_state [b, hq, D', e + normalize] (empty unless dfinal)
-};
-
-template <class T>
-struct bw_grads {
-  tensor<T> dq, dk, dv, ds0;  // ds0: ∂L/∂initial_state [b, hq, D', e + normalize]
-};
-
 /// q and k of a case moved off the maps' kinks: |x| >= 0.1 everywhere (relu's derivative jumps at 0,
 /// elu + 1's second derivative does, and central differences across either mean nothing). With the
 /// normaliser, identity and relu keep the denominators away from 0: identity takes |x| (then
@@ -121,115 +99,19 @@ inputs<T> make_map_inputs(const Case& c, std::mt19937_64& rng) {
   return in;
 }
 
-template <class T>
-bw_inputs<T> make_bw_inputs(const BwCase& c, std::mt19937_64& rng) {
-  const Case& f = c.fwd;
-  bw_inputs<T> x{make_map_inputs<T>(f, rng), make_tensor<T>(f.lay_, f.b_, f.nq_, f.hq_, f.e()), tensor<T>()};
-  fill_random(x.dout, rng);
-  if (c.dfinal) {
-    x.dsf = tensor<T>(f.b_, f.hq_, f.df(), f.cols());
-    fill_random(x.dsf, rng);
-  }
-  return x;
-}
-
-/// Gradient tensors filled with NaN, so that an element left unwritten fails every comparison.
-template <class T>
-bw_grads<T> make_grads(const BwCase& c) {
-  const Case& f = c.fwd;
-  bw_grads<T> g{make_tensor<T>(f.lay_, f.b_, f.nq_, f.hq_, f.d_), make_tensor<T>(f.lay_, f.b_, f.nk_, f.hkv_, f.d_),
-                make_tensor<T>(f.lay_, f.b_, f.nk_, f.hkv_, f.e()), tensor<T>(f.b_, f.hq_, f.df(), f.cols())};
-  for (tensor<T>* t : {&g.dq, &g.dk, &g.dv, &g.ds0}) t->setConstant(static_cast<T>(kNaN));
-  return g;
-}
-
-/// call(opt, q, k, v, dout, dq, dk, dv) with the case's backward options.
-template <class T, class Call>
-void run_backward(const BwCase& c, const bw_inputs<T>& x, bw_grads<T>& g, const Call& call) {
-  option_data od;
-  od.map = c.fwd.feature_map();
-  xattn::linear_backward_options opt{.forward = linear_opts(c.fwd, od)};
-  if (c.fwd.init_) opt.forward.initial_state = x.in.s0;
-  if (c.dfinal) opt.dfinal_state = x.dsf;
-  if (c.dinit) opt.dinitial_state = g.ds0;
-  call(opt, x.in.q, x.in.k, x.in.v, x.dout, g.dq, g.dk, g.dv);
-}
-
-template <class T>
-bw_inputs<double> to_double(const bw_inputs<T>& x) {
-  return {{cast_to<double>(x.in.q), cast_to<double>(x.in.k), cast_to<double>(x.in.v), cast_to<double>(x.in.s0)},
-          cast_to<double>(x.dout),
-          cast_to<double>(x.dsf)};
-}
-
-/// The fp64 reference's gradients on double copies of the inputs.
-template <class T>
-bw_grads<double> reference_grads(const BwCase& c, const bw_inputs<T>& x) {
-  bw_grads<double> g = make_grads<double>(c);
-  run_backward(c, to_double(x), g, [](const auto& opt, auto&&... a) {
-    xattn::reference::linear_attention_backward(a..., opt);
-  });
-  return g;
-}
-
 /// The reference's loops with every sum in T: the naive implementation of the accuracy rule.
 template <class T>
 bw_grads<T> naive_grads(const BwCase& c, const bw_inputs<T>& x) {
   bw_grads<T> g = make_grads<T>(c);
-  run_backward(c, x, g, [](const auto& opt, auto&&... a) {
+  run_linear_backward(c, x, g, [](const auto& opt, auto&&... a) {
     xattn::reference::detail::linear_attention_backward<T>(
         xattn::detail::make_linear_backward_problem("naive", a..., opt));
   });
   return g;
 }
 
-/// The kernel's gradients: on the calling thread (threads 0) or a pool, with the kernels of Arch.
-template <class Arch = xattn::simd::default_arch, class T>
-bw_grads<T> kernel_grads(const BwCase& c, const bw_inputs<T>& x, int threads = 0) {
-  bw_grads<T> g = make_grads<T>(c);
-  run_backward(c, x, g, [&](const auto& opt, auto&&... a) {
-    if (threads) xattn::linear_attention_backward<Arch>(device(threads), a..., opt);
-    else xattn::linear_attention_backward<Arch>(a..., opt);
-  });
-  return g;
-}
-
-using grad_member = tensor<double> bw_grads<double>::*;
-
-/// The gradient tensors a case compares: dq, dk, dv, and dinitial_state when it asks for it.
-std::vector<std::pair<const char*, grad_member>> compared(const BwCase& c) {
-  std::vector<std::pair<const char*, grad_member>> all = {
-      {"dq", &bw_grads<double>::dq}, {"dk", &bw_grads<double>::dk}, {"dv", &bw_grads<double>::dv}};
-  if (c.dinit) all.push_back({"dinitial_state", &bw_grads<double>::ds0});
-  return all;
-}
-
-/// The member of bw_grads<T> that `m` names in bw_grads<double>.
-template <class T>
-const tensor<T>& member(const bw_grads<T>& g, grad_member m) {
-  if (m == &bw_grads<double>::dq) return g.dq;
-  if (m == &bw_grads<double>::dk) return g.dk;
-  if (m == &bw_grads<double>::dv) return g.dv;
-  return g.ds0;
-}
-
-double max_abs(const tensor<double>& t) {
-  double m = 0;
-  for (index i = 0; i < t.size(); ++i) m = std::max(m, std::abs(t.data()[i]));
-  return m;
-}
-
 // ---------------------------------------------------------------------------------------------
 // The reference against central differences of the forward reference
-
-/// L = Σ dout ∘ out + Σ dfinal_state ∘ final_state of the fp64 forward reference.
-double loss(const Case& c, const inputs<double>& in, const bw_inputs<double>& x) {
-  const outputs<double> o = oracle(c, in);
-  double l = 0;
-  for (index i = 0; i < o.out.size(); ++i) l += x.dout.data()[i] * o.out.data()[i];
-  for (index i = 0; i < x.dsf.size(); ++i) l += x.dsf.data()[i] * o.state.data()[i];
-  return l;
-}
 
 /// The step of the differences: L is smooth (inputs are kept 0.1 off the kinks, far beyond the
 /// step), so the truncation error is h²/6·L‴ ≈ 1e-10 and the rounding error ε·|L|/h ≈ 1e-10.
@@ -243,41 +125,9 @@ TEST_P(LinearMapsReferenceGradients, MatchCentralDifferences) {
   const BwCase& c = GetParam();
   SCOPED_TRACE(seed_note(c.fwd.name));
   std::mt19937_64 rng(case_seed(c.fwd.name));
-  const bw_inputs<double> x = make_bw_inputs<double>(c, rng);
+  const bw_inputs<double> x = make_bw_inputs<double>(c, rng, make_map_inputs<double>);
   const bw_grads<double> g = reference_grads(c, x);
-  struct wrt {
-    const char* name;
-    tensor<double> inputs<double>::*input;
-    grad_member grad;
-  };
-  std::vector<wrt> all = {{"dq", &inputs<double>::q, &bw_grads<double>::dq},
-                          {"dk", &inputs<double>::k, &bw_grads<double>::dk},
-                          {"dv", &inputs<double>::v, &bw_grads<double>::dv}};
-  if (c.dinit) all.push_back({"dinitial_state", &inputs<double>::s0, &bw_grads<double>::ds0});
-  Case with_init = c.fwd;  // the state's gradient is taken at S0 = 0 when the case has none
-  with_init.init_ = true;
-  for (const auto& [name, input, grad] : all) {
-    inputs<double> in = x.in;
-    tensor<double>& t = in.*input;
-    if (t.size() == 0) {
-      t = tensor<double>(c.fwd.b_, c.fwd.hq_, c.fwd.df(), c.fwd.cols());
-      t.setZero();
-    }
-    const tensor<double>& gt = g.*grad;
-    const double tol = kFdTolerance * (1 + max_abs(gt));
-    for (index i = 0; i < t.size(); ++i) {
-      const double x0 = t.data()[i];
-      t.data()[i] = x0 + kStep;
-      const double lp = loss(with_init, in, x);
-      t.data()[i] = x0 - kStep;
-      const double lm = loss(with_init, in, x);
-      t.data()[i] = x0;
-      const double fd = (lp - lm) / (2 * kStep);
-      ASSERT_LE(abs_diff(fd, gt.data()[i]), tol)
-          << name << " at " << index_str(t, i)
-          << ": reference " << gt.data()[i] << ", differences " << fd;
-    }
-  }
+  expect_central_differences(c, x, g, g, kStep, kFdTolerance);
 }
 
 // Every map × normaliser × causal (softmax: non-causal only), with an initial state, a final state in
@@ -324,10 +174,10 @@ TEST(LinearMapsReferenceProperties, IdentityWithoutNormaliserEqualsLightningLoop
                                      .init().bhsd()}}) {
     SCOPED_TRACE(seed_note(c.fwd.name));
     std::mt19937_64 rng(case_seed(c.fwd.name));
-    const bw_inputs<double> x = make_bw_inputs<double>(c, rng);
+    const bw_inputs<double> x = make_bw_inputs<double>(c, rng, make_map_inputs<double>);
     const bw_grads<double> want = reference_grads(c, x);
     bw_grads<double> got = make_grads<double>(c);
-    run_backward(c, x, got, [](const auto& opt, auto&&... a) {
+    run_linear_backward(c, x, got, [](const auto& opt, auto&&... a) {
       xattn::reference::detail::chunk_attention_backward<double>(
           xattn::detail::make_linear_backward_problem("lightning loops", a..., opt));
     });
@@ -343,7 +193,7 @@ TEST(LinearMapsReferenceProperties, IdentityWithoutNormaliserEqualsLightningLoop
 template <class T>
 bw_grads<double> magnitudes_of(const BwCase& c, const bw_inputs<T>& x) {
   bw_grads<double> g = make_grads<double>(c);
-  run_backward(c, to_double(x), g, [](const auto& opt, auto&&... a) {
+  run_linear_backward(c, to_double(x), g, [](const auto& opt, auto&&... a) {
     xattn::reference::detail::linear_attention_backward<magnitude>(
         xattn::detail::make_linear_backward_problem("magnitudes", a..., opt));
   });
@@ -351,40 +201,11 @@ bw_grads<double> magnitudes_of(const BwCase& c, const bw_inputs<T>& x) {
 }
 
 template <class T>
-void expect_within_rule(const std::string& label, const BwCase& c, const bw_grads<T>& g, const bw_grads<T>& naive,
-                        const bw_grads<double>& ref, const std::vector<double>& eps) {
-  const auto all = compared(c);
-  for (std::size_t i = 0; i < all.size(); ++i) {
-    const std::string what = std::string(all[i].first) + label;
-    EXPECT_TRUE(within_rule(what.c_str(), member(g, all[i].second), member(naive, all[i].second), ref.*all[i].second,
-                            eps[i]));
-  }
-  if (!c.dinit) {
-    EXPECT_TRUE(std::all_of(g.ds0.data(), g.ds0.data() + g.ds0.size(), [](T v) { return std::isnan(v); }))
-        << "a state gradient was written though no dinitial_state was asked for";
-  }
-}
-
-template <class T>
 void check_backward(const BwCase& c) {
   SCOPED_TRACE(seed_note(c.fwd.name));
   std::mt19937_64 rng(case_seed(c.fwd.name));
-  const bw_inputs<T> x = make_bw_inputs<T>(c, rng);
-  const bw_grads<double> ref = reference_grads(c, x), mag = magnitudes_of(c, x);
-  const bw_grads<T> naive = naive_grads(c, x);
-  std::vector<double> eps;
-  for (const auto& [name, m] : compared(c)) {
-    eps.push_back(sum_eps<T>(max_abs(mag.*m)));
-    // the naive implementation must itself be close, or the rule proves nothing
-    EXPECT_LE(max_abs_diff(member(naive, m), ref.*m).max, 1e3 * eps.back())
-        << "naive " << name << " disagrees with the reference";
-  }
-  const bw_grads<T> g = kernel_grads(c, x);
-  expect_within_rule("", c, g, naive, ref, eps);
-  expect_within_rule(" (scalar path)", c, kernel_grads<xattn::simd::scalar>(c, x), naive, ref, eps);
-  const bw_grads<T> t2 = kernel_grads(c, x, 2);
-  for (const auto& [name, m] : compared(c))
-    EXPECT_TRUE(bitwise_equal((std::string(name) + " on 2 threads").c_str(), member(g, m), member(t2, m)));
+  const bw_inputs<T> x = make_bw_inputs<T>(c, rng, make_map_inputs<T>);
+  expect_backward_within_rule(c, x, naive_grads(c, x), magnitudes_of(c, x));
 }
 
 class LinearMapsBackwardAccuracy : public ::testing::TestWithParam<BwCase> {};
@@ -479,13 +300,7 @@ TEST_P(LinearMapsBackwardThreads, BitwiseIdenticalForAnyThreadCount) {
   const BwCase& c = GetParam();
   SCOPED_TRACE(seed_note(c.fwd.name));
   std::mt19937_64 rng(case_seed(c.fwd.name));
-  const bw_inputs<float> x = make_bw_inputs<float>(c, rng);
-  const bw_grads<float> serial = kernel_grads(c, x);
-  for (int threads : {1, 2, 3}) {
-    SCOPED_TRACE("threads " + std::to_string(threads));
-    const bw_grads<float> g = kernel_grads(c, x, threads);
-    for (const auto& [name, m] : compared(c)) EXPECT_TRUE(bitwise_equal(name, member(serial, m), member(g, m)));
-  }
+  expect_same_bits_on_any_thread_count(c, make_bw_inputs<float>(c, rng, make_map_inputs<float>));
 }
 
 const std::vector<BwCase> kThreadCases = {
@@ -506,7 +321,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, LinearMapsBackwardThreads, ::testing::ValuesIn(k
 TEST(LinearMapsBackwardErrors, BadInputThrowsNamingTheArgument) {
   const BwCase c{Case("errors").linear().map(F::elu_plus_one).normalize().len(9).heads(4, 2).dim(6, 5).init()};
   std::mt19937_64 rng(case_seed(c.fwd.name));
-  const bw_inputs<float> x = make_bw_inputs<float>(c, rng);
+  const bw_inputs<float> x = make_bw_inputs<float>(c, rng, make_map_inputs<float>);
   bw_grads<float> g = make_grads<float>(c);
   option_data od;
   od.map = c.fwd.feature_map();
