@@ -111,6 +111,8 @@ std::vector<headline_row> headline_rows() {
                   "", "", "", ""});
   rows.push_back({"backward: causal", "N=4096 d=128 H=8 causal", "softmax_backward/xattn/N:4096" + tail + "causal:1" + t,
                   "", "", "", ""});
+  rows.push_back({"backward: causal, bias+ALiBi grads", "N=4096, also dbias, dslopes",
+                  "softmax_backward/xattn/N:4096" + tail + "causal:1" + t + "/score_grads:1", "", "", "", ""});
   rows.push_back({"backward: window", "N=16384 W=1024 causal",
                   "sliding_window_backward/xattn/N:16384/W:1024/D:128/H:8" + t, "", "", "", ""});
   rows.push_back({"backward: sparse", "N=16384 BigBird 10 %", "sparse_backward/xattn/N:16384/density:10/D:128/H:8" + t,

@@ -47,6 +47,21 @@ struct tensor_cref {
   explicit operator bool() const { return data != nullptr; }
 };
 
+/// A writable reference to a 4-D row-major tensor of T, built implicitly from an Eigen::Tensor or
+/// an Eigen::TensorMap of non-const T; used for the optional outputs of a gradients struct (dbias).
+template <class T>
+struct tensor_ref {
+  T* data = nullptr;
+  std::array<std::ptrdiff_t, 4> dims{};
+
+  tensor_ref() = default;
+  template <row_major_tensor<4> X>
+    requires std::same_as<scalar_of<X>, T> && (!std::is_const_v<typename std::remove_cvref_t<X>::Scalar>)
+  tensor_ref(X& x)  // NOLINT: implicit on purpose, so `.bias = my_gradient` reads well
+      : data(x.data()), dims{x.dimension(0), x.dimension(1), x.dimension(2), x.dimension(3)} {}
+  explicit operator bool() const { return data != nullptr; }
+};
+
 /// What the device overloads accept: Eigen::ThreadPoolDevice, or a type with the same two members
 /// (numThreads(), and enqueueNoNotification(f), which runs f on one of its threads some time later).
 template <class D>
@@ -85,7 +100,9 @@ struct softmax_options {
 /// Gradients of the forward's learned parameters that a softmax backward call writes on request
 /// (xattn/softmax_backward.hpp), beside dq, dk and dv.
 struct softmax_grads {
-  std::span<float> sink_logits = {};  // [Hq]: ∂L/∂sink_logits, written; needs softmax_options::sink_logits
+  std::span<float> sink_logits = {};   // [Hq]: ∂L/∂sink_logits, written; needs softmax_options::sink_logits
+  tensor_ref<float> bias = {};         // shaped as softmax_options::bias: ∂L/∂bias, written (summed over the batches and heads it broadcasts over)
+  std::span<float> alibi_slopes = {};  // shaped as softmax_options::alibi_slopes ([Hq] or [B·Hq]): ∂L/∂slope, written
 };
 
 

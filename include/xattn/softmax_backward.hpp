@@ -10,8 +10,11 @@
 // Pass the forward's options unchanged. P is recomputed tile by tile from the saved LSE, so no
 // Nq×Nk matrix is materialised; every option of the forward is honoured in recomputing it
 // (causal, windows, seqlens, softcap with its derivative, ALiBi, bias, boolean mask, sink logits),
-// and the sink logits' gradient is written on request (softmax_grads, the last argument); no
-// gradient is produced for the bias or the ALiBi slopes.
+// and the gradients of the sink logits, the additive bias and the ALiBi slopes are written on
+// request (softmax_grads, the last argument: `{.bias = dbias, .alibi_slopes = dslopes}`, each shaped
+// as its option; a broadcast bias gets the sum over what it broadcasts over). They cost an extra pass
+// over the visited tiles that recomputes S and dP (2 more tile products per tile, ~40 % of the
+// backward), run only when asked for.
 // compute = bf16 is rejected. Fully masked and padded rows give zero gradients; keys past
 // seqlens_k get zero dk and dv. All tensors hold double, or float, Eigen::bfloat16 and Eigen::half
 // in any mix with a float lse: 16-bit tensors are converted to float copies in the calling

@@ -25,6 +25,8 @@ struct softmax_backward_problem {
   const T* lse = nullptr;      // [B, Hq, Nq]
   bshd_view<T> dq, dk, dv;     // shaped as q, k, v
   float* dsinks = nullptr;     // [Hq]: ∂L/∂sink_logits, on request
+  float* dbias = nullptr;      // shaped as fwd.bias (strides fwd.bias_sb, fwd.bias_sh): ∂L/∂bias, on request
+  float* dalibi = nullptr;     // shaped as fwd.alibi (stride fwd.alibi_sb): ∂L/∂slope, on request
 };
 
 /// q, k, v, out, dout, dq, dk, dv: rank-4 row-major tensors of one element type T (float or double);
@@ -78,13 +80,32 @@ auto make_softmax_backward_problem(const char* fn, const Q& q, const K& k, const
             " entries, expected one per q head (", p.fwd.hq, ")");
     p.dsinks = extra.sink_logits.data();
   }
+  if (extra.bias) {
+    require(p.fwd.bias != nullptr, fn, "grads.bias", "asks for the bias' gradient, but the options have no bias");
+    require(extra.bias.dims == opt.bias.dims, fn, "grads.bias", "shape ", shape_str(extra.bias.dims),
+            " != bias shape ", shape_str(opt.bias.dims));
+    p.dbias = extra.bias.data;
+  } else {
+    require(extra.bias.dims == std::array<index, 4>{}, fn, "grads.bias", "null data (shape ",
+            shape_str(extra.bias.dims), ")");
+  }
+  if (!extra.alibi_slopes.empty()) {
+    require(p.fwd.alibi != nullptr, fn, "grads.alibi_slopes", "asks for the ALiBi slopes' gradient, but the "
+            "options have no alibi_slopes");
+    require(extra.alibi_slopes.size() == opt.alibi_slopes.size(), fn, "grads.alibi_slopes", "has ",
+            extra.alibi_slopes.size(), " entries, expected ", opt.alibi_slopes.size(), " (as alibi_slopes)");
+    p.dalibi = extra.alibi_slopes.data();
+  }
 
-  // What the call writes (dq, dk, dv, the sinks' gradient) must stay apart from everything it reads
+  // What the call writes (dq, dk, dv, the sinks', bias' and slopes' gradients) must stay apart from everything it reads
   // and from each other.
   const std::size_t es = sizeof(T);
   const byte_range written[] = {{dq.data(), bytes_of(dims_of(dq), es)}, {dk.data(), bytes_of(dims_of(dk), es)},
                                 {dv.data(), bytes_of(dims_of(dv), es)},
-                                byte_range_of(std::span<const float>(extra.sink_logits))};
+                                byte_range_of(std::span<const float>(extra.sink_logits)),
+                                extra.bias ? byte_range{extra.bias.data, bytes_of(extra.bias.dims, sizeof(float))}
+                                           : byte_range{},
+                                byte_range_of(std::span<const float>(extra.alibi_slopes))};
   const std::pair<const char*, byte_range> read[] = {
       {"q", {q.data(), bytes_of(dims_of(q), es)}},
       {"k", {k.data(), bytes_of(dims_of(k), es)}},
@@ -98,10 +119,10 @@ auto make_softmax_backward_problem(const char* fn, const Q& q, const K& k, const
       {"sink_logits", byte_range_of(opt.sink_logits)},
       {"seqlens_q", byte_range_of(opt.seqlens_q)},
       {"seqlens_k", byte_range_of(opt.seqlens_k)}};
-  const char* wname[] = {"dq", "dk", "dv", "grads.sink_logits"};
-  for (int a = 0; a < 4; ++a) {
+  const char* wname[] = {"dq", "dk", "dv", "grads.sink_logits", "grads.bias", "grads.alibi_slopes"};
+  for (int a = 0; a < 6; ++a) {
     for (const auto& [name, r] : read) require(!written[a].overlaps(r), fn, wname[a], "overlaps ", name, " in memory");
-    for (int b = a + 1; b < 4; ++b) require(!written[a].overlaps(written[b]), fn, wname[a], "overlaps ", wname[b], " in memory");
+    for (int b = a + 1; b < 6; ++b) require(!written[a].overlaps(written[b]), fn, wname[a], "overlaps ", wname[b], " in memory");
   }
   return p;
 }

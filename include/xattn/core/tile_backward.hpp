@@ -70,6 +70,7 @@ class tile_backward {
   void run(const Device& dev) const {
     if (bp_.dsinks) sink_grads();
     if (p_.batch == 0) return;
+    if (bp_.dbias || bp_.dalibi) score_grads(dev);
     const index kblocks = ceil_div(p_.nk, kB), qblocks = ceil_div(p_.nq, kB);
     if (p_.batch * p_.hkv >= kFusedMinItems) {
       // One pass: an item owns a K/V head's dK, dV and the dQ rows of its query heads, and walks
@@ -152,6 +153,80 @@ class tile_backward {
     return {scratch, padded};
   }
 
+  /// ∂L/∂bias and ∂L/∂slope, from dS = P ∘ (dP − D), the gradient of the scores where both enter.
+  /// One item per (bias batch, bias head, query block) owns those rows of dbias: for each key block
+  /// in order it walks the (batch, head) pairs the bias broadcasts over, in order, recomputes their
+  /// transposed tiles as pass 2 does (Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ: 2 tile products per visited tile) and
+  /// adds dS into a tile that it then writes; so each element is one sum in one order. The slopes'
+  /// gradient −Σ dS_ij·|i + off − j| goes into a double partial per (batch, head, query block),
+  /// each written by one item, summed in order at the end. Pairs the forward never visited (masked,
+  /// out of the band, past the lengths) get 0.
+  template <class Device>
+  void score_grads(const Device& dev) const {
+    const index qblocks = ceil_div(p_.nq, kB), kblocks = ceil_div(p_.nk, kB);
+    const bool bias_b = !bp_.dbias || p_.bias_sb != 0, bias_h = !bp_.dbias || p_.bias_sh != 0;
+    const index nb = bias_b ? p_.batch : 1, nh = bias_h ? p_.hq : 1;
+    double* slope_part = nullptr;  // [batch, hq, qblocks]
+    if (bp_.dalibi) {
+      slope_part = static_cast<double*>(
+          workspace::of_this_thread(3).get(sizeof(double) * std::size_t(p_.batch * p_.hq * qblocks)));
+      std::fill(slope_part, slope_part + p_.batch * p_.hq * qblocks, 0.0);
+    }
+    parallel_for(dev, nb * nh * qblocks, [&](index item) {
+      const index bb = item / (nh * qblocks), hh = item / qblocks % nh, i0 = item % qblocks * kB;
+      const index ni_all = std::min(kB, p_.nq - i0);
+      std::array<T*, 3> pn;  // Qᵀ, dOᵀ, the dS sum [kB queries × kB keys]
+      const tile_bufs w = carve(std::array<index, 3>{p_.d, p_.dv, kB}, pn);
+      T *qt = pn[0], *dot = pn[1], *acc = pn[2];
+      for (index kb = 0; kb < kblocks; ++kb) {
+        const index j0 = kb * kB, nj_all = std::min(kB, p_.nk - j0);
+        std::fill(acc, acc + kB * kB, T(0));
+        for (index b = bias_b ? bb : 0; b < (bias_b ? bb + 1 : p_.batch); ++b)
+          for (index h = bias_h ? hh : 0; h < (bias_h ? hh + 1 : p_.hq); ++h) {
+            const index ni = std::clamp<index>(p_.nq_of(b) - i0, 0, ni_all);
+            const index nj = std::clamp<index>(p_.nk_of(b) - j0, 0, nj_all);
+            if (ni == 0 || nj == 0) continue;
+            const visit vis = classify(b, h, i0, ni, j0, nj);
+            if (vis == visit::none) continue;
+            const index hk = h / p_.group;
+            pack_transposed(qt, p_.q, b, i0, ni, h, p_.d);
+            pack_transposed(dot, bp_.dout, b, i0, ni, h, p_.dv);
+            row_stats(w, b, h, i0, ni);
+            mma_ab<Arch, T, MR, NV, mma_init::zero>(w.s, kB, p_.k.row(b, j0, hk), p_.k.ss, 1, nj, qt, kB, kB, p_.d);
+            mma_ab<Arch, T, MR, NV, mma_init::zero>(w.ds, kB, p_.v.row(b, j0, hk), p_.v.ss, 1, nj, dot, kB, kB,
+                                                    p_.dv);
+            scores_to_grads<true, true>(w, vis, b, h, i0, ni, j0, nj);
+            for (index c = 0; c < nj; ++c)  // dSᵀ's row c is key j0 + c
+              for (index r = 0; r < ni; ++r) acc[r * kB + c] += w.ds[c * kB + r];
+            if (slope_part) {
+              const index off = p_.nk_of(b) - p_.nq_of(b);
+              double sum = 0;
+              for (index c = 0; c < nj; ++c)
+                for (index r = 0; r < ni; ++r)
+                  sum -= double(w.ds[c * kB + r]) * double(std::abs(i0 + r + off - j0 - c));
+              slope_part[(b * p_.hq + h) * qblocks + i0 / kB] += sum;
+            }
+          }
+        if (bp_.dbias) {
+          float* dst = bp_.dbias + bb * p_.bias_sb + hh * p_.bias_sh;
+          for (index r = 0; r < ni_all; ++r)
+            for (index c = 0; c < nj_all; ++c) dst[(i0 + r) * p_.nk + j0 + c] = float(acc[r * kB + c]);
+        }
+      }
+    });
+    if (bp_.dalibi) {  // per (batch, head) or per head: the partials summed in order
+      const index nslopes = p_.alibi_sb ? p_.batch * p_.hq : p_.hq;
+      for (index e = 0; e < nslopes; ++e) {
+        double sum = 0;
+        for (index b = 0; b < p_.batch; ++b) {
+          if (p_.alibi_sb && b != e / p_.hq) continue;
+          for (index qb = 0; qb < qblocks; ++qb) sum += slope_part[(b * p_.hq + e % p_.hq) * qblocks + qb];
+        }
+        bp_.dalibi[e] = float(sum);
+      }
+    }
+  }
+
   /// ∂L/∂sink_h = −Σ_{b,i} P_sink(b, h, i)·D(b, h, i), P_sink = exp(sink_h − LSE): the sink joins
   /// the denominator with no value row, so its dP is 0 and its dS is −P_sink·D. Summed in double,
   /// rows in order: a pass of O(B·Hq·Nq·dv), beside the engine's O(N²).
@@ -217,7 +292,9 @@ class tile_backward {
   /// queries (Sᵀ = K·Qᵀ, so that Q and dO are packed once per query block instead of K and V per
   /// tile). Keys past nj and queries past ni get P = dS = 0, so the products may run over whole
   /// vectors.
-  template <bool Transposed>
+  /// Raw: dS = P ∘ (dP − D) alone, the gradient of the scores where the bias enters (after the
+  /// softcap, before the scale reaches Q·Kᵀ).
+  template <bool Transposed, bool Raw = false>
   void scores_to_grads(const tile_bufs& w, visit vis, index b, index h, index i0, index ni, index j0, index nj) const {
     const index rows = Transposed ? nj : ni, cols = Transposed ? ni : nj;
     const V scale = simd::bcast<V>(T(p_.scale));
@@ -281,8 +358,11 @@ class tile_backward {
         const V lse = Transposed ? simd::load<V>(w.lse + c) : simd::bcast<V>(w.lse[r]);
         const V dsum = Transposed ? simd::load<V>(w.dsum + c) : simd::bcast<V>(w.dsum[r]);
         const V pv = simd::exp2((simd::load<V>(s + c) - lse) * log2e);
-        V d = pv * (simd::load<V>(ds + c) - dsum) * scale;
-        if (capped) d = d * simd::load<V>(g + c);
+        V d = pv * (simd::load<V>(ds + c) - dsum);
+        if constexpr (!Raw) {
+          d = d * scale;
+          if (capped) d = d * simd::load<V>(g + c);
+        }
         simd::store(s + c, pv);
         simd::store(ds + c, d);
       }

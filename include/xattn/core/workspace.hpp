@@ -27,7 +27,7 @@ class workspace {
   /// 0 the engines' per-item scratch; 1 the tables of the chunk engines and the partials of split
   /// decode, or softmax backward's float copies of 16-bit tensors; 2 the patch-ordered copies of the
   /// 2-D neighborhood backward, or linear backward's mapped rows; 3 the chunk backward passes' float
-  /// copies of 16-bit tensors.
+  /// copies of 16-bit tensors, or softmax backward's partial sums of the ALiBi slopes' gradient.
   static workspace& of_this_thread(int slot = 0) {
     thread_local workspace ws[4];
     return ws[slot];

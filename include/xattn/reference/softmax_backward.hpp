@@ -7,6 +7,8 @@
 //   dS = P ∘ (dP − D)                                      (∂L/∂S)
 //   dX = dS ∘ ∂S/∂X,  X = scale·QKᵀ:  1, or 1 − tanh² of the softcap (s = cap·tanh(X/cap))
 //   dQ = scale·dX·K     dK = scale·dXᵀ·Q     dV = Pᵀ·dO
+//   dBias = dS (summed over the batches and heads it broadcasts over)
+//   dSlope = −Σ_ij dS_ij·|i + Nk − Nq − j|   (each batch's own lengths)
 //
 // with dK and dV summed over the query heads of each K/V head (GQA). `out` and `lse` are
 // validated as the fast kernel's inputs but not read: the reference recomputes O and the softmax
@@ -51,6 +53,11 @@ void softmax_attention_backward(const xattn::detail::softmax_backward_problem<T>
   std::vector<double> srow(static_cast<std::size_t>(p.nk)), dtanh(static_cast<std::size_t>(p.nk));
   std::vector<double> o(static_cast<std::size_t>(p.dv)), dq(static_cast<std::size_t>(p.d));
   std::vector<double> dsink(static_cast<std::size_t>(p.hq), 0.0);  // −Σ_i P_sink,i·D_i per head
+  // ∂L/∂bias = ∂L/∂S where the bias enters (after the softcap), summed where it broadcasts;
+  // ∂L/∂slope = −Σ_ij ∂L/∂S_ij·|i + off − j|
+  const index bias_n = p.bias ? (p.bias_sb ? p.batch : 1) * (p.bias_sh ? p.hq : 1) * p.nq * p.nk : 0;
+  std::vector<double> dbias(static_cast<std::size_t>(bp.dbias ? bias_n : 0), 0.0);
+  std::vector<double> dalibi(static_cast<std::size_t>(bp.dalibi ? (p.alibi_sb ? p.batch : 1) * p.hq : 0), 0.0);
   for (index b = 0; b < p.batch; ++b) {
     const index nq = p.nq_of(b), nk = p.nk_of(b), off = nk - nq;
     for (index hk = 0; hk < p.hkv; ++hk) {
@@ -94,7 +101,10 @@ void softmax_attention_backward(const xattn::detail::softmax_backward_problem<T>
             if (srow[j] == 0) continue;
             double dp = 0;  // dP_ij = dO_i · v_j
             for (index e = 0; e < p.dv; ++e) dp += double(doi[e]) * double(p.v.row(b, j, hk)[e]);
-            const double dx = srow[j] * (dp - dsum) * dtanh[j] * p.scale;  // ∂L/∂(q_i·k_j)
+            const double ds = srow[j] * (dp - dsum);  // ∂L/∂S_ij
+            if (bp.dbias) dbias[b * p.bias_sb + h * p.bias_sh + i * p.nk + j] += ds;
+            if (bp.dalibi) dalibi[b * p.alibi_sb + h] -= ds * double(std::abs(i + off - j));
+            const double dx = ds * dtanh[j] * p.scale;  // ∂L/∂(q_i·k_j)
             for (index c = 0; c < p.d; ++c) {
               dq[c] += dx * double(p.k.row(b, j, hk)[c]);
               dk[j * p.d + c] += dx * double(qi[c]);
@@ -112,6 +122,8 @@ void softmax_attention_backward(const xattn::detail::softmax_backward_problem<T>
   }
   if (bp.dsinks)
     for (index h = 0; h < p.hq; ++h) bp.dsinks[h] = float(dsink[h]);
+  for (std::size_t e = 0; e < dbias.size(); ++e) bp.dbias[e] = float(dbias[e]);
+  for (std::size_t e = 0; e < dalibi.size(); ++e) bp.dalibi[e] = float(dalibi[e]);
 }
 
 /// The backward with visible(b, h, i, j) ANDed into the problem's mask, materialised.
