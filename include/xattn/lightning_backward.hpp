@@ -35,7 +35,7 @@ void lightning_backward_call(const Device& dev, const Q& q, const K& k, const V&
   chunk_in_float_if_16bit(fn, q, k, v, dout, dq, dk, dv, [&](const auto& q2, const auto& k2, const auto& v2,
                                                              const auto& do2, auto& dq2, auto& dk2, auto& dv2) {
     chunk_backward_run<Arch>(make_lightning_backward_problem(fn, q2, k2, v2, do2, dq2, dk2, dv2, opt), dev);
-  });
+  }, opt.ddecay);
 }
 }  // namespace detail
 
