@@ -13,8 +13,19 @@
 // Non-causal attention (one state over all keys, no decay): dQ = σ·dO·Sᵀ with S = S0 + KᵀV, and
 // dS = ∂L/∂final_state + σ·QᵀdO gives dK = V·dSᵀ, dV = K·dS.
 //
+// The decay's gradient, on request (causal only), is g = ∂L/∂logλ, carried by the forward sweep
+// with R_c = ∂S_c/∂logλ, R_0 = 0 (S0 does not depend on λ):
+//   R_{c+1}        = λ^nb·R_c + nb·λ^nb·S_c + Kᵀ·diag((nb−1−j)·λ^(nb−1−j))·V
+//   ∂o_t/∂logλ     = σ·Σ_{j<=t} (i_t−i_j)·λ^(i_t−i_j)·(q_t·k_j)·v_j + σ·(i_t+1)·λ^(i_t+1)·q_t·S_c
+//                    + σ·λ^(i_t+1)·q_t·R_c
+//   g              = Σ_t dO_t·∂o_t/∂logλ + ⟨∂L/∂final_state, R_N⟩,   ∂L/∂s = −Σ_batch g
+// per chunk from M, σ·dO·Sᵀ (both already there for dQ), the scores Q·Kᵀ on the lower triangle,
+// σ·dO·Rᵀ and R's update: one more d × e state and three more products of a chunk's size. Each
+// (batch, query head) sums its g in double into its own slot; the slots are summed over the batch
+// in index order after both passes. (Summing t·⟨dO_t, o_t⟩ instead cancels badly at long N.)
+//
 // Two passes, whose items run side by side (both only read the inputs). (1) One item per (batch,
-// query head) sweeps its chunks forwards, recomputing S_c, and writes dQ. (2) One item per (batch,
+// query head) sweeps its chunks forwards, recomputing S_c (and R_c), and writes dQ (and g). (2) One item per (batch,
 // K/V head) sweeps the chunks backwards with the dS of each of its query heads in scratch; per
 // chunk it packs K and V once and sums the heads' dK and dV in head order before writing them: dk
 // and dv are written once, in the same order for any thread count. The products are the
