@@ -190,8 +190,10 @@ INSTANTIATE_TEST_SUITE_P(Cases, DecayGradAccuracy, ::testing::ValuesIn(kAccuracy
 // Thread invariance: serial, 1 and 3 threads give the same bits
 
 TEST(DecayGradThreads, BitwiseIdenticalForAnyThreadCount) {
-  for (const BwCase& c : {dd({Case("threads_gqa_init").batch(3).len(150).heads(4, 2).dim(24, 40).block(32).init(), true}),
-                          dd({Case("threads_one_head").batch(2).len(100).heads(1, 1).dim(16).block(16), false})}) {
+  const BwCase cases[] = {
+      dd({Case("threads_gqa_init").batch(3).len(150).heads(4, 2).dim(24, 40).block(32).init(), true}),
+      dd({Case("threads_one_head").batch(2).len(100).heads(1, 1).dim(16).block(16), false})};
+  for (const BwCase& c : cases) {
     SCOPED_TRACE(seed_note(c.fwd.name));
     std::mt19937_64 rng(case_seed(c.fwd.name));
     const bw_inputs<float> x = make_bw_inputs<float>(c, rng);

@@ -25,15 +25,15 @@
 // in index order after both passes. (Summing t·⟨dO_t, o_t⟩ instead cancels badly at long N.)
 //
 // Two passes, whose items run side by side (both only read the inputs). (1) One item per (batch,
-// query head) sweeps its chunks forwards, recomputing S_c (and R_c), and writes dQ (and g). (2) One item per (batch,
-// K/V head) sweeps the chunks backwards with the dS of each of its query heads in scratch; per
-// chunk it packs K and V once and sums the heads' dK and dV in head order before writing them: dk
-// and dv are written once, in the same order for any thread count. The products are the
-// forward's: masked scores by dot_rows on the lower triangle (the decay read from a table of λ^m,
-// never factorised into λ^t·λ^−j, which overflows), the rest mma_ab on packed rows, the transposed
-// operands (Mᵀ, Aᵀ, Qᵀ, Vᵀ) read by columns. Sᵀ rather than S is kept in the forward sweep, so that
-// dO·Sᵀ has a row-major panel; dS is transposed once per chunk (register blocks) for V·dSᵀ. States
-// and every sum are T. The chunks of one sequence are not spread over threads: a call has at most
+// query head) sweeps its chunks forwards, recomputing S_c (and R_c), and writes dQ (and g). (2) One
+// item per (batch, K/V head) sweeps the chunks backwards with the dS of each of its query heads in
+// scratch; per chunk it packs K and V once and sums the heads' dK and dV in head order before
+// writing them: dk and dv are written once, in the same order for any thread count. The products
+// are the forward's: masked scores by dot_rows on the lower triangle (the decay read from a table of
+// λ^m, never factorised into λ^t·λ^−j, which overflows), the rest mma_ab on packed rows, the
+// transposed operands (Mᵀ, Aᵀ, Qᵀ, Vᵀ) read by columns. Sᵀ rather than S is kept in the forward
+// sweep, so that dO·Sᵀ has a row-major panel; dS is transposed once per chunk (register blocks) for
+// V·dSᵀ. States and every sum are T, but for g's sums over rows and chunks (double). The chunks of one sequence are not spread over threads: a call has at most
 // B·(Hq + Hkv) items.
 #pragma once
 
@@ -221,7 +221,8 @@ class chunk_backward {
     double g = 0;
     for (index t = 0; t < nb; ++t) {
       const T* qt = q + t * ldd_;
-      g += double(qdec[t]) * (double(t + 1) * double(dot(qt, c + t * ldd_, ldd_)) + double(dot(qt, x + t * ldd_, ldd_)));
+      const double qc = double(dot(qt, c + t * ldd_, ldd_)), qx = double(dot(qt, x + t * ldd_, ldd_));
+      g += double(qdec[t]) * (double(t + 1) * qc + qx);
       // M is zero past t, so the ramp's values there (i − j < 0) add nothing
       const T* mt = m + t * ldp_;
       const T* pt = p + t * ldp_;
@@ -248,8 +249,8 @@ class chunk_backward {
     const index hk = h / p_.group, d = p_.d, e = p_.e, u = b * p_.hq + h;
     const index gr = ddecay_ ? 1 : 0;  // the decay gradient's buffers are empty when it is not wanted
     const auto [k, v, vd, dout, m, c, st, dst, kdec, q, dr, ps, rt, kw] = carve(std::array<index, 14>{
-        bk_ * ldd_, bk_ * lde_, bk_ * lde_, rows_ * lde_, rows_ * ldp_, rows_ * ldd_, erows_ * ldd_, erows_ * ldd_, ldp_,
-        gr * bk_ * ldd_, gr * rows_ * ldd_, gr * rows_ * ldp_, gr * erows_ * ldd_, gr * ldp_});
+        bk_ * ldd_, bk_ * lde_, bk_ * lde_, rows_ * lde_, rows_ * ldp_, rows_ * ldd_, erows_ * ldd_, erows_ * ldd_,
+        ldp_, gr * bk_ * ldd_, gr * rows_ * ldd_, gr * rows_ * ldp_, gr * erows_ * ldd_, gr * ldp_});
     std::fill(st, st + erows_ * ldd_, T(0));
     std::fill(rt, rt + gr * erows_ * ldd_, T(0));  // R_0 = 0: S0 does not depend on λ
     double g = 0;                                   // ∂L/∂logλ of this item
