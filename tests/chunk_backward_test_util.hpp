@@ -26,6 +26,7 @@ struct BwCase {
   Case fwd;
   bool dfinal = true;  // the loss depends on the final state: dfinal_state is given
   bool dinit = true;   // dinitial_state is asked for
+  bool ddecay = false; // lightning's ddecay is asked for
 };
 
 inline void PrintTo(const BwCase& c, std::ostream* os) { *os << c.fwd.name; }
@@ -43,6 +44,7 @@ struct bw_inputs {
 template <class T>
 struct bw_grads {
   tensor<T> dq, dk, dv, ds0;  // ds0: ∂L/∂initial_state
+  tensor<double, 1> dd;       // ∂L/∂decay [hq], double for every T (empty unless ddecay)
 };
 
 /// The forward's inputs drawn by `make`, then ∂L/∂out and (with dfinal) ∂L/∂final_state from the
@@ -67,6 +69,10 @@ bw_grads<T> make_grads(const BwCase& c) {
   bw_grads<T> g{make_tensor<T>(f.lay_, f.b_, f.nq_, f.hq_, f.d_), make_tensor<T>(f.lay_, f.b_, f.nk_, f.hkv_, f.d_),
                 make_tensor<T>(f.lay_, f.b_, f.nk_, f.hkv_, f.e()), tensor<T>(f.b_, f.hq_, f.df(), f.cols())};
   for (tensor<T>* t : {&g.dq, &g.dk, &g.dv, &g.ds0}) t->setConstant(static_cast<T>(kNaN));
+  if (c.ddecay) {
+    g.dd = tensor<double, 1>(f.hq_);
+    g.dd.setConstant(kNaN);
+  }
   return g;
 }
 
@@ -76,6 +82,8 @@ void call_backward(const BwCase& c, const bw_inputs<T>& x, bw_grads<T>& g, Optio
   if (c.fwd.init_) opt.forward.initial_state = x.in.s0;
   if (c.dfinal) opt.dfinal_state = x.dsf;
   if (c.dinit) opt.dinitial_state = g.ds0;
+  if constexpr (requires { opt.ddecay; })
+    if (c.ddecay) opt.ddecay = std::span<double>(g.dd.data(), std::size_t(g.dd.size()));
   call(opt, x.in.q, x.in.k, x.in.v, x.dout, g.dq, g.dk, g.dv);
 }
 

@@ -222,6 +222,7 @@ struct lightning_backward_options {
   lightning_options forward = {};   // the forward call's decay, scale, block_size, initial_state and layout; its final_state stays empty and compute exact
   state_ref dinitial_state = {};    // [batch, heads, d, e]: written with ∂L/∂initial_state (whether or not an initial_state was given); empty = not wanted
   state_cref dfinal_state = {};     // [batch, heads, d, e]: ∂L/∂final_state, when the loss depends on the forward's final state; empty = zeros
+  std::span<double> ddecay = {};    // [Hq]: written with ∂L/∂decay_h (λ = e^−s_h), summed over the batch; empty = not wanted
 };
 
 /// Options of linear attention: out = φ(Q)·(φ(K)ᵀ·V)·scale, optionally divided row by row by

@@ -13,22 +13,34 @@
 // Non-causal attention (one state over all keys, no decay): dQ = σ·dO·Sᵀ with S = S0 + KᵀV, and
 // dS = ∂L/∂final_state + σ·QᵀdO gives dK = V·dSᵀ, dV = K·dS.
 //
+// The decay's gradient, on request (causal only), is g = ∂L/∂logλ, carried by the forward sweep
+// with R_c = ∂S_c/∂logλ, R_0 = 0 (S0 does not depend on λ):
+//   R_{c+1}        = λ^nb·R_c + nb·λ^nb·S_c + Kᵀ·diag((nb−1−j)·λ^(nb−1−j))·V
+//   ∂o_t/∂logλ     = σ·Σ_{j<=t} (i_t−i_j)·λ^(i_t−i_j)·(q_t·k_j)·v_j + σ·(i_t+1)·λ^(i_t+1)·q_t·S_c
+//                    + σ·λ^(i_t+1)·q_t·R_c
+//   g              = Σ_t dO_t·∂o_t/∂logλ + ⟨∂L/∂final_state, R_N⟩,   ∂L/∂s = −Σ_batch g
+// per chunk from M, σ·dO·Sᵀ (both already there for dQ), the scores Q·Kᵀ on the lower triangle,
+// σ·dO·Rᵀ and R's update: one more d × e state and three more products of a chunk's size. Each
+// (batch, query head) sums its g in double into its own slot; the slots are summed over the batch
+// in index order after both passes. (Summing t·⟨dO_t, o_t⟩ instead cancels badly at long N.)
+//
 // Two passes, whose items run side by side (both only read the inputs). (1) One item per (batch,
-// query head) sweeps its chunks forwards, recomputing S_c, and writes dQ. (2) One item per (batch,
-// K/V head) sweeps the chunks backwards with the dS of each of its query heads in scratch; per
-// chunk it packs K and V once and sums the heads' dK and dV in head order before writing them: dk
-// and dv are written once, in the same order for any thread count. The products are the
-// forward's: masked scores by dot_rows on the lower triangle (the decay read from a table of λ^m,
-// never factorised into λ^t·λ^−j, which overflows), the rest mma_ab on packed rows, the transposed
-// operands (Mᵀ, Aᵀ, Qᵀ, Vᵀ) read by columns. Sᵀ rather than S is kept in the forward sweep, so that
-// dO·Sᵀ has a row-major panel; dS is transposed once per chunk (register blocks) for V·dSᵀ. States
-// and every sum are T. The chunks of one sequence are not spread over threads: a call has at most
+// query head) sweeps its chunks forwards, recomputing S_c (and R_c), and writes dQ (and g). (2) One
+// item per (batch, K/V head) sweeps the chunks backwards with the dS of each of its query heads in
+// scratch; per chunk it packs K and V once and sums the heads' dK and dV in head order before
+// writing them: dk and dv are written once, in the same order for any thread count. The products
+// are the forward's: masked scores by dot_rows on the lower triangle (the decay read from a table of
+// λ^m, never factorised into λ^t·λ^−j, which overflows), the rest mma_ab on packed rows, the
+// transposed operands (Mᵀ, Aᵀ, Qᵀ, Vᵀ) read by columns. Sᵀ rather than S is kept in the forward
+// sweep, so that dO·Sᵀ has a row-major panel; dS is transposed once per chunk (register blocks) for
+// V·dSᵀ. States and every sum are T, but for g's sums over rows and chunks (double). The chunks of one sequence are not spread over threads: a call has at most
 // B·(Hq + Hkv) items.
 #pragma once
 
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <limits>
 #include <tuple>
@@ -68,12 +80,22 @@ class chunk_backward {
         tw_(pw_off_ + round_up(bk_ + 2, kAlign)),
         chunks_(ceil_div(p_.nk, bk_)),
         qchunks_(ceil_div(p_.nq, bk_)),
-        decayed_(p_.has_decay()) {}
+        decayed_(p_.has_decay()),
+        ddecay_(bp.ddecay != nullptr && p_.causal) {}
 
   template <class Device>
   void run(const Device& dev) {
-    tab_ = static_cast<T*>(workspace::of_this_thread(1).get(sizeof(T) * std::size_t(p_.hq * tw_)));
+    // This thread's slot 1: the per-(batch, head) partials of ∂L/∂logλ (double) and the ramp table
+    // when ddecay is wanted, then the heads' tables.
+    const std::size_t part_bytes = ddecay_ ? round_up(index(sizeof(double)) * p_.batch * p_.hq, simd::kAlign) : 0;
+    const index ramp = ddecay_ ? pw_off_ : 0;
+    auto* base = static_cast<std::byte*>(
+        workspace::of_this_thread(1).get(part_bytes + sizeof(T) * std::size_t(ramp + p_.hq * tw_)));
+    partials_ = reinterpret_cast<double*>(base);
+    ramp_ = reinterpret_cast<T*>(base + part_bytes);
+    tab_ = ramp_ + ramp;
     for (index h = 0; h < p_.hq; ++h) build_table(h);
+    for (index i = 0; i < ramp; ++i) ramp_[i] = i < bk_ ? T(bk_ - 1 - i) : T(0);
     // Both passes read only the inputs, so their items run side by side: the (heavier) key sweeps
     // first, then the query sweeps; a single (batch, head) still keeps two threads busy.
     const index keys = p_.batch * p_.hkv;
@@ -81,6 +103,14 @@ class chunk_backward {
       if (it < keys) key_sweep(it / p_.hkv, it % p_.hkv);
       else query_sweep((it - keys) / p_.hq, (it - keys) % p_.hq);
     });
+    // ∂L/∂s = −Σ_b ∂L/∂logλ (logλ = −s), over the batch in index order: the same bits for any
+    // thread count
+    if (ddecay_)
+      for (index h = 0; h < p_.hq; ++h) {
+        double sum = 0;
+        for (index b = 0; b < p_.batch; ++b) sum -= partials_[b * p_.hq + h];
+        bp_.ddecay[h] = sum;
+      }
   }
 
  private:
@@ -172,6 +202,39 @@ class chunk_backward {
     }
   }
 
+  /// a·b over n elements of aligned rows (n a multiple of the vector width).
+  static T dot(const T* a, const T* b, index n) {
+    V acc = simd::bcast<V>(T(0));
+    for (index x = 0; x < n; x += L) acc = simd::fma(simd::load<V>(a + x), simd::load<V>(b + x), acc);
+    return simd::hsum(acc);
+  }
+
+  /// Σ_t dO_t·∂o_t/∂logλ over one chunk of nb tokens, per query row t (i its position in the chunk):
+  ///   λ^(i+1)·((i+1)·q_t·c_t + q_t·x_t) + Σ_{j<=t} (i−j)·M[t][j]·(q_t·k_j)
+  /// with c = σ·dO·Sᵀ, x = σ·dO·Rᵀ (R = ∂S_c/∂logλ) and M = σ·(dO·Vᵀ) ⊙ D as the sweep has them;
+  /// the scores q_t·k_j into p (the lower triangle's vector tiles only, as masked_scores).
+  double decay_terms(T* p, const T* q, const T* k, const T* c, const T* x, const T* m, index nb, index h) const {
+    for (index j0 = 0; j0 < nb; j0 += L)
+      dot_rows<Arch, T>(p + j0 * ldp_ + j0, ldp_, q + j0 * ldd_, ldd_, nb - j0, k + j0 * ldd_, ldd_,
+                        std::min<index>(L, nb - j0), ldd_);
+    const T* qdec = powers(h) + 1;  // λ^(i+1)
+    double g = 0;
+    for (index t = 0; t < nb; ++t) {
+      const T* qt = q + t * ldd_;
+      const double qc = double(dot(qt, c + t * ldd_, ldd_)), qx = double(dot(qt, x + t * ldd_, ldd_));
+      g += double(qdec[t]) * (double(t + 1) * qc + qx);
+      // M is zero past t, so the ramp's values there (i − j < 0) add nothing
+      const T* mt = m + t * ldp_;
+      const T* pt = p + t * ldp_;
+      const T* ramp = ramp_ + (bk_ - 1 - t);  // ramp[j] = t − j
+      V acc = simd::bcast<V>(T(0));
+      for (index j = 0, end = (t / L + 1) * L; j < end; j += L)
+        acc = simd::fma(simd::load<V>(mt + j) * simd::load<V>(pt + j), simd::loadu<V>(ramp + j), acc);
+      g += double(simd::hsum(acc));
+    }
+    return g;
+  }
+
   /// s = λ·s + ds over n elements (a multiple of the vector width): the state recurrence.
   static void combine(T* s, const T* ds, index n, T lam) {
     const V l = simd::bcast<V>(lam);
@@ -180,18 +243,23 @@ class chunk_backward {
 
   // --- pass 1: dQ -----------------------------------------------------------------------------------
 
-  /// Batch b, query head h: dQ chunk by chunk, with Sᵀ (e × d) recomputed alongside.
+  /// Batch b, query head h: dQ chunk by chunk, with Sᵀ (e × d) recomputed alongside; with ddecay,
+  /// also Rᵀ = (∂S/∂logλ)ᵀ and this item's ∂L/∂logλ into partials_[b·Hq + h].
   void query_sweep(index b, index h) const {
     const index hk = h / p_.group, d = p_.d, e = p_.e, u = b * p_.hq + h;
-    const auto [k, v, vd, dout, m, c, st, dst, kdec] = carve(std::array<index, 9>{
-        bk_ * ldd_, bk_ * lde_, bk_ * lde_, rows_ * lde_, rows_ * ldp_, rows_ * ldd_, erows_ * ldd_, erows_ * ldd_, ldp_});
+    const index gr = ddecay_ ? 1 : 0;  // the decay gradient's buffers are empty when it is not wanted
+    const auto [k, v, vd, dout, m, c, st, dst, kdec, q, dr, ps, rt, kw] = carve(std::array<index, 14>{
+        bk_ * ldd_, bk_ * lde_, bk_ * lde_, rows_ * lde_, rows_ * ldp_, rows_ * ldd_, erows_ * ldd_, erows_ * ldd_,
+        ldp_, gr * bk_ * ldd_, gr * rows_ * ldd_, gr * rows_ * ldp_, gr * erows_ * ldd_, gr * ldp_});
     std::fill(st, st + erows_ * ldd_, T(0));
+    std::fill(rt, rt + gr * erows_ * ldd_, T(0));  // R_0 = 0: S0 does not depend on λ
+    double g = 0;                                   // ∂L/∂logλ of this item
     if (p_.state_in)  // Sᵀ[x][c] = S0[c][x]
       for (index cc = 0; cc < d; ++cc)
         for (index x = 0; x < e; ++x) st[x * ldd_ + cc] = p_.state_in[(u * d + cc) * e + x];
     const T sc = T(p_.scale);
     const T* qdec = powers(h) + 1;  // λ^(i+1)
-    if (!p_.causal) {
+    if (!p_.causal) {  // linear attention's: no decay, no ddecay
       for (index ch = 0; ch < chunks_; ++ch) {  // Sᵀ = S0ᵀ + Vᵀ·K over every key
         const index t0 = ch * bk_, nb = std::min(bk_, p_.nk - t0);
         pack(k, ldd_, p_.k, b, t0, nb, hk, d);
@@ -216,18 +284,38 @@ class chunk_backward {
       masked_scores(m, dout, v, lde_, nb, h);
       // dQ = diag(λ^(i+1))·σ·dO·Sᵀ + σ·M·K, each tile of MR rows of M up to its last key
       chunk_gemm<Arch, T, mma_init::zero>(c, ldd_, dout, lde_, 1, nb, st, ldd_, ldd_, e);
+      if (ddecay_) {  // ∂L/∂logλ += Σ_t dO_t·∂o_t/∂logλ, before c becomes dQ
+        pack(q, ldd_, p_.q, b, t0, nb, h, d);
+        chunk_gemm<Arch, T, mma_init::zero>(dr, ldd_, dout, lde_, 1, nb, rt, ldd_, ldd_, e);  // σ·dO·Rᵀ
+        g += decay_terms(ps, q, k, c, dr, m, nb, h);
+      }
       for (index r0 = 0; r0 < nb; r0 += MR) {
         const index mm = std::min<index>(MR, nb - r0);
         chunk_gemm<Arch, T, mma_init::scale_rows>(c + r0 * ldd_, ldd_, m + r0 * ldp_, ldp_, 1, mm, k, ldd_, ldd_,
                                                   r0 + mm, qdec + r0);
       }
       store_rows(bp_.dq, c, ldd_, b, t0, nb, h, d);
+      if (ddecay_) {  // Rᵀ ← λ^nb·(Rᵀ + nb·Sᵀ) + (diag((nb−1−j)·λ^(nb−1−j))·V)ᵀ·K, with the S_c of this chunk
+        for (index j = 0; j < ldp_; ++j) kw[j] = T(nb - 1 - j) * kdec[j];  // kdec is 0 past nb
+        scale_rows(vd, v, lde_, nb, kw);
+        chunk_gemm<Arch, T, mma_init::zero>(dst, ldd_, vd, 1, lde_, e, k, ldd_, ldd_, nb);
+        const V l = simd::bcast<V>(lam_nb), n = simd::bcast<V>(T(nb));
+        for (index i = 0; i < e * ldd_; i += L)
+          simd::store(rt + i, simd::fma(l, simd::fma(n, simd::load<V>(st + i), simd::load<V>(rt + i)),
+                                        simd::load<V>(dst + i)));
+      }
       // Sᵀ ← λ^nb·Sᵀ + (diag(λ^(nb−1−j))·V)ᵀ·K
       const T* vs = v;
       if (decayed_) scale_rows(vd, v, lde_, nb, kdec), vs = vd;
       chunk_gemm<Arch, T, mma_init::zero>(dst, ldd_, vs, 1, lde_, e, k, ldd_, ldd_, nb);
       combine(st, dst, e * ldd_, lam_nb);
     }
+    if (!ddecay_) return;
+    if (bp_.dstate_out)  // + ⟨∂L/∂S_N, R_N⟩
+      for (index cc = 0; cc < d; ++cc)
+        for (index xx = 0; xx < e; ++xx)
+          g += double(bp_.dstate_out[(u * d + cc) * e + xx]) * double(rt[xx * ldd_ + cc]);
+    partials_[u] = g;
   }
 
   // --- pass 2: dK, dV, dS0 --------------------------------------------------------------------------
@@ -329,14 +417,19 @@ class chunk_backward {
   const chunk_backward_problem<T>& bp_;
   const chunk_problem<T>& p_;
   index bk_, ldp_, rows_, ldd_, lde_, drows_, erows_, pw_off_, tw_, chunks_, qchunks_;
-  bool decayed_;
+  bool decayed_, ddecay_;
   T* tab_ = nullptr;
+  T* ramp_ = nullptr;           // ramp_[i] = B−1−i for i < B, 0 up to B + ldp: row t reads ramp_[B−1−t + j] = t − j
+  double* partials_ = nullptr;  // [batch·Hq] ∂L/∂logλ per item, each written by its item alone
 };
 
 /// Runs a validated chunk backward problem on `dev` with the kernels of `Arch`.
 template <class Arch, class T, class Device>
 void chunk_backward_run(const chunk_backward_problem<T>& p, const Device& dev) {
-  if (p.fwd.batch == 0) return;
+  if (p.fwd.batch == 0) {  // no sequence: the decays' gradient is an empty sum
+    if (p.ddecay) std::fill(p.ddecay, p.ddecay + p.fwd.hq, 0.0);
+    return;
+  }
   chunk_backward<T, Arch>(p).run(dev);
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <array>
+#include <span>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -24,6 +25,7 @@ struct chunk_backward_problem {
   bshd_view<T> dq, dk, dv;        // shaped as q, k, v; dk and dv summed over each K/V head's query heads
   const T* dstate_out = nullptr;  // ∂L/∂final_state [B, Hq, d, e]; null = zeros
   T* dstate_in = nullptr;         // ∂L/∂initial_state [B, Hq, d, e], written; null = not wanted
+  double* ddecay = nullptr;       // ∂L/∂decay [Hq] summed over the batch, written (lightning only); null = not wanted
 };
 
 /// What a backward front door adds to the forward's options.
@@ -31,6 +33,7 @@ struct chunk_backward_call {
   const char* fn;
   state_ref dstate_in;
   state_cref dstate_out;
+  std::span<double> ddecay = {};  // lightning's decay gradient; linear attention has no decay
 };
 
 /// q, k, v, dout, dq, dk, dv: rank-4 row-major tensors of one element type T (float or double).
@@ -97,13 +100,21 @@ auto make_chunk_backward_problem(const chunk_backward_call& c, const Q& q, const
   }
   p.dstate_out = static_cast<const T*>(c.dstate_out.data);
   p.dstate_in = static_cast<T*>(c.dstate_in.data);
+  if (!c.ddecay.empty()) {
+    require(static_cast<index>(c.ddecay.size()) == p.fwd.hq, fn, "ddecay", "has ", c.ddecay.size(),
+            " elements, expected one per query head (", p.fwd.hq, ")");
+    p.ddecay = c.ddecay.data();
+  }
 
-  // What the call writes (dq, dk, dv, dinitial_state) stays apart from what it reads and from each other.
-  const byte_range written[] = {{dq.data(), bytes_of(dims_of(dq), es)},
+  // What the call writes (ddecay, dq, dk, dv, dinitial_state) stays apart from what it reads and from
+  // each other; ddecay comes first, so that a message about it names it.
+  const byte_range written[] = {{p.ddecay, c.ddecay.size_bytes()},
+                                {dq.data(), bytes_of(dims_of(dq), es)},
                                 {dk.data(), bytes_of(dims_of(dk), es)},
                                 {dv.data(), bytes_of(dims_of(dv), es)},
                                 {p.dstate_in, p.dstate_in ? sb : 0}};
-  const char* wname[] = {"dq", "dk", "dv", "dinitial_state"};
+  const char* wname[] = {"ddecay", "dq", "dk", "dv", "dinitial_state"};
+  constexpr int n_written = static_cast<int>(std::size(written));
   const std::pair<const char*, byte_range> read[] = {
       {"q", {q.data(), bytes_of(qd, es)}},
       {"k", {k.data(), bytes_of(dims_of(k), es)}},
@@ -112,9 +123,9 @@ auto make_chunk_backward_problem(const chunk_backward_call& c, const Q& q, const
       {"initial_state", {p.fwd.state_in, p.fwd.state_in ? sb : 0}},
       {"dfinal_state", {p.dstate_out, p.dstate_out ? sb : 0}},
       {"decay", {p.fwd.decay, p.fwd.decay ? sizeof(double) * std::size_t(p.fwd.hq) : 0}}};
-  for (int a = 0; a < 4; ++a) {
+  for (int a = 0; a < n_written; ++a) {
     for (const auto& [name, r] : read) require(!written[a].overlaps(r), fn, wname[a], "overlaps ", name, " in memory");
-    for (int b = a + 1; b < 4; ++b)
+    for (int b = a + 1; b < n_written; ++b)
       require(!written[a].overlaps(written[b]), fn, wname[a], "overlaps ", wname[b], " in memory");
   }
   p.dout = make_native_view<const T>(dout.data(), od, lay);
@@ -126,11 +137,21 @@ auto make_chunk_backward_problem(const chunk_backward_call& c, const Q& q, const
 
 /// f(q, k, v, dout, dq, dk, dv) on float copies when any tensor holds 16-bit values (every tensor
 /// then float or 16-bit; backward_in_float, in workspace slot 3, which the chunk engines and
-/// mapped_linear_backward leave alone), else on the tensors as they are.
+/// mapped_linear_backward leave alone), else on the tensors as they are. ddecay (lightning's, double
+/// either way) is written by f directly; the problem's checks see only the copies, so it is checked
+/// against the caller's 16-bit tensors here.
 template <class Q, class K, class V, class DO, class DQ, class DK, class DV, class F>
 void chunk_in_float_if_16bit(const char* fn, const Q& q, const K& k, const V& v, const DO& dout, DQ& dq, DK& dk,
-                             DV& dv, const F& f) {
+                             DV& dv, const F& f, std::span<const double> ddecay = {}) {
   if constexpr (any_16bit_v<Q, K, V, DO, DQ, DK, DV>) {
+    const auto range = [](const auto& x) {
+      return byte_range{x.data(), bytes_of(dims_of(x), sizeof(scalar_of<decltype(x)>))};
+    };
+    const byte_range dd{ddecay.data(), ddecay.size_bytes()};
+    for (const auto& [name, r] : {std::pair{"q", range(q)}, std::pair{"k", range(k)}, std::pair{"v", range(v)},
+                                  std::pair{"dout", range(dout)}, std::pair{"dq", range(dq)},
+                                  std::pair{"dk", range(dk)}, std::pair{"dv", range(dv)}})
+      require(!dd.overlaps(r), fn, "ddecay", "overlaps ", name, " in memory");
     const Eigen::TensorMap<const Eigen::Tensor<float, 3, Eigen::RowMajor>> no_lse(nullptr, 0, 0, 0);
     backward_in_float(
         fn, q, k, v, dout, no_lse, dout, dq, dk, dv,
@@ -157,8 +178,8 @@ template <class Q, class K, class V, class DO, class DQ, class DK, class DV>
 auto make_lightning_backward_problem(const char* fn, const Q& q, const K& k, const V& v, const DO& dout, DQ& dq,
                                      DK& dk, DV& dv, const lightning_backward_options& opt) {
   using T = scalar_of<Q>;
-  return make_chunk_backward_problem({fn, opt.dinitial_state, opt.dfinal_state}, q, k, v, dout, dq, dk, dv,
-                                     opt.forward.layout, [&](T* out) {
+  return make_chunk_backward_problem({fn, opt.dinitial_state, opt.dfinal_state, opt.ddecay}, q, k, v, dout, dq, dk,
+                                     dv, opt.forward.layout, [&](T* out) {
                                        auto c = backward_call_of(fn, q, k, v, out, dims_of(dout));
                                        const lightning_options& f = opt.forward;
                                        c.lay = f.layout, c.causal = true, c.scale = f.scale, c.block = f.block_size;

@@ -16,6 +16,11 @@
 //   dv_j = σ·Σ_t λ^(t−j)·(q_t·k_j)·dO_t + λ^(N−1−j)·k_j·dS_N
 //   dS0  = σ·Σ_t λ^(t+1)·q_tᵀ·dO_t + λ^N·dS_N
 //
+// and, by ∂λ^m/∂s = −m·λ^m, the decay's gradient (causal only), summed over the batch:
+//
+//   ∂L/∂s = −σ·Σ_t Σ_{j<=t} (t−j)·λ^(t−j)·(q_t·k_j)·(dO_t·v_j) − σ·Σ_t (t+1)·λ^(t+1)·(q_t·S0)·dO_t
+//           + ⟨dS_N, ∂S_N/∂s⟩,   ∂S_N/∂s = −N·λ^N·S0 − Σ_j (N−1−j)·λ^(N−1−j)·k_jᵀ·v_j
+//
 // Linear attention with any built-in map φ and optional normaliser, from the definition in
 // options.hpp by the chain rule. With w_j = [v_j, 1] (the 1 only with the normaliser) the state of
 // query t holds the numerator's state and, as its last column, the normaliser's z:
@@ -47,13 +52,16 @@ using xattn::detail::index;
 /// Lightning attention's backward pass (the first formulas at the top of this file); it reads the
 /// problem's decays and ignores its feature map and normaliser, so it serves linear attention only
 /// for the identity map without normaliser (linear_attention_backward below serves every map).
+/// The decay's gradient, when asked, sums in Acc per (batch, head) and over the batch in double.
 template <class Acc, class T>
 void chunk_attention_backward(const xattn::detail::chunk_backward_problem<T>& bp) {
   const auto& p = bp.fwd;
   const index nq = p.nq, nk = p.nk, d = p.d, e = p.e;
   const auto sz = [](index x) { return static_cast<std::size_t>(x); };
   const Acc sc = Acc(p.scale);
+  const bool want_ds = bp.ddecay && p.causal;
   std::vector<Acc> dk(sz(nk * d)), dv(sz(nk * e)), dq(sz(d)), ds0(sz(d * e)), pw(sz(std::max(nq, nk) + 2));
+  if (bp.ddecay) std::fill(bp.ddecay, bp.ddecay + p.hq, 0.0);
   for (index b = 0; b < p.batch; ++b)
     for (index hk = 0; hk < p.hkv; ++hk) {
       std::fill(dk.begin(), dk.end(), Acc(0));
@@ -63,6 +71,7 @@ void chunk_attention_backward(const xattn::detail::chunk_backward_problem<T>& bp
         const index u = b * p.hq + h;
         const T* s0 = p.state_in ? p.state_in + u * d * e : nullptr;
         const T* dsn = bp.dstate_out ? bp.dstate_out + u * d * e : nullptr;
+        Acc ds = 0;  // ∂L/∂s of this (batch, head)
         for (index t = 0; t < nq; ++t) {
           const T* qt = p.q.row(b, t, h);
           const T* dot = bp.dout.row(b, t, h);
@@ -79,14 +88,18 @@ void chunk_attention_backward(const xattn::detail::chunk_backward_problem<T>& bp
               dk[sz(j * d + c)] += f * dp * Acc(qt[c]);
             }
             for (index x = 0; x < e; ++x) dv[sz(j * e + x)] += f * a * Acc(dot[x]);
+            if (want_ds) ds -= Acc(t - j) * f * a * dp;  // −σ·(t−j)·λ^(t−j)·(q_t·k_j)·(dO_t·v_j)
           }
           if (s0) {  // + σ·λ^(t+1)·dO_t·S0ᵀ
             const Acc f = sc * (p.causal ? pw[sz(t + 1)] : Acc(1));
+            Acc qsd = 0;  // (q_t·S0)·dO_t
             for (index c = 0; c < d; ++c) {
               Acc acc = 0;
               for (index x = 0; x < e; ++x) acc += Acc(dot[x]) * Acc(s0[c * e + x]);
               dq[sz(c)] += f * acc;
+              qsd += Acc(qt[c]) * acc;
             }
+            if (want_ds) ds -= Acc(t + 1) * f * qsd;  // −σ·(t+1)·λ^(t+1)·(q_t·S0)·dO_t
           }
           for (index c = 0; c < d; ++c) bp.dq.row(b, t, h)[c] = T(dq[sz(c)]);
         }
@@ -95,11 +108,14 @@ void chunk_attention_backward(const xattn::detail::chunk_backward_problem<T>& bp
             const T* kj = p.k.row(b, j, hk);
             const T* vj = p.v.row(b, j, hk);
             const Acc f = p.causal ? pw[sz(nk - 1 - j)] : Acc(1);
+            Acc kdv = 0;  // ⟨dS_N, k_jᵀ·v_j⟩
             for (index c = 0; c < d; ++c) {
               Acc acc = 0;
               for (index x = 0; x < e; ++x) acc += Acc(vj[x]) * Acc(dsn[c * e + x]);
               dk[sz(j * d + c)] += f * acc;
+              kdv += Acc(kj[c]) * acc;
             }
+            if (want_ds) ds -= Acc(nk - 1 - j) * f * kdv;  // ⟨dS_N, −(N−1−j)·λ^(N−1−j)·k_jᵀ·v_j⟩
             for (index x = 0; x < e; ++x) {
               Acc acc = 0;
               for (index c = 0; c < d; ++c) acc += Acc(kj[c]) * Acc(dsn[c * e + x]);
@@ -117,6 +133,12 @@ void chunk_attention_backward(const xattn::detail::chunk_backward_problem<T>& bp
           }
           for (index c = 0; c < d * e; ++c) bp.dstate_in[u * d * e + c] = T(ds0[sz(c)]);
         }
+        if (want_ds && dsn && s0) {  // ⟨dS_N, −N·λ^N·S0⟩
+          Acc acc = 0;
+          for (index c = 0; c < d * e; ++c) acc += Acc(dsn[c]) * Acc(s0[c]);
+          ds -= Acc(nk) * pw[sz(nk)] * acc;
+        }
+        if (want_ds) bp.ddecay[h] += double(ds);
       }
       for (index j = 0; j < nk; ++j) {
         for (index c = 0; c < d; ++c) bp.dk.row(b, j, hk)[c] = T(dk[sz(j * d + c)]);
@@ -315,7 +337,7 @@ void linear_attention_backward(const xattn::detail::chunk_backward_problem<T>& b
 
 }  // namespace detail
 
-/// The gradients dq, dk, dv (and dinitial_state when asked) of L = Σ dout ∘ out + Σ dfinal_state ∘
+/// The gradients dq, dk, dv (and dinitial_state and ddecay when asked) of L = Σ dout ∘ out + Σ dfinal_state ∘
 /// final_state, out = lightning_attention(q, k, v, opt.forward), in double. Same shapes, options and
 /// errors as xattn::lightning_attention_backward (named "xattn::reference::lightning_attention_backward").
 template <row_major_tensor<4> Q, row_major_tensor<4> K, row_major_tensor<4> V, row_major_tensor<4> DO,
