@@ -33,8 +33,8 @@
 // λ^m, never factorised into λ^t·λ^−j, which overflows), the rest mma_ab on packed rows, the
 // transposed operands (Mᵀ, Aᵀ, Qᵀ, Vᵀ) read by columns. Sᵀ rather than S is kept in the forward
 // sweep, so that dO·Sᵀ has a row-major panel; dS is transposed once per chunk (register blocks) for
-// V·dSᵀ. States and every sum are T, but for g's sums over rows and chunks (double). The chunks of one sequence are not spread over threads: a call has at most
-// B·(Hq + Hkv) items.
+// V·dSᵀ. States and every sum are T, but for g's sums over rows and chunks (double). The chunks of
+// one sequence are not spread over threads: a call has at most B·(Hq + Hkv) items.
 #pragma once
 
 #include <algorithm>

@@ -188,14 +188,8 @@ class tile_backward {
             if (ni == 0 || nj == 0) continue;
             const visit vis = classify(b, h, i0, ni, j0, nj);
             if (vis == visit::none) continue;
-            const index hk = h / p_.group;
-            pack_transposed(qt, p_.q, b, i0, ni, h, p_.d);
-            pack_transposed(dot, bp_.dout, b, i0, ni, h, p_.dv);
-            row_stats(w, b, h, i0, ni);
-            mma_ab<Arch, T, MR, NV, mma_init::zero>(w.s, kB, p_.k.row(b, j0, hk), p_.k.ss, 1, nj, qt, kB, kB, p_.d);
-            mma_ab<Arch, T, MR, NV, mma_init::zero>(w.ds, kB, p_.v.row(b, j0, hk), p_.v.ss, 1, nj, dot, kB, kB,
-                                                    p_.dv);
-            scores_to_grads<true, true>(w, vis, b, h, i0, ni, j0, nj);
+            pack_query_block(w, qt, dot, b, h, i0, ni);
+            transposed_tile<true>(w, qt, dot, vis, b, h, i0, ni, j0, nj);
             for (index c = 0; c < nj; ++c)  // dSᵀ's row c is key j0 + c
               for (index r = 0; r < ni; ++r) acc[r * kB + c] += w.ds[c * kB + r];
             if (slope_part) {
@@ -369,6 +363,24 @@ class tile_backward {
     }
   }
 
+  /// Qᵀ and dOᵀ of query rows i0 .. i0 + ni of head h packed [d × kB], [dv × kB], with their LSE and D.
+  void pack_query_block(const tile_bufs& w, T* qt, T* dot, index b, index h, index i0, index ni) const {
+    pack_transposed(qt, p_.q, b, i0, ni, h, p_.d);
+    pack_transposed(dot, bp_.dout, b, i0, ni, h, p_.dv);
+    row_stats(w, b, h, i0, ni);
+  }
+
+  /// P and dS of one transposed tile into w.s and w.ds: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (K and V rows in
+  /// place, Qᵀ and dOᵀ as pack_query_block left them), then scores_to_grads.
+  template <bool Raw = false>
+  void transposed_tile(const tile_bufs& w, const T* qt, const T* dot, visit vis, index b, index h, index i0, index ni,
+                       index j0, index nj) const {
+    const index hk = h / p_.group;
+    mma_ab<Arch, T, MR, NV, mma_init::zero>(w.s, kB, p_.k.row(b, j0, hk), p_.k.ss, 1, nj, qt, kB, kB, p_.d);
+    mma_ab<Arch, T, MR, NV, mma_init::zero>(w.ds, kB, p_.v.row(b, j0, hk), p_.v.ss, 1, nj, dot, kB, kB, p_.dv);
+    scores_to_grads<true, Raw>(w, vis, b, h, i0, ni, j0, nj);
+  }
+
   /// S and dP of one upright tile: S = Q·Kᵀ (A = Q rows in place, B = Kᵀ packed), dP = dO·Vᵀ.
   void tile_products(const tile_bufs& w, const T* kt, const T* vt, index b, index h, index i0, index ni) const {
     mma_ab<Arch, T, MR, NV, mma_init::zero>(w.s, kB, p_.q.row(b, i0, h), p_.q.ss, 1, ni, kt, kB, kB, p_.d);
@@ -457,17 +469,13 @@ class tile_backward {
     T *qt = pn[0], *dot = pn[1], *kpack = pn[2], *dq = pn[3];
     std::fill(dq, dq + kB * dp_, T(0));
     if (ni > 0) {
-      pack_transposed(qt, p_.q, b, i0, ni, h, p_.d);
-      pack_transposed(dot, bp_.dout, b, i0, ni, h, p_.dv);
-      row_stats(w, b, h, i0, ni);
+      pack_query_block(w, qt, dot, b, h, i0, ni);
       const index nk = p_.nk_of(b);
       for (index j0 = 0; j0 < nk; j0 += kB) {
         const index nj = std::min(kB, nk - j0);
         const visit vis = classify(b, h, i0, ni, j0, nj);
         if (vis == visit::none) continue;
-        mma_ab<Arch, T, MR, NV, mma_init::zero>(w.s, kB, p_.k.row(b, j0, hk), p_.k.ss, 1, nj, qt, kB, kB, p_.d);
-        mma_ab<Arch, T, MR, NV, mma_init::zero>(w.ds, kB, p_.v.row(b, j0, hk), p_.v.ss, 1, nj, dot, kB, kB, p_.dv);
-        scores_to_grads<true>(w, vis, b, h, i0, ni, j0, nj);
+        transposed_tile(w, qt, dot, vis, b, h, i0, ni, j0, nj);
         const panel kb = rows_as_b(kpack, dp_, p_.k, b, j0, nj, hk, p_.d);
         mma_ab<Arch, T, MR, NV, mma_init::scale_rows, true>(dq, dp_, w.ds, 1, kB, ni, kb.p, kb.ld, dp_, nj, w.ones);
       }
