@@ -5,8 +5,9 @@
 //   softmax_decode/<impl>/K:<K>/threads:<t>                      one query token against a K-long cache
 //   softmax_backward/xattn/N:<N>/D:<D>/H:8/causal:<0|1>/threads:<t>  the backward pass at the forward's
 //                                                                shape; FLOPs 2.5× the forward's
-//   .../score_grads:1      with a [1, 1, N, N] bias and ALiBi slopes whose gradients are asked for;
-//                          FLOPs 3.5× the forward's (S and dP recomputed once more per tile)
+//   .../bias:1             with a [1, 1, N, N] bias and ALiBi slopes in the options (FLOPs as above)
+//   .../bias:1/score_grads:1  and their gradients asked for; FLOPs 3.5× the forward's (S and dP
+//                          recomputed once more per tile)
 //   .../dtype:<bf16|f16>   xattn with q, k, v (decode: the K/V cache; its queries stay float) in
 //                          Eigen::bfloat16 or Eigen::half, out float, at the headline shapes
 //
@@ -91,9 +92,9 @@ void bm_xattn(benchmark::State& st, shape s) {
 /// The backward pass (xattn::softmax_attention_backward) at the forward's shape: out and lse from
 /// one untimed forward call, dout random. FLOPs: 2.5× the forward's (FlashAttention-2's count for
 /// a backward that recomputes P: QKᵀ again, dP = dO·Vᵀ, dV, dK and dQ, five products against two).
-/// score_grads: with an additive bias [1, 1, N, N] and ALiBi slopes in the options, and their
+/// bias: with an additive bias [1, 1, N, N] and ALiBi slopes in the options; score_grads: and their
 /// gradients asked for (2 more tile products per visited tile: 3.5× the forward's FLOPs).
-void bm_backward(benchmark::State& st, shape s, bool warm_up, bool score_grads = false) {
+void bm_backward(benchmark::State& st, shape s, bool warm_up, bool bias = false, bool score_grads = false) {
   const dims4 dims{kBatch, s.n, kHeads, s.d}, square{1, 1, s.n, s.n};
   auto ts = cached_tensors({{"q", dims}, {"k", dims}, {"v", dims}, {"out", dims}, {"dout", dims}, {"dq", dims},
                             {"dk", dims}, {"dv", dims}});
@@ -104,18 +105,19 @@ void bm_backward(benchmark::State& st, shape s, bool warm_up, bool score_grads =
   xattn::softmax_options opt{.causal = s.causal};
   xattn::softmax_grads grads;
   std::vector<float> slopes(kHeads), dslopes(kHeads);
-  if (score_grads) {
+  if (bias) {
     auto sq = cached_tensors({{"bias", square}, {"dbias", square}});
     for (Eigen::Index h = 0; h < kHeads; ++h) slopes[h] = std::exp2(-8.0f * float(h + 1) / float(kHeads));
     opt.bias = *sq[0], opt.alibi_slopes = slopes;
-    grads.bias = *sq[1], grads.alibi_slopes = dslopes;
+    if (score_grads) grads.bias = *sq[1], grads.alibi_slopes = dslopes;
   }
   xattn::softmax_attention(dev, q, k, v, out, lse, opt);  // also touches out and lse
   run_flops(st, s.threads, (score_grads ? 3.5 : 2.5) * softmax_flops(s), double(kBatch * s.n),
             [&] { xattn::softmax_attention_backward(dev, q, k, v, out, lse, dout, dq, dk, dv, opt, grads); }, warm_up);
 }
 void bm_backward_warm(benchmark::State& st, shape s) { bm_backward(st, s, true); }
-void bm_backward_score_grads(benchmark::State& st, shape s) { bm_backward(st, s, true, true); }
+void bm_backward_bias(benchmark::State& st, shape s) { bm_backward(st, s, true, true); }
+void bm_backward_score_grads(benchmark::State& st, shape s) { bm_backward(st, s, true, true, true); }
 /// Once, with no warm-up call: causal at N = 32768 takes tens of seconds.
 void bm_backward_once(benchmark::State& st, shape s) { bm_backward(st, s, false); }
 
@@ -327,7 +329,8 @@ void register_softmax_table() {
     add(softmax_backward_name("xattn", s), bm_backward_warm, s)->MinTime(kTableMinTime);
   }
   const shape causal{kTableN, kTableDim, true, kTableThreads};
-  add(softmax_backward_name("xattn", causal) + "/score_grads:1", bm_backward_score_grads, causal);
+  add(softmax_backward_name("xattn", causal) + "/bias:1", bm_backward_bias, causal);
+  add(softmax_backward_name("xattn", causal) + "/bias:1/score_grads:1", bm_backward_score_grads, causal);
   const decode_shape decode{kTableCacheK, kTableThreads}, decode_naive{kTableCacheK, 1};
   add(decode_name("xattn", kTableCacheK, kTableThreads), bm_decode<false>, decode)->MinTime(kTableMinTime);
   add(decode_name("naive", kTableCacheK, 1), bm_decode<true>, decode_naive)->Iterations(1);

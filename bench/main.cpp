@@ -111,8 +111,10 @@ std::vector<headline_row> headline_rows() {
                   "", "", "", ""});
   rows.push_back({"backward: causal", "N=4096 d=128 H=8 causal", "softmax_backward/xattn/N:4096" + tail + "causal:1" + t,
                   "", "", "", ""});
-  rows.push_back({"backward: causal, bias+ALiBi grads", "N=4096, also dbias, dslopes",
-                  "softmax_backward/xattn/N:4096" + tail + "causal:1" + t + "/score_grads:1", "", "", "", ""});
+  rows.push_back({"backward: causal + bias, ALiBi", "N=4096 bias [1,1,N,N]",
+                  "softmax_backward/xattn/N:4096" + tail + "causal:1" + t + "/bias:1", "", "", "", ""});
+  rows.push_back({"  and their gradients", "also dbias, dslopes",
+                  "softmax_backward/xattn/N:4096" + tail + "causal:1" + t + "/bias:1/score_grads:1", "", "", "", ""});
   rows.push_back({"backward: window", "N=16384 W=1024 causal",
                   "sliding_window_backward/xattn/N:16384/W:1024/D:128/H:8" + t, "", "", "", ""});
   rows.push_back({"backward: sparse", "N=16384 BigBird 10 %", "sparse_backward/xattn/N:16384/density:10/D:128/H:8" + t,

@@ -170,6 +170,11 @@ template <class V> inline V keep_between(const V& x, const V& lo, const V& hi, c
   if constexpr (is_scalar_v<V>) return (x >= lo && x <= hi) ? v : fill;
   else return xsimd::select((x >= lo) && (x <= hi), v, fill);
 }
+/// lanes where x < lo get 0, the others keep x.
+template <class V> inline V zero_below(const V& x, elem_t<V> lo) {
+  if constexpr (is_scalar_v<V>) return x < lo ? V(0) : x;
+  else return xsimd::select(x < V(lo), V(0), x);
+}
 /// lanes where x == -inf get `fill`, the others keep x.
 template <class V> inline V replace_neg_inf(const V& x, const V& fill) {
   const auto ninf = -std::numeric_limits<elem_t<V>>::infinity();

@@ -34,6 +34,7 @@
 #include "parallel.hpp"
 #include "simd.hpp"
 #include "softmax_backward_args.hpp"
+#include "transpose.hpp"
 #include "workspace.hpp"
 
 namespace xattn::detail {
@@ -54,6 +55,7 @@ class tile_backward {
   static constexpr int MR = 8, NV = 2;        // register tile: 8 rows × 2 vectors, 16 accumulators
   static constexpr index kPanel = NV * L;     // panel widths are multiples of this
   static constexpr index kB = 64;             // query rows and keys per tile (a multiple of kPanel)
+  static constexpr double kTinyP = 0x1p-96;   // probabilities below this are 0 (scores_to_grads)
   static_assert(kB % kPanel == 0);
 
   using visit = tile_visit;
@@ -154,57 +156,52 @@ class tile_backward {
   }
 
   /// ∂L/∂bias and ∂L/∂slope, from dS = P ∘ (dP − D), the gradient of the scores where both enter.
-  /// One item per (bias batch, bias head, query block) owns those rows of dbias: for each key block
-  /// in order it walks the (batch, head) pairs the bias broadcasts over, in order, recomputes their
-  /// transposed tiles as pass 2 does (Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ: 2 tile products per visited tile) and
-  /// adds dS into a tile that it then writes; so each element is one sum in one order. The slopes'
-  /// gradient −Σ dS_ij·|i + off − j| goes into a double partial per (batch, head, query block),
-  /// each written by one item, summed in order at the end. Pairs the forward never visited (masked,
-  /// out of the band, past the lengths) get 0.
+  /// One item per (bias batch, bias head, query block) owns those rows of dbias. It walks the
+  /// (batch, head) pairs the bias broadcasts over, in order; for each it packs Qᵀ and dOᵀ once,
+  /// recomputes the transposed tiles of the key blocks it sees as pass 2 does (Sᵀ = K·Qᵀ, dPᵀ =
+  /// V·dOᵀ: 2 tile products per visited tile) and adds dSᵀ into a key-major sum [Nk × 64] (whole
+  /// rows of vectors), written transposed at the end: each element one sum in one order. The
+  /// slopes' gradient −Σ dS_ij·|i + off − j| is summed per tile in vectors, into a double partial
+  /// per (batch, head, query block) that one item writes, summed in order at the end. Pairs the
+  /// forward never visited (masked, out of the band, past the lengths) get 0.
   template <class Device>
   void score_grads(const Device& dev) const {
-    const index qblocks = ceil_div(p_.nq, kB), kblocks = ceil_div(p_.nk, kB);
+    const index qblocks = ceil_div(p_.nq, kB), nk_pad = round_up(p_.nk, kB);
     const bool bias_b = !bp_.dbias || p_.bias_sb != 0, bias_h = !bp_.dbias || p_.bias_sh != 0;
     const index nb = bias_b ? p_.batch : 1, nh = bias_h ? p_.hq : 1;
     double* slope_part = nullptr;  // [batch, hq, qblocks]
-    if (bp_.dalibi) {
+    if (bp_.dalibi)
       slope_part = static_cast<double*>(
           workspace::of_this_thread(3).get(sizeof(double) * std::size_t(p_.batch * p_.hq * qblocks)));
-      std::fill(slope_part, slope_part + p_.batch * p_.hq * qblocks, 0.0);
-    }
     parallel_for(dev, nb * nh * qblocks, [&](index item) {
-      const index bb = item / (nh * qblocks), hh = item / qblocks % nh, i0 = item % qblocks * kB;
+      const index bb = item / (nh * qblocks), hh = item / qblocks % nh, qb = item % qblocks, i0 = qb * kB;
       const index ni_all = std::min(kB, p_.nq - i0);
-      std::array<T*, 3> pn;  // Qᵀ, dOᵀ, the dS sum [kB queries × kB keys]
-      const tile_bufs w = carve(std::array<index, 3>{p_.d, p_.dv, kB}, pn);
+      std::array<T*, 3> pn;  // Qᵀ, dOᵀ, the dS sum [nk_pad keys × kB queries]
+      const tile_bufs w = carve(std::array<index, 3>{p_.d, p_.dv, bp_.dbias ? nk_pad : 0}, pn);
       T *qt = pn[0], *dot = pn[1], *acc = pn[2];
-      for (index kb = 0; kb < kblocks; ++kb) {
-        const index j0 = kb * kB, nj_all = std::min(kB, p_.nk - j0);
-        std::fill(acc, acc + kB * kB, T(0));
-        for (index b = bias_b ? bb : 0; b < (bias_b ? bb + 1 : p_.batch); ++b)
-          for (index h = bias_h ? hh : 0; h < (bias_h ? hh + 1 : p_.hq); ++h) {
-            const index ni = std::clamp<index>(p_.nq_of(b) - i0, 0, ni_all);
-            const index nj = std::clamp<index>(p_.nk_of(b) - j0, 0, nj_all);
-            if (ni == 0 || nj == 0) continue;
+      if (bp_.dbias) std::fill(acc, acc + nk_pad * kB, T(0));
+      for (index b = bias_b ? bb : 0; b < (bias_b ? bb + 1 : p_.batch); ++b)
+        for (index h = bias_h ? hh : 0; h < (bias_h ? hh + 1 : p_.hq); ++h) {
+          const index ni = std::clamp<index>(p_.nq_of(b) - i0, 0, ni_all), nk = p_.nk_of(b);
+          double slope_sum = 0;
+          if (ni > 0) pack_query_block(w, qt, dot, b, h, i0, ni);
+          for (index j0 = 0; ni > 0 && j0 < nk; j0 += kB) {
+            const index nj = std::min(kB, nk - j0);
             const visit vis = classify(b, h, i0, ni, j0, nj);
             if (vis == visit::none) continue;
-            pack_query_block(w, qt, dot, b, h, i0, ni);
             transposed_tile<true>(w, qt, dot, vis, b, h, i0, ni, j0, nj);
-            for (index c = 0; c < nj; ++c)  // dSᵀ's row c is key j0 + c
-              for (index r = 0; r < ni; ++r) acc[r * kB + c] += w.ds[c * kB + r];
-            if (slope_part) {
-              const index off = p_.nk_of(b) - p_.nq_of(b);
-              double sum = 0;
-              for (index c = 0; c < nj; ++c)
-                for (index r = 0; r < ni; ++r)
-                  sum -= double(w.ds[c * kB + r]) * double(std::abs(i0 + r + off - j0 - c));
-              slope_part[(b * p_.hq + h) * qblocks + i0 / kB] += sum;
-            }
+            // dSᵀ's row c is key j0 + c; its columns past ni are 0
+            if (bp_.dbias)
+              for (index c = 0; c < nj; ++c) add_row(acc + (j0 + c) * kB, w.ds + c * kB, kB);
+            if (slope_part) slope_sum += distance_weighted_sum(w.ds, nj, i0 + p_.nk_of(b) - p_.nq_of(b) - j0);
           }
-        if (bp_.dbias) {
-          float* dst = bp_.dbias + bb * p_.bias_sb + hh * p_.bias_sh;
-          for (index r = 0; r < ni_all; ++r)
-            for (index c = 0; c < nj_all; ++c) dst[(i0 + r) * p_.nk + j0 + c] = float(acc[r * kB + c]);
+          if (slope_part) slope_part[(b * p_.hq + h) * qblocks + qb] = -slope_sum;
+        }
+      if (bp_.dbias) {
+        float* dst = bp_.dbias + bb * p_.bias_sb + hh * p_.bias_sh;
+        for (index r = 0; r < ni_all; ++r) {
+          float* row = dst + (i0 + r) * p_.nk;
+          for (index j = 0; j < p_.nk; ++j) row[j] = float(acc[j * kB + r]);
         }
       }
     });
@@ -219,6 +216,21 @@ class tile_backward {
         bp_.dalibi[e] = float(sum);
       }
     }
+  }
+
+  /// Σ_{c < nj, r < kB} ds[c][r]·|base + r − c| of a transposed tile (keys c, queries r), in vectors
+  /// of T per tile; base = i0 + off − j0 (query i0 + r, key j0 + c).
+  static double distance_weighted_sum(const T* ds, index nj, index base) {
+    alignas(simd::kAlign) T lane[L];
+    for (index l = 0; l < L; ++l) lane[l] = T(l);
+    const V iota = simd::load<V>(lane);
+    V acc = simd::bcast<V>(T(0));
+    for (index c = 0; c < nj; ++c)
+      for (index r = 0; r < kB; r += L) {
+        const V dist = simd::abs(iota + simd::bcast<V>(T(base + r - c)));
+        acc = simd::fma(simd::load<V>(ds + c * kB + r), dist, acc);
+      }
+    return double(simd::hsum(acc));
   }
 
   /// ∂L/∂sink_h = −Σ_{b,i} P_sink(b, h, i)·D(b, h, i), P_sink = exp(sink_h − LSE): the sink joins
@@ -286,6 +298,62 @@ class tile_backward {
   /// queries (Sᵀ = K·Qᵀ, so that Q and dO are packed once per query block instead of K and V per
   /// tile). Keys past nj and queries past ni get P = dS = 0, so the products may run over whole
   /// vectors.
+  /// s[r][c] −= slope·|i + off − j| over a tile's `rows` rows and all kB columns, in vectors:
+  /// base = i0 + off − j0, (i, j) = (i0 + r, j0 + c) upright, (i0 + c, j0 + r) transposed. Columns
+  /// past the tile's own are padding that P ignores (their LSE is +inf) or that is masked after.
+  template <bool Transposed>
+  static void alibi_tile(T* s, index rows, T slope, index base) {
+    alignas(simd::kAlign) T lane[L];
+    for (index l = 0; l < L; ++l) lane[l] = T(l);
+    const V iota = simd::load<V>(lane), sv = simd::bcast<V>(slope);
+    for (index r = 0; r < rows; ++r)
+      for (index c = 0; c < kB; c += L) {
+        // upright: |base + r − c − l|, transposed: |base + c + l − r|
+        const V dist = Transposed ? simd::abs(simd::bcast<V>(T(base + c - r)) + iota)
+                                  : simd::abs(simd::bcast<V>(T(base + r - c)) - iota);
+        simd::store(s + r * kB + c, simd::load<V>(s + r * kB + c) - sv * dist);
+      }
+  }
+
+  /// s[r][c] += bias[i][j] over the tile's rows × cols ((i, j) as in alibi_tile), from `bias` at
+  /// (i0, j0) with rows Nk apart: upright in vectors along the bias rows, transposed in L × L blocks
+  /// transposed in registers where the engine has them (float on AVX2 / AVX-512); the rest element
+  /// by element. Nothing is read outside the tile's own rows and columns of the bias.
+  template <bool Transposed>
+  void bias_tile(T* s, index rows, index cols, const float* bias) const {
+    const index nk = p_.nk;
+    if constexpr (!Transposed) {
+      for (index r = 0; r < rows; ++r) {
+        T* sr = s + r * kB;
+        const float* br = bias + r * nk;
+        index c = 0;
+        if constexpr (std::is_same_v<T, float>)
+          for (; c + L <= cols; c += L) simd::store(sr + c, simd::load<V>(sr + c) + simd::loadu<V>(br + c));
+        for (; c < cols; ++c) sr[c] += T(br[c]);
+      }
+    } else {
+      // rows are keys, columns queries: block (r0, c0) is bias rows c0 .. c0 + L, columns r0 .. r0 + L
+      for (index r0 = 0; r0 < rows; r0 += L)
+        for (index c0 = 0; c0 < cols; c0 += L) {
+          if constexpr (simd::has_transpose<T, Arch>) {
+            if (r0 + L <= rows && c0 + L <= cols) {
+              const T* src[L];
+              V col[L];
+              for (index l = 0; l < L; ++l) src[l] = bias + (c0 + l) * nk + r0;
+              simd::transpose_block<T, Arch>(src, col);
+              for (index k = 0; k < L; ++k) {
+                T* sk = s + (r0 + k) * kB + c0;
+                simd::store(sk, simd::load<V>(sk) + col[k]);
+              }
+              continue;
+            }
+          }
+          for (index r = r0; r < std::min(rows, r0 + L); ++r)
+            for (index c = c0; c < std::min(cols, c0 + L); ++c) s[r * kB + c] += T(bias[c * nk + r]);
+        }
+    }
+  }
+
   /// Raw: dS = P ∘ (dP − D) alone, the gradient of the scores where the bias enters (after the
   /// softcap, before the scale reaches Q·Kᵀ).
   template <bool Transposed, bool Raw = false>
@@ -308,21 +376,10 @@ class tile_backward {
         simd::store(s + c, x);
       }
     }
-    // then ALiBi and bias, element by element, only where a tile needs them
+    // then ALiBi and bias, only where a tile needs them
     const T ninf = -std::numeric_limits<T>::infinity();
-    if (p_.alibi || p_.bias) {
-      const index off = p_.nk_of(b) - p_.nq_of(b);
-      const T slope = p_.alibi ? T(p_.alibi_of(b, h)) : T(0);
-      const float* bias = p_.bias ? p_.bias + b * p_.bias_sb + h * p_.bias_sh : nullptr;
-      for (index r = 0; r < rows; ++r) {
-        T* s = w.s + r * kB;
-        for (index c = 0; c < cols; ++c) {
-          const index i = i0 + (Transposed ? c : r), j = j0 + (Transposed ? r : c);
-          if (p_.alibi) s[c] -= slope * T(std::abs(i + off - j));
-          if (bias) s[c] += T(bias[i * p_.nk + j]);
-        }
-      }
-    }
+    if (p_.alibi) alibi_tile<Transposed>(w.s, rows, T(p_.alibi_of(b, h)), i0 + p_.nk_of(b) - p_.nq_of(b) - j0);
+    if (p_.bias) bias_tile<Transposed>(w.s, rows, cols, p_.bias + b * p_.bias_sb + h * p_.bias_sh + i0 * p_.nk + j0);
     // and on partial tiles the band, the rule and the mask, query by query over the tile's keys
     if (vis == visit::partial) {
       const bool* mask = p_.mask ? p_.mask + b * p_.mask_sb + h * p_.mask_sh : nullptr;
@@ -339,7 +396,10 @@ class tile_backward {
     }
     if (!Transposed && (vis == visit::partial || p_.alibi || p_.bias))
       for (index r = 0; r < rows; ++r) std::fill(w.s + r * kB + cols, w.s + (r + 1) * kB, ninf);
-    // P = 2^((X − LSE)·log2 e): X − LSE is exact where P matters (Sterbenz); X·log2 e − LSE·log2 e
+    // P = 2^((X − LSE)·log2 e), 0 below 2^-96 (kTinyP): such a P changes no gradient by a float
+  // ulp (a row's largest P is at least 1/Nk), while its products with dO, Q and K fall into the
+  // subnormal range, where each FMA takes ~100 cycles on x86 (ALiBi's far keys: the causal backward
+  // with slopes 2^-1 .. 2^-8 ran 1.5× as long before). X − LSE is exact where P matters (Sterbenz); X·log2 e − LSE·log2 e
     // would round LSE·log2 e once more. What remains is the saved LSE's own rounding, a relative
     // error of ~ulp(LSE) in P, the float LSE's limit at large logits (FlashAttention's too).
     // dS = P ∘ (dP − D) ∘ X′ · scale
@@ -351,7 +411,7 @@ class tile_backward {
       for (index c = 0; c < kB; c += L) {
         const V lse = Transposed ? simd::load<V>(w.lse + c) : simd::bcast<V>(w.lse[r]);
         const V dsum = Transposed ? simd::load<V>(w.dsum + c) : simd::bcast<V>(w.dsum[r]);
-        const V pv = simd::exp2((simd::load<V>(s + c) - lse) * log2e);
+        const V pv = simd::zero_below(simd::exp2((simd::load<V>(s + c) - lse) * log2e), T(kTinyP));
         V d = pv * (simd::load<V>(ds + c) - dsum);
         if constexpr (!Raw) {
           d = d * scale;
