@@ -150,9 +150,8 @@ class chunk_backward {
   static void pack(T* dst, index ld, const bshd_view<const T>& t, index b, index t0, index nb, index h, index n,
                    T f = T(1)) {
     for (index r = 0; r < nb; ++r) {
-      const T* src = t.row(b, t0 + r, h);
       T* y = dst + r * ld;
-      for (index c = 0; c < n; ++c) y[c] = f * src[c];
+      simd::scale_copy<V>(y, t.row(b, t0 + r, h), n, f);
       std::fill(y + n, y + ld, T(0));
     }
   }

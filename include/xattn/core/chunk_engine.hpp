@@ -387,7 +387,7 @@ class chunk_engine {
           feature_row<Arch, T>(*p_.map, f, p_.d, w.row);
           f = w.row;
         }
-        for (index c = 0; c < p_.df; ++c) y[c] = sc * f[c];
+        simd::scale_copy<V>(y, f, p_.df, sc);
       }
       std::fill(y + p_.df, y + ldf_, T(0));
     }
@@ -508,8 +508,7 @@ class chunk_engine {
       }
       T* out = p_.o.row(b, t0 + t, h);
       if (p_.normalize) {
-        const T inv = T(1) / (w.den[t] + T(p_.eps));
-        for (index x = 0; x < p_.e; ++x) out[x] = o[x] * inv;
+        simd::scale_copy<V>(out, o, p_.e, T(1) / (w.den[t] + T(p_.eps)));
       } else {
         std::memcpy(out, o, sizeof(T) * std::size_t(p_.e));
       }
