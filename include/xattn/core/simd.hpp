@@ -171,8 +171,8 @@ template <class V> inline V keep_between(const V& x, const V& lo, const V& hi, c
   else return xsimd::select((x >= lo) && (x <= hi), v, fill);
 }
 /// dst[i] = s·src[i] for i < n, in vectors of V (unaligned) and a scalar tail. Written out, not
-/// left to the compiler: GCC vectorizes such a loop at -O3 only, and at -O2 (a consumer's build)
-/// the scalar copies of the chunk engines' row packing took a third of the lightning backward.
+/// left to the compiler: GCC vectorizes such a loop at -O3 only, and consumers build at -O2 too
+/// (docs/tuning-notes.md).
 template <class V> inline void scale_copy(elem_t<V>* dst, const elem_t<V>* src, std::ptrdiff_t n, elem_t<V> s) {
   std::ptrdiff_t i = 0;
   if constexpr (!is_scalar_v<V>) {

@@ -397,9 +397,9 @@ class tile_backward {
     if (!Transposed && (vis == visit::partial || p_.alibi || p_.bias))
       for (index r = 0; r < rows; ++r) std::fill(w.s + r * kB + cols, w.s + (r + 1) * kB, ninf);
     // P = 2^((X − LSE)·log2 e), 0 below 2^-96 (kTinyP): such a P changes no gradient by a float
-  // ulp (a row's largest P is at least 1/Nk), while its products with dO, Q and K fall into the
-  // subnormal range, where each FMA takes ~100 cycles on x86 (ALiBi's far keys: the causal backward
-  // with slopes 2^-1 .. 2^-8 ran 1.5× as long before). X − LSE is exact where P matters (Sterbenz); X·log2 e − LSE·log2 e
+    // ulp (a row's largest P is at least 1/Nk), while its products with dO, Q and K fall into the
+    // subnormal range, where each FMA takes ~100 cycles on x86 (ALiBi's far keys; see
+    // docs/tuning-notes.md). X − LSE is exact where P matters (Sterbenz); X·log2 e − LSE·log2 e
     // would round LSE·log2 e once more. What remains is the saved LSE's own rounding, a relative
     // error of ~ulp(LSE) in P, the float LSE's limit at large logits (FlashAttention's too).
     // dS = P ∘ (dP − D) ∘ X′ · scale
