@@ -67,7 +67,8 @@ template <class T>
 bw_grads<T> make_grads(const BwCase& c) {
   const Case& f = c.fwd;
   bw_grads<T> g{make_tensor<T>(f.lay_, f.b_, f.nq_, f.hq_, f.d_), make_tensor<T>(f.lay_, f.b_, f.nk_, f.hkv_, f.d_),
-                make_tensor<T>(f.lay_, f.b_, f.nk_, f.hkv_, f.e()), tensor<T>(f.b_, f.hq_, f.df(), f.cols())};
+                make_tensor<T>(f.lay_, f.b_, f.nk_, f.hkv_, f.e()), tensor<T>(f.b_, f.hq_, f.df(), f.cols()),
+                tensor<double, 1>()};
   for (tensor<T>* t : {&g.dq, &g.dk, &g.dv, &g.ds0}) t->setConstant(static_cast<T>(kNaN));
   if (c.ddecay) {
     g.dd = tensor<double, 1>(f.hq_);

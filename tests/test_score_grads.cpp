@@ -257,11 +257,15 @@ void check_against_reference(const SCase& s) {
   for (index x = 0; x < got.dbias.size(); ++x) {
     const double r = ref.dbias.data()[x], v = got.dbias.data()[x];
     ASSERT_FALSE(std::isnan(v)) << "dbias at " << index_str(got.dbias, x) << " not written";
-    if (s.form == SCase::softmax && !seen_by_any(s, co, x)) ASSERT_EQ(v, 0) << "dbias at " << index_str(got.dbias, x) << ": no query sees this key";
+    if (s.form == SCase::softmax && !seen_by_any(s, co, x)) {
+      ASSERT_EQ(v, 0) << "dbias at " << index_str(got.dbias, x) << ": no query sees this key";
+    }
     EXPECT_NEAR(v, r, eps * (1 + std::abs(r))) << "dbias at " << index_str(got.dbias, x);
     dmax = std::max(dmax, std::abs(r));
   }
-  if (got.dbias.size()) EXPECT_GT(dmax, 1e-3) << "the bias gradient is all but zero: the case tests nothing";
+  if (got.dbias.size()) {
+    EXPECT_GT(dmax, 1e-3) << "the bias gradient is all but zero: the case tests nothing";
+  }
   double smax = 0;
   for (const float r : ref.dslopes) smax = std::max(smax, double(std::abs(r)));
   for (std::size_t e = 0; e < got.dslopes.size(); ++e)
