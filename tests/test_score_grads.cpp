@@ -125,15 +125,21 @@ void backward_of(const SCase& s, const case_options& co, const problem<T>& p, co
   }
 }
 
+/// The score gradients of the case from its forward and backward, fast (Ref = false) or reference.
+template <bool Ref, class T>
+score_grads run_score_grads(const SCase& s, const case_options& co, const problem<T>& p) {
+  tensor<T> out(make_tensor<T>(co.opt.layout, s.c.b_, s.c.nq_, s.c.hq_, s.c.dv()));
+  tensor<T, 3> lse(s.c.b_, s.c.hq_, s.c.nq_);
+  forward_of<Ref>(s, co, p, out, lse);
+  grads<T> g = make_grads<T>(p);
+  score_grads sg = nan_score_grads(co);
+  backward_of<Ref>(s, co, p, out, lse, g, sg);
+  return sg;
+}
+
 /// The reference's gradients of the case, in double.
 score_grads reference_score_grads(const SCase& s, const case_options& co, const problem<double>& pd) {
-  tensor<double> out(make_tensor<double>(co.opt.layout, s.c.b_, s.c.nq_, s.c.hq_, s.c.dv()));
-  tensor<double, 3> lse(s.c.b_, s.c.hq_, s.c.nq_);
-  forward_of<true>(s, co, pd, out, lse);
-  grads<double> g = make_grads<double>(pd);
-  score_grads sg = nan_score_grads(co);
-  backward_of<true>(s, co, pd, out, lse, g, sg);
-  return sg;
+  return run_score_grads<true>(s, co, pd);
 }
 
 std::string form_name(const SCase& s) {
@@ -242,12 +248,7 @@ void check_against_reference(const SCase& s) {
   const case_options co = make_case_options(s, rng);
   const score_grads ref = reference_score_grads(s, co, pd);
   const problem<T> p{cast_to<T>(pd.q), cast_to<T>(pd.k), cast_to<T>(pd.v), cast_to<T>(pd.dout)};
-  tensor<T> out(make_tensor<T>(co.opt.layout, s.c.b_, s.c.nq_, s.c.hq_, s.c.dv()));
-  tensor<T, 3> lse(s.c.b_, s.c.hq_, s.c.nq_);
-  forward_of<false>(s, co, p, out, lse);
-  grads<T> g = make_grads<T>(p);
-  score_grads got = nan_score_grads(co);
-  backward_of<false>(s, co, p, out, lse, g, got);
+  const score_grads got = run_score_grads<false>(s, co, p);
   // Each dbias element is P·(dP − D) with dP and D sums of dv products of unit-sized values, each
   // rounded in T, and P within a few ulp(LSE) of exact: its error is ~dv·ε·|dO|·|v| ≲ 2e-5 in float;
   // a slope's gradient sums Nq·Nk such terms times distances. A wrong index, a missing or extra
