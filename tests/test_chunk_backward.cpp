@@ -112,6 +112,10 @@ const std::vector<BwCase> kAccuracyCases = {
     // grouped-query attention
     {Case("gqa_h4_kv2").len(90).heads(4, 2).dim(32).init(), true},
     {Case("mqa_h4_kv1").len(90).heads(4, 1).dim(24, 40), true},
+    // head groups of uneven size whose query heads straddle K/V heads (9 over 3 at B = 1: query
+    // items of 4, 4 and 1 heads, key items of 2 and 1)
+    {Case("heads9_kv3_groups").batch(1).len(130).heads(9, 3).dim(24, 40).decays(D::mixed).init(), true},
+    {Case("linear_noncausal_heads9_kv3").linear(false).batch(1).len(90, 130).heads(9, 3).dim(24, 40).init(), true},
     // decays: none, zeros, slopes (the default), large (λ^B underflows), mixed
     {Case("decay_none").len(130).decays(D::none).init(), true},
     {Case("decay_zero").len(130).decays(D::zero), false},
@@ -161,6 +165,7 @@ const std::vector<BwCase> kThreadCases = {
     {Case("threads_gqa_init").batch(2).len(300).heads(4, 2).dim(64).init(), true},
     {Case("threads_one_kv_head").batch(1).len(333).heads(3, 1).dim(40, 72).block(32), true},
     {Case("threads_bhsd_h1").batch(1).len(257).heads(1, 1).dim(64).bhsd(), true},
+    {Case("threads_heads9_kv3").batch(1).len(200).heads(9, 3).dim(32, 40).init(), true},
     {Case("threads_linear_noncausal").linear(false).batch(1).len(200, 333).heads(4, 2).dim(64).init(), true},
 };
 

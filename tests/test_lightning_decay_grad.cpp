@@ -179,6 +179,7 @@ const std::vector<BwCase> kAccuracyCases = {
     dd({small("len70_bhsd_scale", 70).bhsd().scale(0.125).init(), true}),
     dd({Case("len150_d40_e24_block64_init_dfinal").len(150).heads(4, 2).dim(40, 24).init(), true}),
     dd({Case("len130_d1_e7_mqa").len(130).heads(4, 1).dim(1, 7).block(32), true}),
+    dd({Case("len130_heads9_kv3_groups").batch(1).len(130).heads(9, 3).dim(24, 16).decays(D::mixed).init(), true}),
     dd({small("f64_len70_init_dfinal", 70).f64().init(), true}),
     dd({small("f64_len70_no_decay_dfinal", 70).f64().decays(D::none), true}),
     dd({Case("f64_len150_d40_e24_mixed").f64().len(150).heads(4, 2).dim(40, 24).decays(D::mixed).init(), true}),

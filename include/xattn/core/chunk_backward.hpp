@@ -25,10 +25,12 @@
 // in index order after both passes. (Summing t·⟨dO_t, o_t⟩ instead cancels badly at long N.)
 //
 // Two passes, whose items run side by side (both only read the inputs). (1) One item per (batch,
-// query head) sweeps its chunks forwards, recomputing S_c (and R_c), and writes dQ (and g). (2) One
-// item per (batch, K/V head) sweeps the chunks backwards with the dS of each of its query heads in
-// scratch; per chunk it packs K and V once and sums the heads' dK and dV in head order before
-// writing them: dk and dv are written once, in the same order for any thread count. The products
+// group of query heads) sweeps the chunks forwards across its heads, recomputing each head's S_c
+// (and R_c), and writes dQ (and g). (2) One item per (batch, group of K/V heads) sweeps the chunks
+// backwards with the dS of each of their query heads in scratch; per chunk and K/V head it packs K
+// and V once and sums the query heads' dK and dV in head order before writing them: dk and dv are
+// written once, in the same order for any thread count (the groups, head_group_of, only decide
+// which heads share an item). The products
 // are the forward's: masked scores by dot_rows on the lower triangle (the decay read from a table of
 // λ^m, never factorised into λ^t·λ^−j, which overflows), the rest mma_ab on packed rows, the
 // transposed operands (Mᵀ, Aᵀ, Qᵀ, Vᵀ) read by columns. Sᵀ rather than S is kept in the forward
@@ -98,10 +100,21 @@ class chunk_backward {
     for (index i = 0; i < ramp; ++i) ramp_[i] = i < bk_ ? T(bk_ - 1 - i) : T(0);
     // Both passes read only the inputs, so their items run side by side: the (heavier) key sweeps
     // first, then the query sweeps; a single (batch, head) still keeps two threads busy.
-    const index keys = p_.batch * p_.hkv;
-    parallel_for(dev, keys + p_.batch * p_.hq, [&](index it) {
-      if (it < keys) key_sweep(it / p_.hkv, it % p_.hkv);
-      else query_sweep((it - keys) / p_.hq, (it - keys) % p_.hq);
+    // Each item sweeps a group of heads chunk by chunk across the heads, as the forward does
+    // (head_group_of): in bshd consecutive heads' rows share pages, so a chunk reads whole runs of
+    // a page instead of one head's 512 bytes in each (which left the hardware prefetchers idle once
+    // the tensors outgrew the last-level cache). Every head keeps its own states and sums, so the
+    // grouping does not change a bit of the result.
+    const index gk = head_group_of(p_.batch, p_.hkv), gq = head_group_of(p_.batch, p_.hq);
+    const index kgroups = ceil_div(p_.hkv, gk), qgroups = ceil_div(p_.hq, gq), keys = p_.batch * kgroups;
+    parallel_for(dev, keys + p_.batch * qgroups, [&](index it) {
+      if (it < keys) {
+        const index h0 = it % kgroups * gk;
+        key_sweep(it / kgroups, h0, std::min(h0 + gk, p_.hkv));
+      } else {
+        const index h0 = (it - keys) % qgroups * gq;
+        query_sweep((it - keys) / qgroups, h0, std::min(h0 + gq, p_.hq));
+      }
     });
     // ∂L/∂s = −Σ_b ∂L/∂logλ (logλ = −s), over the batch in index order: the same bits for any
     // thread count
@@ -242,92 +255,114 @@ class chunk_backward {
 
   // --- pass 1: dQ -----------------------------------------------------------------------------------
 
-  /// Batch b, query head h: dQ chunk by chunk, with Sᵀ (e × d) recomputed alongside; with ddecay,
-  /// also Rᵀ = (∂S/∂logλ)ᵀ and this item's ∂L/∂logλ into partials_[b·Hq + h].
-  void query_sweep(index b, index h) const {
-    const index hk = h / p_.group, d = p_.d, e = p_.e, u = b * p_.hq + h;
+  /// Batch b, query heads [h0, h1): dQ chunk by chunk across the heads, with each head's Sᵀ (e × d)
+  /// recomputed alongside; with ddecay, also Rᵀ = (∂S/∂logλ)ᵀ and each head's ∂L/∂logλ into
+  /// partials_[b·Hq + h]. The query heads of one K/V head pack its chunk of K and V once.
+  void query_sweep(index b, index h0, index h1) const {
+    const index d = p_.d, e = p_.e, nh = h1 - h0, sst = erows_ * ldd_;
     const index gr = ddecay_ ? 1 : 0;  // the decay gradient's buffers are empty when it is not wanted
-    const auto [k, v, vd, dout, m, c, st, dst, kdec, q, dr, ps, rt, kw] = carve(std::array<index, 14>{
-        bk_ * ldd_, bk_ * lde_, bk_ * lde_, rows_ * lde_, rows_ * ldp_, rows_ * ldd_, erows_ * ldd_, erows_ * ldd_,
-        ldp_, gr * bk_ * ldd_, gr * rows_ * ldd_, gr * rows_ * ldp_, gr * erows_ * ldd_, gr * ldp_});
-    std::fill(st, st + erows_ * ldd_, T(0));
-    std::fill(rt, rt + gr * erows_ * ldd_, T(0));  // R_0 = 0: S0 does not depend on λ
-    double g = 0;                                   // ∂L/∂logλ of this item
-    if (p_.state_in)  // Sᵀ[x][c] = S0[c][x]
-      for (index cc = 0; cc < d; ++cc)
-        for (index x = 0; x < e; ++x) st[x * ldd_ + cc] = p_.state_in[(u * d + cc) * e + x];
+    const auto [k, v, vd, dout, m, c, sts, dst, kdec, q, dr, ps, rts, kw] = carve(std::array<index, 14>{
+        bk_ * ldd_, bk_ * lde_, bk_ * lde_, rows_ * lde_, rows_ * ldp_, rows_ * ldd_, nh * sst, erows_ * ldd_, ldp_,
+        gr * bk_ * ldd_, gr * rows_ * ldd_, gr * rows_ * ldp_, gr * nh * sst, gr * ldp_});
+    auto state = [&](index h) { return sts + (h - h0) * sst; };
+    auto rstate = [&](index h) { return rts + (h - h0) * sst; };
+    std::fill(sts, sts + nh * sst, T(0));
+    std::fill(rts, rts + gr * nh * sst, T(0));  // R_0 = 0: S0 does not depend on λ
+    std::array<double, kMaxHeadGroup> g{};       // ∂L/∂logλ of each head
+    if (p_.state_in)                             // Sᵀ[x][c] = S0[c][x]
+      for (index h = h0; h < h1; ++h)
+        for (index cc = 0; cc < d; ++cc)
+          for (index x = 0; x < e; ++x) state(h)[x * ldd_ + cc] = p_.state_in[((b * p_.hq + h) * d + cc) * e + x];
     const T sc = T(p_.scale);
-    const T* qdec = powers(h) + 1;  // λ^(i+1)
     if (!p_.causal) {  // linear attention's: no decay, no ddecay
       for (index ch = 0; ch < chunks_; ++ch) {  // Sᵀ = S0ᵀ + Vᵀ·K over every key
         const index t0 = ch * bk_, nb = std::min(bk_, p_.nk - t0);
-        pack(k, ldd_, p_.k, b, t0, nb, hk, d);
-        pack(v, lde_, p_.v, b, t0, nb, hk, e);
-        chunk_gemm<Arch, T, mma_init::zero>(dst, ldd_, v, 1, lde_, e, k, ldd_, ldd_, nb);
-        combine(st, dst, e * ldd_, T(1));
+        for (index h = h0, packed = -1; h < h1; ++h) {
+          if (const index hk = h / p_.group; hk != packed) {
+            pack(k, ldd_, p_.k, b, t0, nb, hk, d);
+            pack(v, lde_, p_.v, b, t0, nb, hk, e);
+            chunk_gemm<Arch, T, mma_init::zero>(dst, ldd_, v, 1, lde_, e, k, ldd_, ldd_, nb);
+            packed = hk;
+          }
+          combine(state(h), dst, e * ldd_, T(1));
+        }
       }
       for (index ch = 0; ch < qchunks_; ++ch) {  // dQ = σ·dO·Sᵀ
         const index t0 = ch * bk_, nb = std::min(bk_, p_.nq - t0);
-        pack(dout, lde_, bp_.dout, b, t0, nb, h, e, sc);
-        chunk_gemm<Arch, T, mma_init::zero>(c, ldd_, dout, lde_, 1, nb, st, ldd_, ldd_, e);
-        store_rows(bp_.dq, c, ldd_, b, t0, nb, h, d);
+        for (index h = h0; h < h1; ++h) {
+          pack(dout, lde_, bp_.dout, b, t0, nb, h, e, sc);
+          chunk_gemm<Arch, T, mma_init::zero>(c, ldd_, dout, lde_, 1, nb, state(h), ldd_, ldd_, e);
+          store_rows(bp_.dq, c, ldd_, b, t0, nb, h, d);
+        }
       }
       return;
     }
     for (index ch = 0; ch < chunks_; ++ch) {
       const index t0 = ch * bk_, nb = std::min(bk_, p_.nk - t0);
-      const T lam_nb = set_chunk(kdec, h, nb);
-      pack(k, ldd_, p_.k, b, t0, nb, hk, d);
-      pack(v, lde_, p_.v, b, t0, nb, hk, e);
-      pack(dout, lde_, bp_.dout, b, t0, nb, h, e, sc);  // σ·dO: M and dO·Sᵀ both carry σ
-      masked_scores(m, dout, v, lde_, nb, h);
-      // dQ = diag(λ^(i+1))·σ·dO·Sᵀ + σ·M·K, each tile of MR rows of M up to its last key
-      chunk_gemm<Arch, T, mma_init::zero>(c, ldd_, dout, lde_, 1, nb, st, ldd_, ldd_, e);
-      if (ddecay_) {  // ∂L/∂logλ += Σ_t dO_t·∂o_t/∂logλ, before c becomes dQ
-        pack(q, ldd_, p_.q, b, t0, nb, h, d);
-        chunk_gemm<Arch, T, mma_init::zero>(dr, ldd_, dout, lde_, 1, nb, rt, ldd_, ldd_, e);  // σ·dO·Rᵀ
-        g += decay_terms(ps, q, k, c, dr, m, nb, h);
+      for (index h = h0, packed = -1; h < h1; ++h) {
+        if (const index hk = h / p_.group; hk != packed) {
+          pack(k, ldd_, p_.k, b, t0, nb, hk, d);
+          pack(v, lde_, p_.v, b, t0, nb, hk, e);
+          packed = hk;
+        }
+        T* const st = state(h);
+        T* const rt = rstate(h);
+        const T* qdec = powers(h) + 1;  // λ^(i+1)
+        const T lam_nb = set_chunk(kdec, h, nb);
+        pack(dout, lde_, bp_.dout, b, t0, nb, h, e, sc);  // σ·dO: M and dO·Sᵀ both carry σ
+        masked_scores(m, dout, v, lde_, nb, h);
+        // dQ = diag(λ^(i+1))·σ·dO·Sᵀ + σ·M·K, each tile of MR rows of M up to its last key
+        chunk_gemm<Arch, T, mma_init::zero>(c, ldd_, dout, lde_, 1, nb, st, ldd_, ldd_, e);
+        if (ddecay_) {  // ∂L/∂logλ += Σ_t dO_t·∂o_t/∂logλ, before c becomes dQ
+          pack(q, ldd_, p_.q, b, t0, nb, h, d);
+          chunk_gemm<Arch, T, mma_init::zero>(dr, ldd_, dout, lde_, 1, nb, rt, ldd_, ldd_, e);  // σ·dO·Rᵀ
+          g[h - h0] += decay_terms(ps, q, k, c, dr, m, nb, h);
+        }
+        for (index r0 = 0; r0 < nb; r0 += MR) {
+          const index mm = std::min<index>(MR, nb - r0);
+          chunk_gemm<Arch, T, mma_init::scale_rows>(c + r0 * ldd_, ldd_, m + r0 * ldp_, ldp_, 1, mm, k, ldd_, ldd_,
+                                                    r0 + mm, qdec + r0);
+        }
+        store_rows(bp_.dq, c, ldd_, b, t0, nb, h, d);
+        if (ddecay_) {  // Rᵀ ← λ^nb·(Rᵀ + nb·Sᵀ) + (diag((nb−1−j)·λ^(nb−1−j))·V)ᵀ·K, with the S_c of this chunk
+          for (index j = 0; j < ldp_; ++j) kw[j] = T(nb - 1 - j) * kdec[j];  // kdec is 0 past nb
+          scale_rows(vd, v, lde_, nb, kw);
+          chunk_gemm<Arch, T, mma_init::zero>(dst, ldd_, vd, 1, lde_, e, k, ldd_, ldd_, nb);
+          const V l = simd::bcast<V>(lam_nb), n = simd::bcast<V>(T(nb));
+          for (index i = 0; i < e * ldd_; i += L)
+            simd::store(rt + i, simd::fma(l, simd::fma(n, simd::load<V>(st + i), simd::load<V>(rt + i)),
+                                          simd::load<V>(dst + i)));
+        }
+        // Sᵀ ← λ^nb·Sᵀ + (diag(λ^(nb−1−j))·V)ᵀ·K
+        const T* vs = v;
+        if (decayed_) scale_rows(vd, v, lde_, nb, kdec), vs = vd;
+        chunk_gemm<Arch, T, mma_init::zero>(dst, ldd_, vs, 1, lde_, e, k, ldd_, ldd_, nb);
+        combine(st, dst, e * ldd_, lam_nb);
       }
-      for (index r0 = 0; r0 < nb; r0 += MR) {
-        const index mm = std::min<index>(MR, nb - r0);
-        chunk_gemm<Arch, T, mma_init::scale_rows>(c + r0 * ldd_, ldd_, m + r0 * ldp_, ldp_, 1, mm, k, ldd_, ldd_,
-                                                  r0 + mm, qdec + r0);
-      }
-      store_rows(bp_.dq, c, ldd_, b, t0, nb, h, d);
-      if (ddecay_) {  // Rᵀ ← λ^nb·(Rᵀ + nb·Sᵀ) + (diag((nb−1−j)·λ^(nb−1−j))·V)ᵀ·K, with the S_c of this chunk
-        for (index j = 0; j < ldp_; ++j) kw[j] = T(nb - 1 - j) * kdec[j];  // kdec is 0 past nb
-        scale_rows(vd, v, lde_, nb, kw);
-        chunk_gemm<Arch, T, mma_init::zero>(dst, ldd_, vd, 1, lde_, e, k, ldd_, ldd_, nb);
-        const V l = simd::bcast<V>(lam_nb), n = simd::bcast<V>(T(nb));
-        for (index i = 0; i < e * ldd_; i += L)
-          simd::store(rt + i, simd::fma(l, simd::fma(n, simd::load<V>(st + i), simd::load<V>(rt + i)),
-                                        simd::load<V>(dst + i)));
-      }
-      // Sᵀ ← λ^nb·Sᵀ + (diag(λ^(nb−1−j))·V)ᵀ·K
-      const T* vs = v;
-      if (decayed_) scale_rows(vd, v, lde_, nb, kdec), vs = vd;
-      chunk_gemm<Arch, T, mma_init::zero>(dst, ldd_, vs, 1, lde_, e, k, ldd_, ldd_, nb);
-      combine(st, dst, e * ldd_, lam_nb);
     }
     if (!ddecay_) return;
-    if (bp_.dstate_out)  // + ⟨∂L/∂S_N, R_N⟩
-      for (index cc = 0; cc < d; ++cc)
-        for (index xx = 0; xx < e; ++xx)
-          g += double(bp_.dstate_out[(u * d + cc) * e + xx]) * double(rt[xx * ldd_ + cc]);
-    partials_[u] = g;
+    for (index h = h0; h < h1; ++h) {
+      const index u = b * p_.hq + h;
+      if (bp_.dstate_out)  // + ⟨∂L/∂S_N, R_N⟩
+        for (index cc = 0; cc < d; ++cc)
+          for (index xx = 0; xx < e; ++xx)
+            g[h - h0] += double(bp_.dstate_out[(u * d + cc) * e + xx]) * double(rstate(h)[xx * ldd_ + cc]);
+      partials_[u] = g[h - h0];
+    }
   }
 
   // --- pass 2: dK, dV, dS0 --------------------------------------------------------------------------
 
-  /// Batch b, K/V head hk: the chunks from last to first, each query head of the group with its dS.
-  void key_sweep(index b, index hk) const {
-    const index d = p_.d, e = p_.e, g = p_.group, h0 = hk * g, sst = drows_ * lde_;
+  /// Batch b, K/V heads [hk0, hk1): the chunks from last to first across the heads, each query head
+  /// of a group with its dS.
+  void key_sweep(index b, index hk0, index hk1) const {
+    const index d = p_.d, e = p_.e, g = p_.group, h0 = hk0 * g, h1 = hk1 * g, sst = drows_ * lde_;
     const auto [q, k, v, dout, dod, a, m, c1, c2, akk, avv, ds, dds, dst, kdec] = carve(std::array<index, 15>{
         bk_ * ldd_, bk_ * ldd_, bk_ * lde_, bk_ * lde_, bk_ * lde_, rows_ * ldp_, rows_ * ldp_, rows_ * ldd_,
-        rows_ * lde_, rows_ * ldd_, rows_ * lde_, g * sst, sst, erows_ * ldd_, ldp_});
+        rows_ * lde_, rows_ * ldd_, rows_ * lde_, (h1 - h0) * sst, sst, erows_ * ldd_, ldp_});
     const T sc = T(p_.scale);
     auto state = [&](index h) { return ds + (h - h0) * sst; };
-    for (index h = h0; h < h0 + g; ++h) {  // dS = ∂L/∂final_state, or zeros
+    for (index h = h0; h < h1; ++h) {  // dS = ∂L/∂final_state, or zeros
       T* s = state(h);
       std::fill(s, s + sst, T(0));
       if (bp_.dstate_out)
@@ -344,71 +379,76 @@ class chunk_backward {
         simd::transpose_rows<T, Arch>(rows, e, T(1), dst + c0, ldd_);
       }
     };
-    // The first head's dK and dV terms go straight into akk and avv, the others' into c1 and c2 and
-    // are then added, in head order.
+    // The first head of a group puts its dK and dV terms straight into akk and avv, the others into
+    // c1 and c2, then added in head order.
     auto sum_heads = [&](index h, index nb) {
-      if (h == h0) return;
+      if (h % g == 0) return;
       for (auto [acc, src, ld] : {std::tuple{akk, c1, ldd_}, std::tuple{avv, c2, lde_}})
         for (index x = 0; x < nb * ld; x += L) simd::store(acc + x, simd::load<V>(acc + x) + simd::load<V>(src + x));
     };
 
     if (!p_.causal) {
-      for (index h = h0; h < h0 + g; ++h)  // dS += σ·Qᵀ·dO over every query
-        for (index ch = 0; ch < qchunks_; ++ch) {
-          const index t0 = ch * bk_, nb = std::min(bk_, p_.nq - t0);
+      for (index ch = 0; ch < qchunks_; ++ch) {  // dS += σ·Qᵀ·dO over every query
+        const index t0 = ch * bk_, nb = std::min(bk_, p_.nq - t0);
+        for (index h = h0; h < h1; ++h) {
           pack(q, ldd_, p_.q, b, t0, nb, h, d, sc);
           pack(dout, lde_, bp_.dout, b, t0, nb, h, e);
           chunk_gemm<Arch, T, mma_init::zero>(dds, lde_, q, 1, ldd_, d, dout, lde_, lde_, nb);
           combine(state(h), dds, d * lde_, T(1));
         }
+      }
       for (index ch = 0; ch < chunks_; ++ch) {  // dK = V·dSᵀ, dV = K·dS, summed over the heads
         const index t0 = ch * bk_, nb = std::min(bk_, p_.nk - t0);
-        pack(k, ldd_, p_.k, b, t0, nb, hk, d);
-        pack(v, lde_, p_.v, b, t0, nb, hk, e);
-        for (index h = h0; h < h0 + g; ++h) {
-          T* const gk = h == h0 ? akk : c1;
-          T* const gv = h == h0 ? avv : c2;
-          transpose_state(h);
-          chunk_gemm<Arch, T, mma_init::zero>(gk, ldd_, v, lde_, 1, nb, dst, ldd_, ldd_, e);
-          chunk_gemm<Arch, T, mma_init::zero>(gv, lde_, k, ldd_, 1, nb, state(h), lde_, lde_, d);
-          sum_heads(h, nb);
+        for (index hk = hk0; hk < hk1; ++hk) {
+          pack(k, ldd_, p_.k, b, t0, nb, hk, d);
+          pack(v, lde_, p_.v, b, t0, nb, hk, e);
+          for (index h = hk * g; h < (hk + 1) * g; ++h) {
+            T* const gk = h % g == 0 ? akk : c1;
+            T* const gv = h % g == 0 ? avv : c2;
+            transpose_state(h);
+            chunk_gemm<Arch, T, mma_init::zero>(gk, ldd_, v, lde_, 1, nb, dst, ldd_, ldd_, e);
+            chunk_gemm<Arch, T, mma_init::zero>(gv, lde_, k, ldd_, 1, nb, state(h), lde_, lde_, d);
+            sum_heads(h, nb);
+          }
+          store_rows(bp_.dk, akk, ldd_, b, t0, nb, hk, d);
+          store_rows(bp_.dv, avv, lde_, b, t0, nb, hk, e);
         }
-        store_rows(bp_.dk, akk, ldd_, b, t0, nb, hk, d);
-        store_rows(bp_.dv, avv, lde_, b, t0, nb, hk, e);
       }
     } else {
       for (index ch = chunks_ - 1; ch >= 0; --ch) {
         const index t0 = ch * bk_, nb = std::min(bk_, p_.nk - t0);
-        pack(k, ldd_, p_.k, b, t0, nb, hk, d);
-        pack(v, lde_, p_.v, b, t0, nb, hk, e);
-        for (index h = h0; h < h0 + g; ++h) {
-          const T lam_nb = set_chunk(kdec, h, nb);
-          const T* qdec = powers(h) + 1;
-          pack(q, ldd_, p_.q, b, t0, nb, h, d, sc);
-          pack(dout, lde_, bp_.dout, b, t0, nb, h, e);
-          masked_scores(a, q, k, ldd_, nb, h);     // A = σ·(Q·Kᵀ) ⊙ D
-          masked_scores(m, dout, v, lde_, nb, h);  // M = (dO·Vᵀ) ⊙ D
-          // dK = diag(λ^(nb−1−j))·V·dS_{c+1}ᵀ + Mᵀ·σQ
-          T* const gk = h == h0 ? akk : c1;
-          T* const gv = h == h0 ? avv : c2;
-          transpose_state(h);
-          chunk_gemm<Arch, T, mma_init::zero>(gk, ldd_, v, lde_, 1, nb, dst, ldd_, ldd_, e);
-          transposed_product(gk, ldd_, m, q, ldd_, nb, kdec);
-          // dV = diag(λ^(nb−1−j))·K·dS_{c+1} + Aᵀ·dO
-          chunk_gemm<Arch, T, mma_init::zero>(gv, lde_, k, ldd_, 1, nb, state(h), lde_, lde_, d);
-          transposed_product(gv, lde_, a, dout, lde_, nb, kdec);
-          sum_heads(h, nb);
-          // dS_c = λ^nb·dS_{c+1} + (σQ)ᵀ·diag(λ^(i+1))·dO
-          scale_rows(dod, dout, lde_, nb, qdec);
-          chunk_gemm<Arch, T, mma_init::zero>(dds, lde_, q, 1, ldd_, d, dod, lde_, lde_, nb);
-          combine(state(h), dds, d * lde_, lam_nb);
+        for (index hk = hk0; hk < hk1; ++hk) {
+          pack(k, ldd_, p_.k, b, t0, nb, hk, d);
+          pack(v, lde_, p_.v, b, t0, nb, hk, e);
+          for (index h = hk * g; h < (hk + 1) * g; ++h) {
+            const T lam_nb = set_chunk(kdec, h, nb);
+            const T* qdec = powers(h) + 1;
+            pack(q, ldd_, p_.q, b, t0, nb, h, d, sc);
+            pack(dout, lde_, bp_.dout, b, t0, nb, h, e);
+            masked_scores(a, q, k, ldd_, nb, h);     // A = σ·(Q·Kᵀ) ⊙ D
+            masked_scores(m, dout, v, lde_, nb, h);  // M = (dO·Vᵀ) ⊙ D
+            // dK = diag(λ^(nb−1−j))·V·dS_{c+1}ᵀ + Mᵀ·σQ
+            T* const gk = h % g == 0 ? akk : c1;
+            T* const gv = h % g == 0 ? avv : c2;
+            transpose_state(h);
+            chunk_gemm<Arch, T, mma_init::zero>(gk, ldd_, v, lde_, 1, nb, dst, ldd_, ldd_, e);
+            transposed_product(gk, ldd_, m, q, ldd_, nb, kdec);
+            // dV = diag(λ^(nb−1−j))·K·dS_{c+1} + Aᵀ·dO
+            chunk_gemm<Arch, T, mma_init::zero>(gv, lde_, k, ldd_, 1, nb, state(h), lde_, lde_, d);
+            transposed_product(gv, lde_, a, dout, lde_, nb, kdec);
+            sum_heads(h, nb);
+            // dS_c = λ^nb·dS_{c+1} + (σQ)ᵀ·diag(λ^(i+1))·dO
+            scale_rows(dod, dout, lde_, nb, qdec);
+            chunk_gemm<Arch, T, mma_init::zero>(dds, lde_, q, 1, ldd_, d, dod, lde_, lde_, nb);
+            combine(state(h), dds, d * lde_, lam_nb);
+          }
+          store_rows(bp_.dk, akk, ldd_, b, t0, nb, hk, d);
+          store_rows(bp_.dv, avv, lde_, b, t0, nb, hk, e);
         }
-        store_rows(bp_.dk, akk, ldd_, b, t0, nb, hk, d);
-        store_rows(bp_.dv, avv, lde_, b, t0, nb, hk, e);
       }
     }
     if (bp_.dstate_in)
-      for (index h = h0; h < h0 + g; ++h)
+      for (index h = h0; h < h1; ++h)
         for (index cc = 0; cc < d; ++cc)
           std::memcpy(bp_.dstate_in + ((b * p_.hq + h) * d + cc) * e, state(h) + cc * lde_, sizeof(T) * std::size_t(e));
   }
