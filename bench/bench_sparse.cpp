@@ -12,8 +12,8 @@
 //        (StreamingLLM), so every query sees about 1088 keys whatever N
 //   sparse/xattn/N:16384/density:10/D:128/H:8/threads:<t>/dtype:<bf16|f16>   the headline shape with
 //        q, k, v in Eigen::bfloat16 or Eigen::half (out float)
-//   sparse_backward/xattn/N:<N>/density:10/D:128/H:8/threads:<t>   sparse_attention_backward over
-//        the same layout (out and lse from one untimed forward); FLOPs 2.5× the forward's
+//   sparse_backward/xattn/N:<N>/density:<5|10|25>/D:128/H:8/threads:<t>   sparse_attention_backward
+//        over the same layout (out and lse from one untimed forward); FLOPs 2.5× the forward's
 //
 // impl: naive = xattn::reference::sparse_attention (fp64, a dense N×N mask; N = 2048, threads:1);
 // xattn = xattn::sparse_attention. sparse/xattn at density 10, N = 16384 reads against
@@ -193,6 +193,9 @@ void register_sparse(suite which) {
     add(name("sparse_topk", "xattn", {16384, 10, threads}), bm_top_k_attention, {16384, 10, threads});
     add(name("sparse_backward", "xattn", {16384, 10, threads}), bm_sparse_backward, {16384, 10, threads});
   }
+  // time against visited blocks (the density counter): the backward at a half and 2.5× the blocks
+  for (int density : {5, 25})
+    add(name("sparse_backward", "xattn", {16384, density, kMaxThreads}), bm_sparse_backward, {16384, density, kMaxThreads});
 }
 
 const registrar sparse_after_softmax{30, &register_sparse};
