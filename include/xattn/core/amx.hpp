@@ -20,6 +20,7 @@
 #include <cstring>
 
 #include "error.hpp"  // detail::index
+#include "tile.hpp"
 #include "transpose.hpp"
 
 #if defined(__AVX512F__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -116,24 +117,25 @@ XATTN_AMX_TARGET inline void mm(float* c, index ldc, const std::uint16_t* a, ind
   }
 }
 
-/// Sᵀ rows [k0, k1) (multiples of 16) × lanes [r0, r1) (multiples of 32) = K · Qᵀ: K bf16 rows
-/// ldk apart, Q paired [d2/2][br][2], Sᵀ float rows br apart.
-XATTN_AMX_TARGET inline void scores(float* st, index br, const std::uint16_t* kt, index ldk, const std::uint16_t* qv,
-                                    index d2, index k0, index k1, index r0, index r1) {
-  for (index r = r0; r < r1; r += 32) {
-    index c = k0;
-    for (; c + 32 <= k1; c += 32) mm<2, false>(st + c * br + r, br, kt + c * ldk, ldk, qv + 2 * r, 2 * br, d2);
-    if (c < k1) mm<1, false>(st + c * br + r, br, kt + c * ldk, ldk, qv + 2 * r, 2 * br, d2);
+/// Sᵀ[keys × lanes] = K[keys × d2] · Qᵀ, keys a multiple of 16, lanes of 32, d2 of 32: K bf16
+/// rows, Q paired along d ([d2/2] pair rows of 2·lanes words), Sᵀ float.
+XATTN_AMX_TARGET inline void scores(tile<float> st, tile<const std::uint16_t> k, tile<const std::uint16_t> q) {
+  for (index r = 0; r < st.cols; r += 32) {
+    index c = 0;
+    for (; c + 32 <= st.rows; c += 32) mm<2, false>(st.row(c) + r, st.ld, k.row(c), k.ld, q.p + 2 * r, q.ld, k.cols);
+    if (c < st.rows) mm<1, false>(st.row(c) + r, st.ld, k.row(c), k.ld, q.p + 2 * r, q.ld, k.cols);
   }
 }
 
-/// Oᵀ[e][r] = alpha[r]·Oᵀ[e][r] + Σ_c Vᵀ[e][c] · P[c][r] for e < dv2 (a multiple of 16), lanes
-/// [r0, r1) (multiples of 32), keys [c0, c1) (multiples of 32): Vᵀ bf16 rows ldv apart, P paired
-/// [keys/2][br][2].
-XATTN_AMX_TARGET inline void values(float* ot, index br, const float* alpha, const std::uint16_t* vt, index ldv,
-                                    const std::uint16_t* pv, index dv2, index c0, index c1, index r0, index r1) {
+/// Oᵀ[e][r] = alpha[r]·Oᵀ[e][r] + Σ_c Vᵀ[e][c] · P[c][r] over Oᵀ[dv2 × lanes] (dv2 a multiple
+/// of 16, lanes of 32) and Vᵀ[dv2 × keys] (keys a multiple of 32; none: Oᵀ is only rescaled):
+/// Vᵀ bf16 rows, P paired along keys ([keys/2] pair rows of 2·lanes words), alpha one per lane.
+XATTN_AMX_TARGET inline void values(tile<float> o, const float* alpha, tile<const std::uint16_t> v,
+                                    tile<const std::uint16_t> pv) {
+  float* const ot = o.p;
+  const index br = o.ld, dv2 = o.rows, keys = v.cols;
   // Lanes outer: a lane group's P (4 KiB) stays in L1 for all of dv, beside Vᵀ (16 KiB at dv 128).
-  for (index r = r0; r < r1; r += 32) {
+  for (index r = 0; r < o.cols; r += 32) {
     const __m512 a0 = _mm512_loadu_ps(alpha + r), a1 = _mm512_loadu_ps(alpha + r + 16), one = _mm512_set1_ps(1.f);
     const bool same = _mm512_cmp_ps_mask(a0, one, _CMP_EQ_OQ) == 0xffff && _mm512_cmp_ps_mask(a1, one, _CMP_EQ_OQ) == 0xffff;
     for (index e = 0; e < dv2; e += 32) {
@@ -143,11 +145,11 @@ XATTN_AMX_TARGET inline void values(float* ot, index br, const float* alpha, con
         _mm512_storeu_ps(row, _mm512_mul_ps(_mm512_loadu_ps(row), a0));
         _mm512_storeu_ps(row + 16, _mm512_mul_ps(_mm512_loadu_ps(row + 16), a1));
       }
-      if (c0 >= c1) continue;
+      if (keys <= 0) continue;
       if (mt == 2)
-        mm<2, true>(ot + e * br + r, br, vt + e * ldv + c0, ldv, pv + c0 * br + 2 * r, 2 * br, c1 - c0);
+        mm<2, true>(ot + e * br + r, br, v.row(e), v.ld, pv.p + 2 * r, pv.ld, keys);
       else
-        mm<1, true>(ot + e * br + r, br, vt + e * ldv + c0, ldv, pv + c0 * br + 2 * r, 2 * br, c1 - c0);
+        mm<1, true>(ot + e * br + r, br, v.row(e), v.ld, pv.p + 2 * r, pv.ld, keys);
     }
   }
 }
@@ -264,12 +266,11 @@ XATTN_BF16_TARGET inline void pack_v(std::uint16_t* vt, index ldv, const std::ui
 // transposed operands: B pairs from float or bf16 rows, K's pairs by a 32-bit transpose, and Kᵀ by
 // splitting those pairs into their two halves.
 
-/// C[m][n] = A[m][k]·B for m, n, k multiples of 32: A bf16 rows lda apart, B paired rows ldb bf16
-/// apart, C float rows ldc apart; 2 × 2 tiles per 32 × 32 block of C.
-XATTN_AMX_TARGET inline void gemm(float* c, index ldc, const std::uint16_t* a, index lda, const std::uint16_t* b,
-                                  index ldb, index m, index n, index k) {
-  for (index r = 0; r < m; r += 32)
-    for (index x = 0; x < n; x += 32) mm<2, false>(c + r * ldc + x, ldc, a + r * lda, lda, b + 2 * x, ldb, k);
+/// C[m × n] = A[m × k]·B for m, n, k multiples of 32: A bf16 rows, B paired along k ([k/2] pair
+/// rows of 2n words), C float; 2 × 2 tiles per 32 × 32 block of C.
+XATTN_AMX_TARGET inline void gemm(tile<float> c, tile<const std::uint16_t> a, tile<const std::uint16_t> b) {
+  for (index r = 0; r < c.rows; r += 32)
+    for (index x = 0; x < c.cols; x += 32) mm<2, false>(c.row(r) + x, c.ld, a.row(r), a.ld, b.p + 2 * x, b.ld, a.cols);
 }
 
 /// B pairs from float rows: dst[p][x][0..1] = bf16(s·src[2p][x]), bf16(s·src[2p + 1][x]) with
@@ -394,13 +395,12 @@ XATTN_BF16_TARGET inline void masked_row(std::uint16_t* dst, const float* p, con
 #else
 // Declared only, so that the engines' discarded `if constexpr (amx::built)` branches name them.
 inline void configure();
-void scores(float*, index, const std::uint16_t*, index, const std::uint16_t*, index, index, index, index, index);
-void values(float*, index, const float*, const std::uint16_t*, index, const std::uint16_t*, index, index, index, index,
-            index);
+void scores(tile<float>, tile<const std::uint16_t>, tile<const std::uint16_t>);
+void values(tile<float>, const float*, tile<const std::uint16_t>, tile<const std::uint16_t>);
 void pack_v(std::uint16_t*, index, const std::uint16_t* const*, index, index, index, index, std::uint32_t*);
 void softmax_pairs(float*, float*, float*, float*, const float*, index, index, index, index, index, float, std::uint16_t*, index,
                    index);
-void gemm(float*, index, const std::uint16_t*, index, const std::uint16_t*, index, index, index, index);
+void gemm(tile<float>, tile<const std::uint16_t>, tile<const std::uint16_t>);
 void pair_rows(std::uint16_t*, index, const float*, index, const float*, index, index, index);
 void pair_rows(std::uint16_t*, index, const std::uint16_t*, index, const float*, index, index, index);
 void transpose_words(std::uint32_t*, index, const std::uint32_t*, index, index, index);

@@ -209,8 +209,8 @@ class chunk_backward {
   void transposed_product(T* c, index ldc, const T* p, const T* b, index ldb, index nb, const T* f) const {
     for (index r0 = 0; r0 < nb; r0 += MR) {
       const index m = std::min<index>(MR, nb - r0);
-      chunk_gemm<Arch, T, mma_init::scale_rows>(c + r0 * ldc, ldc, p + r0 * ldp_ + r0, 1, ldp_, m, b + r0 * ldb, ldb,
-                                                ldc, nb - r0, f + r0);
+      chunk_gemm<Arch, T, mma_init::scale_rows>({c + r0 * ldc, m, ldc, ldc}, by_cols(p + r0 * ldp_ + r0, ldp_),
+                                                {b + r0 * ldb, nb - r0, ldc, ldb}, f + r0);
     }
   }
 
@@ -281,7 +281,7 @@ class chunk_backward {
           if (const index hk = h / p_.group; hk != packed) {
             pack(k, ldd_, p_.k, b, t0, nb, hk, d);
             pack(v, lde_, p_.v, b, t0, nb, hk, e);
-            chunk_gemm<Arch, T, mma_init::zero>(dst, ldd_, v, 1, lde_, e, k, ldd_, ldd_, nb);
+            chunk_gemm<Arch, T, mma_init::zero>({dst, e, ldd_, ldd_}, by_cols(v, lde_), {k, nb, ldd_, ldd_});
             packed = hk;
           }
           combine(state(h), dst, e * ldd_, T(1));
@@ -291,7 +291,7 @@ class chunk_backward {
         const index t0 = ch * bk_, nb = std::min(bk_, p_.nq - t0);
         for (index h = h0; h < h1; ++h) {
           pack(dout, lde_, bp_.dout, b, t0, nb, h, e, sc);
-          chunk_gemm<Arch, T, mma_init::zero>(c, ldd_, dout, lde_, 1, nb, state(h), ldd_, ldd_, e);
+          chunk_gemm<Arch, T, mma_init::zero>({c, nb, ldd_, ldd_}, by_rows(dout, lde_), {state(h), e, ldd_, ldd_});
           store_rows(bp_.dq, c, ldd_, b, t0, nb, h, d);
         }
       }
@@ -312,22 +312,23 @@ class chunk_backward {
         pack(dout, lde_, bp_.dout, b, t0, nb, h, e, sc);  // σ·dO: M and dO·Sᵀ both carry σ
         masked_scores(m, dout, v, lde_, nb, h);
         // dQ = diag(λ^(i+1))·σ·dO·Sᵀ + σ·M·K, each tile of MR rows of M up to its last key
-        chunk_gemm<Arch, T, mma_init::zero>(c, ldd_, dout, lde_, 1, nb, st, ldd_, ldd_, e);
+        chunk_gemm<Arch, T, mma_init::zero>({c, nb, ldd_, ldd_}, by_rows(dout, lde_), {st, e, ldd_, ldd_});
         if (ddecay_) {  // ∂L/∂logλ += Σ_t dO_t·∂o_t/∂logλ, before c becomes dQ
           pack(q, ldd_, p_.q, b, t0, nb, h, d);
-          chunk_gemm<Arch, T, mma_init::zero>(dr, ldd_, dout, lde_, 1, nb, rt, ldd_, ldd_, e);  // σ·dO·Rᵀ
+          chunk_gemm<Arch, T, mma_init::zero>({dr, nb, ldd_, ldd_}, by_rows(dout, lde_),
+                                              {rt, e, ldd_, ldd_});  // σ·dO·Rᵀ
           g[h - h0] += decay_terms(ps, q, k, c, dr, m, nb, h);
         }
         for (index r0 = 0; r0 < nb; r0 += MR) {
           const index mm = std::min<index>(MR, nb - r0);
-          chunk_gemm<Arch, T, mma_init::scale_rows>(c + r0 * ldd_, ldd_, m + r0 * ldp_, ldp_, 1, mm, k, ldd_, ldd_,
-                                                    r0 + mm, qdec + r0);
+          chunk_gemm<Arch, T, mma_init::scale_rows>({c + r0 * ldd_, mm, ldd_, ldd_}, by_rows(m + r0 * ldp_, ldp_),
+                                                    {k, r0 + mm, ldd_, ldd_}, qdec + r0);
         }
         store_rows(bp_.dq, c, ldd_, b, t0, nb, h, d);
         if (ddecay_) {  // Rᵀ ← λ^nb·(Rᵀ + nb·Sᵀ) + (diag((nb−1−j)·λ^(nb−1−j))·V)ᵀ·K, with the S_c of this chunk
           for (index j = 0; j < ldp_; ++j) kw[j] = T(nb - 1 - j) * kdec[j];  // kdec is 0 past nb
           scale_rows(vd, v, lde_, nb, kw);
-          chunk_gemm<Arch, T, mma_init::zero>(dst, ldd_, vd, 1, lde_, e, k, ldd_, ldd_, nb);
+          chunk_gemm<Arch, T, mma_init::zero>({dst, e, ldd_, ldd_}, by_cols(vd, lde_), {k, nb, ldd_, ldd_});
           const V l = simd::bcast<V>(lam_nb), n = simd::bcast<V>(T(nb));
           for (index i = 0; i < e * ldd_; i += L)
             simd::store(rt + i, simd::fma(l, simd::fma(n, simd::load<V>(st + i), simd::load<V>(rt + i)),
@@ -336,7 +337,7 @@ class chunk_backward {
         // Sᵀ ← λ^nb·Sᵀ + (diag(λ^(nb−1−j))·V)ᵀ·K
         const T* vs = v;
         if (decayed_) scale_rows(vd, v, lde_, nb, kdec), vs = vd;
-        chunk_gemm<Arch, T, mma_init::zero>(dst, ldd_, vs, 1, lde_, e, k, ldd_, ldd_, nb);
+        chunk_gemm<Arch, T, mma_init::zero>({dst, e, ldd_, ldd_}, by_cols(vs, lde_), {k, nb, ldd_, ldd_});
         combine(st, dst, e * ldd_, lam_nb);
       }
     }
@@ -393,7 +394,7 @@ class chunk_backward {
         for (index h = h0; h < h1; ++h) {
           pack(q, ldd_, p_.q, b, t0, nb, h, d, sc);
           pack(dout, lde_, bp_.dout, b, t0, nb, h, e);
-          chunk_gemm<Arch, T, mma_init::zero>(dds, lde_, q, 1, ldd_, d, dout, lde_, lde_, nb);
+          chunk_gemm<Arch, T, mma_init::zero>({dds, d, lde_, lde_}, by_cols(q, ldd_), {dout, nb, lde_, lde_});
           combine(state(h), dds, d * lde_, T(1));
         }
       }
@@ -406,8 +407,8 @@ class chunk_backward {
             T* const gk = h % g == 0 ? akk : c1;
             T* const gv = h % g == 0 ? avv : c2;
             transpose_state(h);
-            chunk_gemm<Arch, T, mma_init::zero>(gk, ldd_, v, lde_, 1, nb, dst, ldd_, ldd_, e);
-            chunk_gemm<Arch, T, mma_init::zero>(gv, lde_, k, ldd_, 1, nb, state(h), lde_, lde_, d);
+            chunk_gemm<Arch, T, mma_init::zero>({gk, nb, ldd_, ldd_}, by_rows(v, lde_), {dst, e, ldd_, ldd_});
+            chunk_gemm<Arch, T, mma_init::zero>({gv, nb, lde_, lde_}, by_rows(k, ldd_), {state(h), d, lde_, lde_});
             sum_heads(h, nb);
           }
           store_rows(bp_.dk, akk, ldd_, b, t0, nb, hk, d);
@@ -431,15 +432,15 @@ class chunk_backward {
             T* const gk = h % g == 0 ? akk : c1;
             T* const gv = h % g == 0 ? avv : c2;
             transpose_state(h);
-            chunk_gemm<Arch, T, mma_init::zero>(gk, ldd_, v, lde_, 1, nb, dst, ldd_, ldd_, e);
+            chunk_gemm<Arch, T, mma_init::zero>({gk, nb, ldd_, ldd_}, by_rows(v, lde_), {dst, e, ldd_, ldd_});
             transposed_product(gk, ldd_, m, q, ldd_, nb, kdec);
             // dV = diag(λ^(nb−1−j))·K·dS_{c+1} + Aᵀ·dO
-            chunk_gemm<Arch, T, mma_init::zero>(gv, lde_, k, ldd_, 1, nb, state(h), lde_, lde_, d);
+            chunk_gemm<Arch, T, mma_init::zero>({gv, nb, lde_, lde_}, by_rows(k, ldd_), {state(h), d, lde_, lde_});
             transposed_product(gv, lde_, a, dout, lde_, nb, kdec);
             sum_heads(h, nb);
             // dS_c = λ^nb·dS_{c+1} + (σQ)ᵀ·diag(λ^(i+1))·dO
             scale_rows(dod, dout, lde_, nb, qdec);
-            chunk_gemm<Arch, T, mma_init::zero>(dds, lde_, q, 1, ldd_, d, dod, lde_, lde_, nb);
+            chunk_gemm<Arch, T, mma_init::zero>({dds, d, lde_, lde_}, by_cols(q, ldd_), {dod, nb, lde_, lde_});
             combine(state(h), dds, d * lde_, lam_nb);
           }
           store_rows(bp_.dk, akk, ldd_, b, t0, nb, hk, d);

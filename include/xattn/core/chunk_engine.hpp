@@ -78,13 +78,13 @@ struct chunk_tiles {
 /// C = A·B (mma_ab) over n columns, n a multiple of the vector width: 2-vector micro-tiles, then a
 /// 1-vector strip. Rows are tiled by MR in both, so C needs round_up(m, MR) rows.
 template <class Arch, class T, mma_init Init>
-void chunk_gemm(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const T* b, index ldb, index n,
-                index k, const T* row_scale = nullptr) {
+void chunk_gemm(tile<T> c, strided<T> a, tile<const T> b, const T* row_scale = nullptr) {
   using S = chunk_tiles<T, Arch>;
   static_assert(Init != mma_init::scale_cols, "column scales would need offsetting for the strip");
-  const index n2 = n / (2 * S::L) * (2 * S::L);
-  if (n2 > 0) mma_ab<Arch, T, S::MR, 2, Init>(c, ldc, a, a_rs, a_cs, m, b, ldb, n2, k, row_scale);
-  if (n > n2) mma_ab<Arch, T, S::MR, 1, Init>(c + n2, ldc, a, a_rs, a_cs, m, b + n2, ldb, n - n2, k, row_scale);
+  const index n = c.cols, n2 = n / (2 * S::L) * (2 * S::L);
+  if (n2 > 0) mma_ab<Arch, T, S::MR, 2, Init>(c.block(0, 0, c.rows, n2), a, b.block(0, 0, b.rows, n2), row_scale);
+  if (n > n2)
+    mma_ab<Arch, T, S::MR, 1, Init>(c.block(0, n2, c.rows, n - n2), a, b.block(0, n2, b.rows, n - n2), row_scale);
 }
 
 /// C[r][c] = Σ_k A[r][k]·B[c][k] for r < m and one vector of columns c < L (B rows past n are read
@@ -477,16 +477,16 @@ class chunk_engine {
     }
     // O = φ(Q)·S
     for (index r0 = 0; r0 < nb; r0 += kAheadTile) {
-      chunk_gemm<Arch, T, mma_init::zero>(w.o + r0 * lde_, lde_, w.qf + r0 * ldf_, ldf_, 1,
-                                          std::min(kAheadTile, nb - r0), st, lde_, lde_, df);
+      chunk_gemm<Arch, T, mma_init::zero>({w.o + r0 * lde_, std::min(kAheadTile, nb - r0), lde_, lde_},
+                                          by_rows(w.qf + r0 * ldf_, ldf_), {st, df, lde_, lde_});
       prefetch_some(w);
     }
     if (p_.causal) {
       // O[t] = λ^(t+1)·O[t] + Σ_{j <= t} P[t][j]·V[j], per tile of MR rows up to its last key
       for (index r0 = 0; r0 < nb; r0 += MR) {
         const index m = std::min<index>(MR, nb - r0);
-        chunk_gemm<Arch, T, mma_init::scale_rows>(w.o + r0 * lde_, lde_, w.p + r0 * ldp_, ldp_, 1, m, w.v, lde_,
-                                                  lde_, r0 + m, qdec + r0);
+        chunk_gemm<Arch, T, mma_init::scale_rows>({w.o + r0 * lde_, m, lde_, lde_}, by_rows(w.p + r0 * ldp_, ldp_),
+                                                  {w.v, r0 + m, lde_, lde_}, qdec + r0);
         prefetch_some(w);
       }
     }
@@ -524,7 +524,8 @@ class chunk_engine {
         // P[t][j] = q_t·k_j for the 32 × 32 blocks on and below the diagonal, then
         // bf16(scale·P[t][j]·D[t][j]) up to the block's last key (zero past t), zero rows past nb
         for (index r0 = 0; r0 < n32; r0 += 32) {
-          pairs::gemm(tiles_, w.p + r0 * ldp_, ldp_, w.qb + r0 * d, d, w.kp, 2 * bk_, 32, r0 + 32, d);
+          pairs::gemm(tiles_, {w.p + r0 * ldp_, 32, r0 + 32, ldp_}, {w.qb + r0 * d, 32, d, d},
+                      {w.kp, d / 2, 2 * (r0 + 32), 2 * bk_});
           prefetch_some(w);
         }
         const T* rev = mask_table(h);
@@ -533,7 +534,8 @@ class chunk_engine {
         std::fill(w.pb + nb * bk_, w.pb + n32 * bk_, std::uint16_t(0));
         // O' = P·V, each block of rows up to its last key
         for (index r0 = 0; r0 < n32; r0 += 32) {
-          pairs::gemm(tiles_, w.o2 + r0 * e, e, w.pb + r0 * bk_, bk_, w.vp, 2 * e, 32, e, r0 + 32);
+          pairs::gemm(tiles_, {w.o2 + r0 * e, 32, e, e}, {w.pb + r0 * bk_, 32, r0 + 32, bk_},
+                      {w.vp, (r0 + 32) / 2, 2 * e, 2 * e});
           prefetch_some(w);
         }
       }
@@ -541,7 +543,7 @@ class chunk_engine {
       const std::uint16_t* sp = w.sp_ready;
       if (!sp) amx::pair_rows(w.sp, 2 * e, st, lde_, nullptr, d, d, e), sp = w.sp;
       for (index r0 = 0; r0 < n32; r0 += 32) {
-        pairs::gemm(tiles_, w.o + r0 * lde_, lde_, w.qb + r0 * d, d, sp, 2 * e, 32, e, d);
+        pairs::gemm(tiles_, {w.o + r0 * lde_, 32, e, lde_}, {w.qb + r0 * d, 32, d, d}, {sp, d / 2, 2 * e, 2 * e});
         prefetch_some(w);
       }
       // out[t] = scale·λ^(t+1)·O[t] + O'[t] (non-causal: scale·O[t]); 16-bit out rounded as stored.
@@ -569,14 +571,15 @@ class chunk_engine {
       if (amx_) {
         const index e = p_.e, n32 = round_up(nb, 32);
         for (index r0 = 0; r0 < p_.d; r0 += 32) {
-          pairs::gemm(tiles_, ds + r0 * lde_, lde_, w.kt + r0 * bk_, bk_, decayed_ ? w.vdp : w.vp, 2 * e, 32, e, n32);
+          pairs::gemm(tiles_, {ds + r0 * lde_, 32, e, lde_}, {w.kt + r0 * bk_, 32, n32, bk_},
+                      {decayed_ ? w.vdp : w.vp, n32 / 2, 2 * e, 2 * e});
           prefetch_some(w);
         }
         return;
       }
     for (index r0 = 0; r0 < p_.df; r0 += kAheadTile) {
-      chunk_gemm<Arch, T, mma_init::zero>(ds + r0 * lde_, lde_, w.kf + r0, 1, ldf_, std::min(kAheadTile, p_.df - r0),
-                                          decayed_ ? w.vd : w.v, lde_, lde_, nb);
+      chunk_gemm<Arch, T, mma_init::zero>({ds + r0 * lde_, std::min(kAheadTile, p_.df - r0), lde_, lde_},
+                                          by_cols(w.kf + r0, ldf_), {decayed_ ? w.vd : w.v, nb, lde_, lde_});
       prefetch_some(w);
     }
     if (p_.normalize) {

@@ -26,7 +26,7 @@ enum class init { zero, load, scale_cols };
 /// C[MR rows][32 lanes] (=|+=) A[MR][k] · B for k a multiple of 2: A bf16 rows lda apart, B paired
 /// rows ldb bf16 apart, C float rows ldc apart; `cs` the 32 column scales of init::scale_cols.
 template <int MR, init Init>
-XATTN_BF16_TARGET inline void tile(float* c, index ldc, const std::uint16_t* a, index lda, const std::uint16_t* b,
+XATTN_BF16_TARGET inline void micro(float* c, index ldc, const std::uint16_t* a, index lda, const std::uint16_t* b,
                                    index ldb, index k, const float* cs) {
   __m512 acc[MR][2];
   if constexpr (Init == init::zero) {
@@ -62,45 +62,39 @@ XATTN_BF16_TARGET inline void mm(float* c, index ldc, const std::uint16_t* a, in
   // Lanes outer: a lane group's B (k/2 pair rows of 128 bytes) stays in L1 across every row of A.
   for (index x = 0; x < n; x += 32)
     for (index i = 0; i < m; i += 8)
-      tile<8, Init>(c + i * ldc + x, ldc, a + i * lda, lda, b + 2 * x, ldb, k, cs ? cs + x : nullptr);
+      micro<8, Init>(c + i * ldc + x, ldc, a + i * lda, lda, b + 2 * x, ldb, k, cs ? cs + x : nullptr);
 }
 
-/// As amx::scores: Sᵀ rows [k0, k1) (multiples of 8) × lanes [r0, r1) (multiples of 32) = K · Qᵀ.
-XATTN_BF16_TARGET inline void scores(float* st, index br, const std::uint16_t* kt, index ldk, const std::uint16_t* qv,
-                                     index d2, index k0, index k1, index r0, index r1) {
-  mm<init::zero>(st + k0 * br + r0, br, kt + k0 * ldk, ldk, qv + 2 * r0, 2 * br, k1 - k0, r1 - r0, d2);
+/// As amx::scores: Sᵀ[keys × lanes] = K · Qᵀ, keys a multiple of 8, lanes of 32.
+XATTN_BF16_TARGET inline void scores(tile<float> st, tile<const std::uint16_t> k, tile<const std::uint16_t> q) {
+  mm<init::zero>(st.p, st.ld, k.p, k.ld, q.p, q.ld, st.rows, st.cols, k.cols);
 }
 
-/// As amx::values: Oᵀ[e][r] = alpha[r]·Oᵀ[e][r] + Σ_c Vᵀ[e][c] · P[c][r], e < dv2 (a multiple of
-/// 16), lanes [r0, r1) (multiples of 32), keys [c0, c1) (multiples of 2). Lanes whose alpha are
-/// all 1 are not rescaled.
-XATTN_BF16_TARGET inline void values(float* ot, index br, const float* alpha, const std::uint16_t* vt, index ldv,
-                                     const std::uint16_t* pv, index dv2, index c0, index c1, index r0, index r1) {
+/// As amx::values: Oᵀ[e][r] = alpha[r]·Oᵀ[e][r] + Σ_c Vᵀ[e][c] · P[c][r] over Oᵀ[dv2 × lanes]
+/// (dv2 a multiple of 16, lanes of 32) and Vᵀ[dv2 × keys] (keys a multiple of 2). Lanes whose
+/// alpha are all 1 are not rescaled.
+XATTN_BF16_TARGET inline void values(tile<float> o, const float* alpha, tile<const std::uint16_t> v,
+                                     tile<const std::uint16_t> pv) {
   const __m512 one = _mm512_set1_ps(1.f);
-  for (index r = r0; r < r1; r += 32) {
+  for (index r = 0; r < o.cols; r += 32) {
     const bool same = _mm512_cmp_ps_mask(_mm512_loadu_ps(alpha + r), one, _CMP_EQ_OQ) == 0xffff &&
                       _mm512_cmp_ps_mask(_mm512_loadu_ps(alpha + r + 16), one, _CMP_EQ_OQ) == 0xffff;
-    float* o = ot + r;
-    const std::uint16_t* a = vt + c0;
-    const std::uint16_t* b = pv + c0 * br + 2 * r;
     if (same)
-      mm<init::load>(o, br, a, ldv, b, 2 * br, dv2, 32, c1 - c0);
+      mm<init::load>(o.p + r, o.ld, v.p, v.ld, pv.p + 2 * r, pv.ld, o.rows, 32, v.cols);
     else
-      mm<init::scale_cols>(o, br, a, ldv, b, 2 * br, dv2, 32, c1 - c0, alpha + r);
+      mm<init::scale_cols>(o.p + r, o.ld, v.p, v.ld, pv.p + 2 * r, pv.ld, o.rows, 32, v.cols, alpha + r);
   }
 }
 
-/// As amx::gemm: C[m][n] = A[m][k]·B for m, n, k multiples of 32.
-XATTN_BF16_TARGET inline void gemm(float* c, index ldc, const std::uint16_t* a, index lda, const std::uint16_t* b,
-                                   index ldb, index m, index n, index k) {
-  mm<init::zero>(c, ldc, a, lda, b, ldb, m, n, k);
+/// As amx::gemm: C[m × n] = A[m × k]·B for m, n, k multiples of 32.
+XATTN_BF16_TARGET inline void gemm(tile<float> c, tile<const std::uint16_t> a, tile<const std::uint16_t> b) {
+  mm<init::zero>(c.p, c.ld, a.p, a.ld, b.p, b.ld, c.rows, c.cols, a.cols);
 }
 
 #else
-void scores(float*, index, const std::uint16_t*, index, const std::uint16_t*, index, index, index, index, index);
-void values(float*, index, const float*, const std::uint16_t*, index, const std::uint16_t*, index, index, index, index,
-            index);
-void gemm(float*, index, const std::uint16_t*, index, const std::uint16_t*, index, index, index, index);
+void scores(tile<float>, tile<const std::uint16_t>, tile<const std::uint16_t>);
+void values(tile<float>, const float*, tile<const std::uint16_t>, tile<const std::uint16_t>);
+void gemm(tile<float>, tile<const std::uint16_t>, tile<const std::uint16_t>);
 #endif  // XATTN_HAVE_AMX_KERNELS
 
 }  // namespace xattn::detail::dp
@@ -108,21 +102,20 @@ void gemm(float*, index, const std::uint16_t*, index, const std::uint16_t*, inde
 namespace xattn::detail::pairs {
 
 // The engines' bf16 products, on AMX tiles (tiles = true) or AVX512-BF16 dot products: one flag
-// chosen per call (see paths.hpp), the operands packed the same way for both.
-inline void scores(bool tiles, float* st, index br, const std::uint16_t* kt, index ldk, const std::uint16_t* qv,
-                   index d2, index k0, index k1, index r0, index r1) {
-  if (tiles) amx::scores(st, br, kt, ldk, qv, d2, k0, k1, r0, r1);
-  else dp::scores(st, br, kt, ldk, qv, d2, k0, k1, r0, r1);
+// chosen per call (see paths.hpp), the operands packed the same way for both. The shapes are
+// amx::scores', amx::values' and amx::gemm's (AMX needs the stricter multiples).
+using u16tile = tile<const std::uint16_t>;
+inline void scores(bool tiles, tile<float> st, u16tile k, u16tile q) {
+  if (tiles) amx::scores(st, k, q);
+  else dp::scores(st, k, q);
 }
-inline void values(bool tiles, float* ot, index br, const float* alpha, const std::uint16_t* vt, index ldv,
-                   const std::uint16_t* pv, index dv2, index c0, index c1, index r0, index r1) {
-  if (tiles) amx::values(ot, br, alpha, vt, ldv, pv, dv2, c0, c1, r0, r1);
-  else dp::values(ot, br, alpha, vt, ldv, pv, dv2, c0, c1, r0, r1);
+inline void values(bool tiles, tile<float> o, const float* alpha, u16tile v, u16tile p) {
+  if (tiles) amx::values(o, alpha, v, p);
+  else dp::values(o, alpha, v, p);
 }
-inline void gemm(bool tiles, float* c, index ldc, const std::uint16_t* a, index lda, const std::uint16_t* b, index ldb,
-                 index m, index n, index k) {
-  if (tiles) amx::gemm(c, ldc, a, lda, b, ldb, m, n, k);
-  else dp::gemm(c, ldc, a, lda, b, ldb, m, n, k);
+inline void gemm(bool tiles, tile<float> c, u16tile a, u16tile b) {
+  if (tiles) amx::gemm(c, a, b);
+  else dp::gemm(c, a, b);
 }
 
 }  // namespace xattn::detail::pairs

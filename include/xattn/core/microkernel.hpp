@@ -17,6 +17,7 @@
 
 #include "simd.hpp"
 #include "error.hpp"  // detail::index
+#include "tile.hpp"
 
 namespace xattn::detail {
 
@@ -24,17 +25,22 @@ namespace xattn::detail {
 /// online-softmax rescale of a transposed or an upright output tile).
 enum class mma_init { zero, scale_cols, scale_rows };
 
-/// Rows of A past `m` are read from row m − 1 instead (so a short tile never reads outside its
-/// tensor); their C rows are computed and meaningless. With Consecutive, A's rows are consecutive
-/// scalars (a_rs is taken as 1) readable for round_up(m, MR) rows: every broadcast of a K step is
-/// one pointer plus a constant, where MR = 16 row pointers would not fit the 16 general registers.
-/// C must have round_up(m, MR) rows; N is a multiple of NV·lanes; C is kAlign-aligned with ldc a multiple of the vector width. B may be
-/// unaligned (rows of a caller's tensor): unaligned loads of aligned data cost nothing extra.
+/// C[m × n] (=|+=) A[m × k]·B[k × n]: m and n are C's rows and columns, k is B's rows. Rows of A
+/// past m are read from row m − 1 instead (so a short tile never reads outside its tensor); their
+/// C rows are computed and meaningless. With Consecutive, A's rows are consecutive scalars (its
+/// row stride is taken as 1) readable for round_up(m, MR) rows: every broadcast of a K step is one
+/// pointer plus a constant, where MR = 16 row pointers would not fit the 16 general registers.
+/// C's memory must have round_up(m, MR) rows; n is a multiple of NV·lanes; C is kAlign-aligned with
+/// ld a multiple of the vector width. B may be unaligned (rows of a caller's tensor): unaligned
+/// loads of aligned data cost nothing extra.
 template <class Arch, class T, int MR, int NV, mma_init Init, bool Consecutive = false, class SB = T>
-void mma_ab(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const SB* b, index ldb, index n,
-            index k, const T* scale = nullptr) {
+void mma_ab(tile<T> ct, strided<T> at, tile<const SB> bt, const T* scale = nullptr) {
   using V = simd::vec_t<T, Arch>;
   constexpr index L = simd::lanes_v<T, Arch>;
+  T* const c = ct.p;
+  const T* const a = at.p;
+  const SB* const b = bt.p;
+  const index ldc = ct.ld, m = ct.rows, n = ct.cols, a_rs = at.rs, a_cs = at.cs, ldb = bt.ld, k = bt.rows;
   for (index i0 = 0; i0 < m; i0 += MR) {
     const T* ar[MR];
     XATTN_UNROLL for (int r = 0; r < MR; ++r) ar[r] = a + std::min<index>(i0 + r, m - 1) * a_rs;
@@ -71,24 +77,27 @@ void mma_ab(T* c, index ldc, const T* a, index a_rs, index a_cs, index m, const 
   }
 }
 
-/// Sᵀ[c][r] = Σ_k A[r][k]·B[c][k] for r < m, c < n, by dot products along k: the product for a
-/// few rows of A against many rows of B (a decode step's query rows against a K tile), where
-/// broadcasting A would leave most lanes idle. A block of RB rows × KB keys (RB·KB = lanes, 4 × 4
-/// on AVX-512) keeps one accumulator per pair along k — each k step loads RB + KB vectors for
-/// RB·KB FMAs — and one haddp folds the lanes accumulators into their sums. k is a multiple of
-/// the vector width (A and B zero-padded); rows of A past m and of B past n are read from the last
-/// row (their results land in padding). Sᵀ has row stride ldc, at least round_up(n, KB) rows and
-/// round_up(m, RB) lanes. prefetch(i) is called once for each i < round_up(n, KB), interleaved
-/// with the work (the caller requests the next tile's rows there).
 /// Rows of A per dot_abt block (it writes Sᵀ lanes in whole blocks of this many).
 template <class Arch, class T>
 inline constexpr int dot_row_block = simd::lanes_v<T, Arch> < 4 ? 1 : simd::lanes_v<T, Arch> / 4;
 
+/// Sᵀ[c][r] = Σ_k A[r][k]·B[c][k] for r < m (A's rows), c < n (B's rows), k A's and B's columns,
+/// by dot products along k: the product for a few rows of A against many rows of B (a decode
+/// step's query rows against a K tile), where broadcasting A would leave most lanes idle. A block
+/// of RB rows × KB keys (RB·KB = lanes, 4 × 4 on AVX-512) keeps one accumulator per pair along k —
+/// each k step loads RB + KB vectors for RB·KB FMAs — and one haddp folds the lanes accumulators
+/// into their sums. k is a multiple of the vector width (A and B zero-padded); rows of A past m
+/// and of B past n are read from the last row (their results land in padding). Sᵀ (n × m) has
+/// memory for round_up(n, KB) rows and round_up(m, RB) lanes. prefetch(i) is called once for each
+/// i < round_up(n, KB), interleaved with the work (the caller requests the next tile's rows there).
 template <class Arch, class T, class Prefetch, class SB = T>
-void dot_abt(T* c, index ldc, const T* a, index lda, index m, const SB* b, index ldb, index n, index k,
-             const Prefetch& prefetch) {
+void dot_abt(tile<T> st, tile<const T> at, tile<const SB> bt, const Prefetch& prefetch) {
   using V = simd::vec_t<T, Arch>;
   constexpr int L = simd::lanes_v<T, Arch>;
+  T* const c = st.p;
+  const T* const a = at.p;
+  const SB* const b = bt.p;
+  const index ldc = st.ld, lda = at.ld, m = at.rows, ldb = bt.ld, n = bt.rows, k = at.cols;
   constexpr int RB = dot_row_block<Arch, T>, KB = L / RB;
   for (index c0 = 0; c0 < n; c0 += KB) {
     const SB* br[KB];

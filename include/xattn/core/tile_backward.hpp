@@ -142,17 +142,13 @@ class tile_backward {
     }
   }
 
-  /// The rows of a B operand [n × dim]: the tensor's own rows when dim is a whole number of
+  /// The rows of a B operand [n × padded]: the tensor's own rows when dim is a whole number of
   /// panels, else a zero-padded copy in `scratch` [kB × padded].
-  struct panel {
-    const T* p;
-    index ld;
-  };
-  static panel rows_as_b(T* scratch, index padded, const bshd_view<const T>& t, index b, index s0, index n, index h,
-                         index dim) {
-    if (dim == padded) return {t.row(b, s0, h), t.ss};
+  static tile<const T> rows_as_b(T* scratch, index padded, const bshd_view<const T>& t, index b, index s0, index n,
+                                 index h, index dim) {
+    if (dim == padded) return {t.row(b, s0, h), n, padded, t.ss};
     pack_rows(scratch, padded, kB, t, b, s0, n, h, dim);
-    return {scratch, padded};
+    return {scratch, n, padded, padded};
   }
 
   /// ∂L/∂bias and ∂L/∂slope, from dS = P ∘ (dP − D), the gradient of the scores where both enter.
@@ -436,16 +432,19 @@ class tile_backward {
   void transposed_tile(const tile_bufs& w, const T* qt, const T* dot, visit vis, index b, index h, index i0, index ni,
                        index j0, index nj) const {
     const index hk = h / p_.group;
-    mma_ab<Arch, T, MR, NV, mma_init::zero>(w.s, kB, p_.k.row(b, j0, hk), p_.k.ss, 1, nj, qt, kB, kB, p_.d);
-    mma_ab<Arch, T, MR, NV, mma_init::zero>(w.ds, kB, p_.v.row(b, j0, hk), p_.v.ss, 1, nj, dot, kB, kB, p_.dv);
+    mma_ab<Arch, T, MR, NV, mma_init::zero>({w.s, nj, kB, kB}, by_rows(p_.k.row(b, j0, hk), p_.k.ss),
+                                            {qt, p_.d, kB, kB});
+    mma_ab<Arch, T, MR, NV, mma_init::zero>({w.ds, nj, kB, kB}, by_rows(p_.v.row(b, j0, hk), p_.v.ss),
+                                            {dot, p_.dv, kB, kB});
     scores_to_grads<true, Raw>(w, vis, b, h, i0, ni, j0, nj);
   }
 
   /// S and dP of one upright tile: S = Q·Kᵀ (A = Q rows in place, B = Kᵀ packed), dP = dO·Vᵀ.
   void tile_products(const tile_bufs& w, const T* kt, const T* vt, index b, index h, index i0, index ni) const {
-    mma_ab<Arch, T, MR, NV, mma_init::zero>(w.s, kB, p_.q.row(b, i0, h), p_.q.ss, 1, ni, kt, kB, kB, p_.d);
-    mma_ab<Arch, T, MR, NV, mma_init::zero>(w.ds, kB, bp_.dout.row(b, i0, h), bp_.dout.ss, 1, ni, vt, kB, kB,
-                                            p_.dv);
+    mma_ab<Arch, T, MR, NV, mma_init::zero>({w.s, ni, kB, kB}, by_rows(p_.q.row(b, i0, h), p_.q.ss),
+                                            {kt, p_.d, kB, kB});
+    mma_ab<Arch, T, MR, NV, mma_init::zero>({w.ds, ni, kB, kB}, by_rows(bp_.dout.row(b, i0, h), bp_.dout.ss),
+                                            {vt, p_.dv, kB, kB});
   }
 
   /// Carves one thread's workspace: the tile buffers plus `extra` panels of kB × `widths[i]`.
@@ -474,7 +473,7 @@ class tile_backward {
     const tile_bufs w = carve(std::array<index, 8>{p_.d, p_.dv, dp_, dvp_, dp_, dvp_, dp_, dp_}, pn);
     T *kt = pn[0], *vt = pn[1], *dk = pn[2], *dv = pn[3], *qpack = pn[4], *dopack = pn[5], *kpack = pn[6],
       *dqt = pn[7];
-    panel kb{};
+    tile<const T> kb{};
     if (WithDq && nj > 0) kb = rows_as_b(kpack, dp_, p_.k, b, j0, nj, hk, p_.d);
     std::fill(dk, dk + kB * dp_, T(0));
     std::fill(dv, dv + kB * dvp_, T(0));
@@ -491,14 +490,13 @@ class tile_backward {
           tile_products(w, kt, vt, b, h, i0, ni);
           scores_to_grads<false>(w, vis, b, h, i0, ni, j0, nj);
           // dV += Pᵀ·dO and dK += dSᵀ·Q: Aᵀ's rows are P's columns, consecutive scalars
-          const panel dob = rows_as_b(dopack, dvp_, bp_.dout, b, i0, ni, h, p_.dv);
-          mma_ab<Arch, T, MR, NV, mma_init::scale_rows, true>(dv, dvp_, w.s, 1, kB, nj, dob.p, dob.ld, dvp_, ni,
+          mma_ab<Arch, T, MR, NV, mma_init::scale_rows, true>({dv, nj, dvp_, dvp_}, by_cols(w.s, kB),
+                                                              rows_as_b(dopack, dvp_, bp_.dout, b, i0, ni, h, p_.dv),
                                                               w.ones);
-          const panel qb = rows_as_b(qpack, dp_, p_.q, b, i0, ni, h, p_.d);
-          mma_ab<Arch, T, MR, NV, mma_init::scale_rows, true>(dk, dp_, w.ds, 1, kB, nj, qb.p, qb.ld, dp_, ni,
-                                                              w.ones);
+          mma_ab<Arch, T, MR, NV, mma_init::scale_rows, true>({dk, nj, dp_, dp_}, by_cols(w.ds, kB),
+                                                              rows_as_b(qpack, dp_, p_.q, b, i0, ni, h, p_.d), w.ones);
           if constexpr (WithDq) {  // dQ += dS·K, key blocks in order
-            mma_ab<Arch, T, MR, NV, mma_init::zero>(dqt, dp_, w.ds, kB, 1, ni, kb.p, kb.ld, dp_, nj);
+            mma_ab<Arch, T, MR, NV, mma_init::zero>({dqt, ni, dp_, dp_}, by_rows(w.ds, kB), kb);
             for (index r = 0; r < ni; ++r) add_row(bp_.dq.row(b, i0 + r, h), dqt + r * dp_, p_.d);
           }
         }
@@ -536,8 +534,8 @@ class tile_backward {
         const visit vis = classify(b, h, i0, ni, j0, nj);
         if (vis == visit::none) continue;
         transposed_tile(w, qt, dot, vis, b, h, i0, ni, j0, nj);
-        const panel kb = rows_as_b(kpack, dp_, p_.k, b, j0, nj, hk, p_.d);
-        mma_ab<Arch, T, MR, NV, mma_init::scale_rows, true>(dq, dp_, w.ds, 1, kB, ni, kb.p, kb.ld, dp_, nj, w.ones);
+        mma_ab<Arch, T, MR, NV, mma_init::scale_rows, true>({dq, ni, dp_, dp_}, by_cols(w.ds, kB),
+                                                            rows_as_b(kpack, dp_, p_.k, b, j0, nj, hk, p_.d), w.ones);
       }
     }
     for (index r = 0; r < ni_all; ++r) {  // padded rows (past the batch's length) get zeros

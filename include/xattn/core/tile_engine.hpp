@@ -361,7 +361,7 @@ class tile_engine {
     start(*blk, b, hk, qb, split);
     const auto sched = policy_.make(p_, b, hk, view(*blk), Bc);
     const index n0 = sched.count() * split / splits_, n1 = sched.count() * (split + 1) / splits_;
-    for (index n = n0; n < n1; ++n) tile(*blk, b, hk, p_.nk_of(b), sched, n, n + 1 < n1 ? n + 1 : -1);
+    for (index n = n0; n < n1; ++n) visit(*blk, b, hk, p_.nk_of(b), sched, n, n + 1 < n1 ? n + 1 : -1);
     finish(*blk, b, partial);
   }
 
@@ -381,7 +381,7 @@ class tile_engine {
     for (index n = n0; n < n1; ++n) {
       if constexpr (gathered_keys<std::remove_cvref_t<decltype(sched)>>) {
         for (index hb = 0; hb < nhb_; ++hb)
-          tile(block_at(first, hb), b, hb, nk, sched, n, n + kAhead < n1 ? n + kAhead : -1);
+          visit(block_at(first, hb), b, hb, nk, sched, n, n + kAhead < n1 ? n + kAhead : -1);
       } else {
         const index j0 = sched.tile(n) * Bc, nc = std::min(j0 + Bc, nk) - j0;
         ahead_stream ahead;
@@ -549,7 +549,7 @@ class tile_engine {
   /// The n-th visit of the schedule: key tile t = sched.tile(n), keys [j0, j0 + nc); the rows of
   /// visit `ahead` (or none, −1) are requested meanwhile. hk is the K/V head (narrow: head block).
   template <class Sched>
-  void tile(block& blk, index b, index hk, index nk, const Sched& sched, index n, index ahead) const {
+  void visit(block& blk, index b, index hk, index nk, const Sched& sched, index n, index ahead) const {
     constexpr bool kGather = gathered_keys<Sched>;
     index j0, nc, jn, nn;
     if constexpr (kGather) {
@@ -589,18 +589,19 @@ class tile_engine {
       else if constexpr (lane_grouped_keys<Sched>)
         if (sched.partial(n)) return ranged(blk, b, sched, n, j0);
       // Sᵀ[c][r] = Σ_k K[j0 + c][k] · Qᵀ[k][r]
-      mma_ab<Arch, T, S::MR, S::NV, mma_init::zero>(blk.st, br_, blk.kt, ldk_, 1, nc, blk.qt, br_, br_, p_.d);
+      mma_ab<Arch, T, S::MR, S::NV, mma_init::zero>({blk.st, nc, br_, br_}, by_rows(blk.kt, ldk_),
+                                                    {blk.qt, p_.d, br_, br_});
       modify(blk, b, sched, n, j0, 0, nc, 0, br_);
       blk.sm.update(blk.st, br_, nc, br_);
       // Oᵀ[e][r] = alpha[r]·Oᵀ[e][r] + Σ_c V[j0 + c][e] · P[c][r]
-      mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_cols>(blk.ot, br_, blk.vt, 1, ldv_, p_.dv, blk.st, br_, br_, nc,
-                                                          blk.sm.alpha);
+      mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_cols>({blk.ot, p_.dv, br_, br_}, by_cols(blk.vt, ldv_),
+                                                          {blk.st, nc, br_, br_}, blk.sm.alpha);
     }
   }
 
   /// A partial tile, one micro-tile width of lanes (NV vectors) at a time, on the keys [c0, c1) of
   /// the tile that some of those lanes see: on a causal diagonal or a window's edge most of a
-  /// 256-lane block's tile is invisible to any given 32 lanes. Then as tile(): Sᵀ, modifiers and
+  /// 256-lane block's tile is invisible to any given 32 lanes. Then as visit(): Sᵀ, modifiers and
   /// masks, the online softmax and Oᵀ, on that range only.
   template <class Sched>
   void ranged(block& blk, index b, const Sched& sched, index n, index j0) const {
@@ -610,12 +611,13 @@ class tile_engine {
       sched.lane_keys(n, r0, r0 + W, c0, c1);
       if (c0 >= c1) continue;
       T* st = blk.st + c0 * br_;  // its micro-tiles run up to MR − 1 rows past c1 (s_rows)
-      mma_ab<Arch, T, S::MR, S::NV, mma_init::zero>(st + r0, br_, blk.kt + c0 * ldk_, ldk_, 1, c1 - c0, blk.qt + r0,
-                                                    br_, W, p_.d);
+      mma_ab<Arch, T, S::MR, S::NV, mma_init::zero>({st + r0, c1 - c0, W, br_}, by_rows(blk.kt + c0 * ldk_, ldk_),
+                                                    {blk.qt + r0, p_.d, W, br_});
       modify(blk, b, sched, n, j0, c0, c1, r0, r0 + W);
       blk.sm.update(st, br_, c1 - c0, r0 + W, r0);
-      mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_cols>(blk.ot + r0, br_, blk.vt + c0 * ldv_, 1, ldv_, p_.dv,
-                                                          st + r0, br_, W, c1 - c0, blk.sm.alpha + r0);
+      mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_cols>({blk.ot + r0, p_.dv, W, br_},
+                                                          by_cols(blk.vt + c0 * ldv_, ldv_), {st + r0, c1 - c0, W, br_},
+                                                          blk.sm.alpha + r0);
     }
   }
 
@@ -681,7 +683,7 @@ class tile_engine {
     }
   }
 
-  /// A wide tile on AMX: K as bf16 rows (zero past d), V transposed to bf16, then as tile() or
+  /// A wide tile on AMX: K as bf16 rows (zero past d), V transposed to bf16, then as visit() or
   /// ranged() with the two products on tiles and P rounded to bf16 in between.
   template <class Sched, class Key, class Prefetch>
   void amx_tile(block& blk, index b, index hk, const Sched& sched, index n, index j0, index nc, const Key& key,
@@ -707,6 +709,16 @@ class tile_engine {
         vrows[c] = bf16_row(p_.v, b, key(c), hk, p_.dv, blk.stage, vconv + c * dvw_);
         prefetch(c);
       }
+      // Sᵀ rows [c0, c1) × lanes [r0, r1) = K · Qᵀ, and Oᵀ's lanes [r0, r1) += Vᵀ · P over the pair
+      // buffers' keys [c0, c1).
+      const tile<const std::uint16_t> kq{ktile, Bc, d2_, ldk}, qp{qv, d2_ / 2, 2 * br_, 2 * br_};
+      auto scores = [&](index c0, index c1, index r0, index r1) {
+        pairs::scores(tiles_, tile<float>{blk.st, Bc, br_, br_}.block(c0, r0, c1 - c0, r1 - r0),
+                      kq.block(c0, 0, c1 - c0, d2_), qp.block(0, 2 * r0, d2_ / 2, 2 * (r1 - r0)));
+      };
+      auto values = [&](const T* alpha, index c0, index c1, index r0, index r1) {
+        pair_values(blk, alpha, vt, pv, c0, c1, r0, r1);
+      };
       if constexpr (lane_grouped_keys<Sched>) {
         if (sched.partial(n)) {
           if (blk.pending) flush(blk);
@@ -716,10 +728,10 @@ class tile_engine {
             index c0, c1;
             sched.lane_keys(n, r0, r0 + W, c0, c1);
             if (c0 >= c1) continue;
-            pairs::scores(tiles_, blk.st, br_, ktile, ldk, qv, d2_, c0 & ~index(15), std::min(S::round_up(c1, 16), Bc), r0, r0 + W);
+            scores(c0 & ~index(15), std::min(S::round_up(c1, 16), Bc), r0, r0 + W);
             const index p0 = c0 & ~index(31), p1 = S::round_up(c1, 32);
             softmax(blk, b, sched, n, j0, c0, c1, r0, r0 + W, pv, p0, p1);
-            pairs::values(tiles_, blk.ot, br_, blk.sm.alpha, vt, 2 * Bc, pv, dv2_, p0, p1, r0, r0 + W);
+            values(blk.sm.alpha, p0, p1, r0, r0 + W);
           }
           return;
         }
@@ -727,7 +739,7 @@ class tile_engine {
       // A full tile: its V and P go to the second half of the buffers when a tile is pending.
       const index half = blk.pending ? Bc : 0;
       amx::pack_v(vt + half, 2 * Bc, vrows, nc, p_.dv, dv2_, dvw_, w);
-      pairs::scores(tiles_, blk.st, br_, ktile, ldk, qv, d2_, 0, S::round_up(nc, 16), 0, br_);
+      scores(0, S::round_up(nc, 16), 0, br_);
       const index p1 = S::round_up(nc, 32);
       softmax(blk, b, sched, n, j0, 0, nc, 0, br_, pv + half * br_, 0, p1);
       if (!blk.pending) {
@@ -742,10 +754,10 @@ class tile_engine {
         bool same = blk.pending_keys == Bc;
         for (index r = r0; r < r0 + 32 && same; ++r) same = blk.sm.alpha[r] == T(1);
         if (same) {
-          pairs::values(tiles_, blk.ot, br_, blk.pending_alpha, vt, 2 * Bc, pv, dv2_, 0, Bc + p1, r0, r0 + 32);
+          values(blk.pending_alpha, 0, Bc + p1, r0, r0 + 32);
         } else {
-          pairs::values(tiles_, blk.ot, br_, blk.pending_alpha, vt, 2 * Bc, pv, dv2_, 0, blk.pending_keys, r0, r0 + 32);
-          pairs::values(tiles_, blk.ot, br_, blk.sm.alpha, vt, 2 * Bc, pv, dv2_, Bc, Bc + p1, r0, r0 + 32);
+          values(blk.pending_alpha, 0, blk.pending_keys, r0, r0 + 32);
+          values(blk.sm.alpha, Bc, Bc + p1, r0, r0 + 32);
         }
       }
     }
@@ -755,8 +767,19 @@ class tile_engine {
   void flush(block& blk) const {
     if constexpr (kAmx) {
       blk.pending = false;
-      pairs::values(tiles_, blk.ot, br_, blk.pending_alpha, reinterpret_cast<const std::uint16_t*>(blk.vt), 2 * Bc,
-                  reinterpret_cast<const std::uint16_t*>(blk.amx), dv2_, 0, blk.pending_keys, 0, br_);
+      pair_values(blk, blk.pending_alpha, reinterpret_cast<const std::uint16_t*>(blk.vt),
+                  reinterpret_cast<const std::uint16_t*>(blk.amx), 0, blk.pending_keys, 0, br_);
+    }
+  }
+
+  /// Oᵀ's lanes [r0, r1) = alpha·Oᵀ + Vᵀ · P over the keys [c0, c1) of the two-tile buffers:
+  /// Vᵀ [dv2][2·Bc] and P pairs [Bc][br][2].
+  void pair_values(block& blk, const T* alpha, const std::uint16_t* vt, const std::uint16_t* pv, index c0, index c1,
+                   index r0, index r1) const {
+    if constexpr (kAmx) {
+      const tile<const std::uint16_t> vq{vt, dv2_, 2 * Bc, 2 * Bc}, pq{pv, Bc, 2 * br_, 2 * br_};
+      pairs::values(tiles_, tile<float>{blk.ot, dv2_, br_, br_}.block(0, r0, dv2_, r1 - r0), alpha + r0,
+                    vq.block(0, c0, dv2_, c1 - c0), pq.block(c0 / 2, 2 * r0, (c1 - c0) / 2, 2 * (r1 - r0)));
     }
   }
 
@@ -775,8 +798,8 @@ class tile_engine {
       // Sᵀ[c][h·slot + r] = Q[h·slot + r] · K[j0 + c]
       auto scores = [&](auto stored, const void* kt, index ldk) {
         using SK = typename decltype(stored)::type;
-        dot_abt<Arch, T>(blk.st + h * slot_, br_, blk.qt + h * slot_ * ldq_, ldq_, m, static_cast<const SK*>(kt), ldk,
-                         nc, ldq_, prefetch_ahead(hk));
+        dot_abt<Arch, T>({blk.st + h * slot_, nc, m, br_}, {blk.qt + h * slot_ * ldq_, m, ldq_, ldq_},
+                         tile<const SK>{static_cast<const SK*>(kt), nc, ldq_, ldk}, prefetch_ahead(hk));
       };
       if (in_place) {
         visit_storage<T>(p_.k.type, [&](auto stored) { scores(stored, p_.k.at(b, j0, hk), p_.k.ss); });
@@ -795,10 +818,9 @@ class tile_engine {
       // O[h·slot + r][e] = alpha·O[h·slot + r][e] + Σ_c P[c][h·slot + r] · V[j0 + c][e]
       auto values = [&](auto stored, const void* vt, index ldv) {
         using SV = typename decltype(stored)::type;
-        mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_rows, false, SV>(blk.ot + h * slot_ * ldv_, ldv_,
-                                                                       blk.st + h * slot_, 1, br_, m,
-                                                                       static_cast<const SV*>(vt), ldv, dvp, nc,
-                                                                       blk.sm.alpha + h * slot_);
+        mma_ab<Arch, T, S::MR, S::NV, mma_init::scale_rows, false, SV>(
+            {blk.ot + h * slot_ * ldv_, m, dvp, ldv_}, by_cols(blk.st + h * slot_, br_),
+            {static_cast<const SV*>(vt), nc, dvp, ldv}, blk.sm.alpha + h * slot_);
       };
       if (in_place) {
         visit_storage<T>(p_.v.type, [&](auto stored) { values(stored, p_.v.at(b, j0, hk), p_.v.ss); });
@@ -811,7 +833,7 @@ class tile_engine {
 
   /// The copied tile of a lane-grouped schedule, one vector of lanes at a time over the keys
   /// [c0, c1) that some of its lanes see: Sᵀ, the schedule's mask, the online softmax and Oᵀ as in
-  /// tile(), on that range only; padding lanes past `valid` are skipped. (The 2-D front door takes
+  /// visit(), on that range only; padding lanes past `valid` are skipped. (The 2-D front door takes
   /// no softcap, ALiBi, bias or mask.)
   template <class Sched>
   void grouped(block& blk, const Sched& sched, index n, const T* kt, index ldk, const T* vt, index ldv) const {
@@ -821,14 +843,14 @@ class tile_engine {
       if (c0 >= c1) continue;
       T* st = blk.st + c0 * br_;  // its micro-tiles run up to MRK − 1 rows past c1 (s_rows)
       // Sᵀ[c][r] = Σ_k K[c][k] · Qᵀ[k][r]
-      mma_ab<Arch, T, S::MRK, 1, mma_init::zero>(st + r0, br_, kt + c0 * ldk, ldk, 1, c1 - c0, blk.qt + r0, br_, L,
-                                                p_.d);
+      mma_ab<Arch, T, S::MRK, 1, mma_init::zero>({st + r0, c1 - c0, L, br_}, by_rows(kt + c0 * ldk, ldk),
+                                                 {blk.qt + r0, p_.d, L, br_});
       sched.template mask_lanes<V>(blk.st, view(blk), n, c0, c1, r0, r0 + L);
       blk.sm.update(st, br_, c1 - c0, r0 + L, r0);
       // Oᵀ[e][r] = alpha[r]·Oᵀ[e][r] + Σ_c V[c][e] · P[c][r], for e < round_up(dv, MR1) <= ldv (the rows
       // past dv read the copied rows' padding; they are meaningless and never written out)
-      mma_ab<Arch, T, S::MR1, 1, mma_init::scale_cols, true>(blk.ot + r0, br_, vt + c0 * ldv, 1, ldv, p_.dv, st + r0,
-                                                            br_, L, c1 - c0, blk.sm.alpha + r0);
+      mma_ab<Arch, T, S::MR1, 1, mma_init::scale_cols, true>({blk.ot + r0, p_.dv, L, br_}, by_cols(vt + c0 * ldv, ldv),
+                                                             {st + r0, c1 - c0, L, br_}, blk.sm.alpha + r0);
     }
   }
 
