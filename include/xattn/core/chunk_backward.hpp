@@ -191,8 +191,8 @@ class chunk_backward {
   /// the packed rows (ld a multiple of the vector width) for the key vectors j0 <= t only.
   void masked_scores(T* p, const T* a, const T* b, index ld, index nb, index h) const {
     for (index j0 = 0; j0 < nb; j0 += L)
-      dot_rows<Arch, T>(p + j0 * ldp_ + j0, ldp_, a + j0 * ld, ld, nb - j0, b + j0 * ld, ld, std::min<index>(L, nb - j0),
-                        ld);
+      dot_rows<Arch, T>({p + j0 * ldp_ + j0, nb - j0, L, ldp_}, {a + j0 * ld, nb - j0, ld, ld},
+                        {b + j0 * ld, std::min<index>(L, nb - j0), ld, ld});
     const T* rev = mask_table(h);
     const index nbl = round_up(nb, L);
     for (index t = 0; t < nb; ++t) {
@@ -227,8 +227,8 @@ class chunk_backward {
   /// the scores q_t·k_j into p (the lower triangle's vector tiles only, as masked_scores).
   double decay_terms(T* p, const T* q, const T* k, const T* c, const T* x, const T* m, index nb, index h) const {
     for (index j0 = 0; j0 < nb; j0 += L)
-      dot_rows<Arch, T>(p + j0 * ldp_ + j0, ldp_, q + j0 * ldd_, ldd_, nb - j0, k + j0 * ldd_, ldd_,
-                        std::min<index>(L, nb - j0), ldd_);
+      dot_rows<Arch, T>({p + j0 * ldp_ + j0, nb - j0, L, ldp_}, {q + j0 * ldd_, nb - j0, ldd_, ldd_},
+                        {k + j0 * ldd_, std::min<index>(L, nb - j0), ldd_, ldd_});
     const T* qdec = powers(h) + 1;  // λ^(i+1)
     double g = 0;
     for (index t = 0; t < nb; ++t) {
